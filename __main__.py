@@ -1,0 +1,67 @@
+"""SAMS: the Pulumi program. Wiring only: settings -> components (see settings/ and components/)."""
+
+from pathlib import Path
+
+import pulumi
+from pulumi_command import remote
+
+from cloudinit import BootSecrets, user_data
+from components.database import Database, DatabaseArgs
+from components.dns import Dns, DnsArgs
+from components.host import Host, HostArgs
+from components.host.ready import READY
+from components.keys.resources import HostKeys
+from components.mail import Mail, MailArgs
+from components.mail.clients import client_settings
+from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from settings import from_pulumi
+
+# Raises one SettingsError naming file, key and value before any resource is registered.
+settings = from_pulumi(Path(__file__).resolve().parent)
+cfg = settings.config
+secrets = pulumi.Config("sams")
+
+keys = HostKeys("keys", settings)
+boot = pulumi.Output.secret(
+    pulumi.Output.all(keys.wireguard_private_key, keys.ssh_host_private_key, keys.ssh_host_public_key).apply(
+        lambda k: user_data(cfg, BootSecrets(k[0], k[1], k[2]))
+    )
+)
+host = Host("host", HostArgs(settings, boot))
+
+ssh_key = secrets.get_secret("sshPrivateKey")  # unset: pulumi-command uses the SSH agent
+bastion = cfg.wireguard.bastion
+tunnel = Tunnel(
+    host=str(cfg.wireguard.address),
+    user=cfg.admin_user,
+    host_key=keys.ssh_host_public_key,
+    private_key=ssh_key,
+    proxy=remote.ProxyConnectionArgs(host=bastion.host, user=bastion.user, port=bastion.port, private_key=ssh_key)
+    if bastion
+    else None,
+)
+ready = RemoteStep("host-ready", RemoteStepArgs(READY, tunnel, after=(host,)))
+database = Database("database", DatabaseArgs(settings))
+mail = Mail("mail", MailArgs(tunnel, keys.dkim, after=(ready,)))
+dns = Dns(
+    "dns",
+    DnsArgs(
+        settings,
+        ipv4=host.public_ipv4,
+        ipv6=host.public_ipv6,
+        has_ipv6=host.has_ipv6,
+        dkim_public={d: k.public_b64 for d, k in keys.dkim.items()},
+    ),
+)
+
+pulumi.export("publicIpv4", host.public_ipv4)
+pulumi.export("publicIpv6", host.public_ipv6)
+pulumi.export("wireguardAddress", str(cfg.wireguard.address))
+pulumi.export("wireguardPublicKey", keys.wireguard_public_key)
+pulumi.export("sshHostPublicKey", keys.ssh_host_public_key)
+pulumi.export("publicPorts", host.firewall.public_ports)
+pulumi.export("dnsRecords", dns.table)
+pulumi.export("clientSettings", client_settings(settings))
+# For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your
+# hoster's "user data" field). It carries private keys: `pulumi stack output --show-secrets`.
+pulumi.export("hostUserData", boot)

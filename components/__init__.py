@@ -1,0 +1,1 @@
+"""SAMS components: pure renderers (settings -> text/records) and the ComponentResources that wire them."""

@@ -1,0 +1,168 @@
+"""The DNS record plan: every record the mail system needs, computed from settings alone.
+
+Values known only after `pulumi up` (the host's addresses, DKIM public keys) appear as `Ref`s;
+the Cloudflare component, the lab's DNS server and docs/dns_checklist.md all resolve the same plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from settings import Settings
+
+RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value resolved later: 'ipv4', 'ipv6' or 'dkim:<domain>' (the whole DKIM TXT value)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Record:
+    zone: str
+    name: str  # fully qualified, no trailing dot
+    type: RecordType
+    content: str | Ref
+    purpose: str
+    priority: int | None = None  # MX
+    srv: tuple[int, int, int, str] | None = None  # priority, weight, port, target
+    caa: tuple[int, str, str] | None = None  # flags, tag, value
+
+    @property
+    def key(self) -> str:
+        """A stable resource name: type + name (+ discriminator for multi-valued sets)."""
+        extra = ""
+        if self.caa:
+            extra = f"-{self.caa[1]}"
+        elif self.type == "TXT" and isinstance(self.content, str) and self.content.startswith("v=spf1"):
+            extra = "-spf"
+        return f"{self.type.lower()}-{self.name}{extra}"
+
+
+def mta_sts_policy(settings: Settings) -> str:
+    """The text served at https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461)."""
+    cfg = settings.config
+    # `testing` while DMARC only monitors: failures are reported (TLS-RPT), mail still flows.
+    mode = "testing" if cfg.dmarc.policy == "none" else "enforce"
+    return f"version: STSv1\nmode: {mode}\nmx: {cfg.hostname}\nmax_age: 604800\n"
+
+
+def mta_sts_id(settings: Settings) -> str:
+    """Changes whenever the policy text changes, as RFC 8461 requires."""
+    return hashlib.sha256(mta_sts_policy(settings).encode()).hexdigest()[:20]
+
+
+def txt_strings(value: str) -> list[str]:
+    """Split a TXT value into the <=255-byte character-strings DNS allows."""
+    data = value.encode()
+    return [data[i : i + 255].decode() for i in range(0, len(data), 255)] or [""]
+
+
+def txt_content(value: str) -> str:
+    """Presentation format: each character-string quoted, as Cloudflare and zone files expect."""
+    return " ".join('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in txt_strings(value))
+
+
+def spf(settings: Settings) -> str:
+    cfg = settings.config
+    parts = ["v=spf1", "mx"]
+    if cfg.relay and cfg.relay.spf_include:
+        parts.append(f"include:{cfg.relay.spf_include}")
+    # Soft-fail while DMARC is only monitoring; hard-fail once it is enforced.
+    parts.append("~all" if cfg.dmarc.policy == "none" else "-all")
+    return " ".join(parts)
+
+
+def dmarc(settings: Settings, domain: str) -> str:
+    d = settings.config.dmarc
+    parts = [f"v=DMARC1; p={d.policy}"]
+    if d.pct != 100:
+        parts.append(f"pct={d.pct}")
+    parts.append(f"rua=mailto:{d.rua or 'postmaster@' + domain}")
+    return "; ".join(parts)
+
+
+def zone_of(settings: Settings, name: str) -> str:
+    """The declared domain a name lives in (the longest match)."""
+    zones = sorted((d.name for d in settings.mail.domains), key=len, reverse=True)
+    for zone in zones:
+        if name == zone or name.endswith("." + zone):
+            return zone
+    raise ValueError(f"{name} is in none of the declared domains")
+
+
+def plan(settings: Settings, *, has_ipv6: bool) -> tuple[Record, ...]:
+    cfg = settings.config
+    host = cfg.hostname
+    access = cfg.client_access
+    records: list[Record] = []
+    host_zone = zone_of(settings, host) if cfg.dns.provider == "cloudflare" else host
+    records.append(Record(host_zone, host, "A", Ref("ipv4"), "the mail host"))
+    if has_ipv6:
+        records.append(Record(host_zone, host, "AAAA", Ref("ipv6"), "the mail host over IPv6"))
+
+    for domain in settings.mail.domains:
+        d = domain.name
+        rec = [
+            Record(d, d, "MX", host, "where other servers deliver mail", priority=10),
+            Record(d, d, "TXT", spf(settings), "SPF: who may send as this domain"),
+            Record(d, f"{cfg.dkim.selector}._domainkey.{d}", "TXT", Ref(f"dkim:{d}"), "DKIM public key"),
+            Record(d, f"_dmarc.{d}", "TXT", dmarc(settings, d), "DMARC policy and reports"),
+            Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
+            Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
+            Record(
+                d,
+                f"_smtp._tls.{d}",
+                "TXT",
+                f"v=TLSRPTv1; rua=mailto:{cfg.dmarc.rua or 'postmaster@' + d}",
+                "TLS-RPT: where senders report TLS failures",
+            ),
+            Record(d, f"autoconfig.{d}", "CNAME", host, "Thunderbird autoconfig"),
+            Record(d, f"autodiscover.{d}", "CNAME", host, "Outlook autodiscover"),
+            Record(d, f"_autodiscover._tcp.{d}", "SRV", "", "Outlook autodiscover", srv=(0, 0, 443, host)),
+            Record(d, f"_submission._tcp.{d}", "SRV", "", "RFC 6186: submission", srv=(0, 1, 587, host)),
+            Record(d, f"_submissions._tcp.{d}", "SRV", "", "RFC 8314: implicit-TLS submission", srv=(0, 1, 465, host)),
+            Record(d, d, "CAA", "", "only Let's Encrypt may issue", caa=(0, "issue", "letsencrypt.org")),
+            Record(d, d, "CAA", "", "no wildcard certificates", caa=(0, "issuewild", ";")),
+        ]
+        if access.imap == "public":
+            rec.append(Record(d, f"_imaps._tcp.{d}", "SRV", "", "RFC 6186: IMAP over TLS", srv=(0, 1, 993, host)))
+        if access.pop3 == "public":
+            rec.append(Record(d, f"_pop3s._tcp.{d}", "SRV", "", "RFC 6186: POP3 over TLS", srv=(0, 1, 995, host)))
+        # RFC 8314: advertise that cleartext IMAP/POP3 are not offered.
+        rec.append(Record(d, f"_imap._tcp.{d}", "SRV", "", "cleartext IMAP not offered", srv=(0, 0, 0, ".")))
+        rec.append(Record(d, f"_pop3._tcp.{d}", "SRV", "", "cleartext POP3 not offered", srv=(0, 0, 0, ".")))
+        records += rec
+    return tuple(records)
+
+
+def value_text(record: Record, resolved: dict[str, str]) -> str:
+    """The record's data in zone-file presentation format (TXT quoted and split)."""
+    content = resolved[record.content.key] if isinstance(record.content, Ref) else record.content
+    if record.type == "TXT":
+        return txt_content(content)
+    if record.type == "MX":
+        return f"{record.priority} {content}."
+    if record.type == "CNAME":
+        return f"{content}."
+    if record.srv:
+        prio, weight, port, target = record.srv
+        return f"{prio} {weight} {port} {target if target == '.' else target + '.'}"
+    if record.caa:
+        flags, tag, value = record.caa
+        return f'{flags} {tag} "{value}"'
+    return content
+
+
+def table(records: tuple[Record, ...], resolved: dict[str, str]) -> str:
+    """A readable table of the plan (a stack output, and the core of the DNS checklist)."""
+    rows = [(r.name, r.type, value_text(r, resolved), r.purpose) for r in records]
+    widths = [max(len(row[i]) for row in rows + [("NAME", "TYPE", "VALUE", "PURPOSE")]) for i in range(2)]
+    lines = [f"{'NAME':<{widths[0]}}  {'TYPE':<{widths[1]}}  VALUE  # PURPOSE"]
+    lines += [f"{n:<{widths[0]}}  {t:<{widths[1]}}  {v}  # {p}" for n, t, v, p in rows]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The port policy: the single list that both the cloud firewall and the host's nftables are rendered from.
+
+A port is `public` (open to the internet), or `vpn` (only on the WireGuard interface). Anything
+not listed is closed everywhere. SSH, PostgreSQL and admin services are never public.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from settings.stack import StackConfig
+
+Proto = Literal["tcp", "udp"]
+Exposure = Literal["public", "vpn"]
+
+# Never on the public address, whatever the settings say (asserted by tests and the policy pack).
+NEVER_PUBLIC: frozenset[int] = frozenset({22, 5432, 6379, 8891, 11332, 11333, 11334})
+
+
+@dataclass(frozen=True, order=True)
+class Port:
+    number: int
+    proto: Proto
+    exposure: Exposure
+    service: str
+    why: str
+
+
+def port_policy(cfg: StackConfig) -> tuple[Port, ...]:
+    access = cfg.client_access
+    ports = [
+        Port(25, "tcp", "public", "smtp", "inbound mail from other servers (MX)"),
+        Port(465, "tcp", "public", "submissions", "mail clients submit over implicit TLS"),
+        Port(587, "tcp", "public", "submission", "mail clients submit with STARTTLS"),
+        Port(cfg.wireguard.port, "udp", "public", "wireguard", "the admin tunnel; all admin traffic rides it"),
+        Port(143, "tcp", access.imap, "imap", "IMAP with STARTTLS for clients"),
+        Port(993, "tcp", access.imap, "imaps", "IMAP over TLS (Gmail's fetcher, phones)"),
+        Port(995, "tcp", access.pop3, "pop3s", "POP3 over TLS (Gmail's 'check mail from other accounts')"),
+        Port(4190, "tcp", access.managesieve, "managesieve", "users edit their Sieve filters"),
+        Port(22, "tcp", "vpn", "ssh", "administration and every pulumi-command step"),
+        Port(5432, "tcp", "vpn", "postgresql", "admin access to the mail database"),
+        Port(11334, "tcp", "vpn", "rspamd-controller", "Rspamd's web UI and learning API"),
+    ]
+    if cfg.public_web:
+        ports += [
+            Port(80, "tcp", "public", "http", "ACME HTTP-01 challenges; redirects to HTTPS"),
+            Port(443, "tcp", "public", "https", "MTA-STS policy host and autoconfig"),
+        ]
+    return tuple(sorted(ports))
+
+
+def public_ports(cfg: StackConfig) -> tuple[Port, ...]:
+    return tuple(p for p in port_policy(cfg) if p.exposure == "public")
+
+
+def vpn_ports(cfg: StackConfig) -> tuple[Port, ...]:
+    return tuple(p for p in port_policy(cfg) if p.exposure == "vpn")
+
+
+def nftables_conf(cfg: StackConfig) -> str:
+    """/etc/nftables.conf for the host."""
+    from components.render import render
+
+    def numbers(ports: tuple[Port, ...], proto: Proto) -> list[int]:
+        return sorted({p.number for p in ports if p.proto == proto})
+
+    pub, vpn = public_ports(cfg), vpn_ports(cfg)
+    return render(
+        "firewall",
+        "etc/nftables.conf.j2",
+        public_tcp=numbers(pub, "tcp"),
+        public_udp=numbers(pub, "udp"),
+        # Public ports are reachable through the tunnel too; listing them keeps the rule explicit.
+        vpn_tcp=numbers(vpn + pub, "tcp"),
+        vpn_udp=numbers(vpn, "udp"),
+        ports=port_policy(cfg),
+        wg_interface="wg0",
+    )

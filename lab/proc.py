@@ -1,0 +1,129 @@
+"""Small process helpers shared by the lab modules (commands, namespaces, pids)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+log = logging.getLogger("lab")
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which and why."""
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run *cmd*; on failure with ``check`` raise :class:`LabError` with its stderr."""
+    log.debug("run: %s", shlex.join(cmd))
+    proc = subprocess.run(
+        list(cmd),
+        input=input,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip()
+        raise LabError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{err}")
+    return proc
+
+
+def out(cmd: Sequence[str], *, check: bool = True, timeout: float | None = None) -> str:
+    """Run *cmd* and return its stdout as text."""
+    return run(cmd, check=check, timeout=timeout).stdout.decode()
+
+
+def netns_exec(ns: str, cmd: Sequence[str]) -> list[str]:
+    """Prefix *cmd* so that it runs inside network namespace *ns*."""
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def netns_inode(ns: str) -> int | None:
+    """Inode of the named network namespace, or None if it does not exist."""
+    try:
+        return os.stat(f"/run/netns/{ns}").st_ino
+    except FileNotFoundError:
+        return None
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Pids of all processes whose network namespace is the named one (like ``ip netns pids``)."""
+    ino = netns_inode(ns)
+    if ino is None:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == ino:
+                found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still "exists"; treat it as dead
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until the pids are gone; return the ones still alive after *timeout*."""
+    left = list(pids)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
+        if left:
+            time.sleep(0.1)
+    return [p for p in left if alive(p)]
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """Last *lines* lines of a text file (for error messages)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no {path})"
+    return "\n".join(text.splitlines()[-lines:])

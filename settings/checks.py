@@ -1,0 +1,121 @@
+"""Checks that span several entries; each yields a Problem naming its own key path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+from settings.errors import Path
+from settings.mail_list import MailList
+from settings.stack import StackConfig
+
+# Docker creates docker0 on 172.17.0.0/16 even with host networking: a VPN there would lose its route.
+DOCKER_DEFAULT_BRIDGE = IPv4Network("172.17.0.0/16")
+
+Finding = tuple[Path, object, str]
+
+
+def check_stack(cfg: StackConfig) -> Iterator[Finding]:
+    if getattr(cfg, cfg.provider) is None:
+        yield (cfg.provider,), None, f"provider is {cfg.provider!r} but this section is missing"
+    wg = cfg.wireguard
+    vpn = wg.network
+    for key, addr in (("address", wg.address), ("hubAddress", wg.hub_address)):
+        if addr not in vpn or addr in (vpn.network_address, vpn.broadcast_address):
+            yield ("wireguard", key), str(addr), f"is not a host address of wireguard.network {vpn}"
+    if wg.address == wg.hub_address:
+        yield ("wireguard", "hubAddress"), str(wg.hub_address), "must differ from wireguard.address"
+    if cfg.oci is not None and not cfg.oci.subnet_cidr.subnet_of(cfg.oci.vcn_cidr):
+        yield ("oci", "subnetCidr"), str(cfg.oci.subnet_cidr), f"is not inside oci.vcnCidr {cfg.oci.vcn_cidr}"
+    if cfg.backup.enabled and not cfg.backup.target:
+        yield ("backup", "target"), None, "backup.enabled is true, so a target is required"
+    if cfg.oci is not None and cfg.provider == "oci" and vpn.overlaps(cfg.oci.vcn_cidr):
+        yield ("wireguard", "network"), str(vpn), f"overlaps oci.vcnCidr {cfg.oci.vcn_cidr}"
+    if vpn.overlaps(DOCKER_DEFAULT_BRIDGE):
+        yield ("wireguard", "network"), str(vpn), f"overlaps Docker's bridge network {DOCKER_DEFAULT_BRIDGE}"
+    if cfg.existing is not None and cfg.provider == "existing" and cfg.existing.ipv4 in vpn:
+        yield ("existing", "ipv4"), str(cfg.existing.ipv4), f"is inside the VPN network {vpn}"
+    if not cfg.wireguard.network.is_private:
+        yield ("wireguard", "network"), str(vpn), "the VPN network must be a private range"
+
+
+def check_hostname_zone(cfg: StackConfig, mail: MailList) -> Iterator[Finding]:
+    if cfg.dns.provider != "cloudflare":
+        return
+    names = [d.name for d in mail.domains]
+    if not any(cfg.hostname == n or cfg.hostname.endswith("." + n) for n in names):
+        yield ("hostname",), cfg.hostname, (
+            f"is in none of the mail list's domains ({', '.join(names)}); its A record needs one of "
+            "their zones, or set sams:dns.provider to manual"
+        )
+
+
+def check_mail_list(mail: MailList) -> Iterator[Finding]:
+    domains: dict[str, int] = {}
+    for di, domain in enumerate(mail.domains):
+        if domain.name in domains:
+            yield ("domains", di, "name"), domain.name, f"domain declared twice (first at domains[{domains[domain.name]}])"
+            continue
+        domains[domain.name] = di
+    local: dict[str, set[str]] = {}
+    for domain in mail.domains:
+        names = local.setdefault(domain.name, set())
+        names.update(u.name for u in domain.users)
+        names.update(a.name for a in domain.aliases)
+
+    for di, domain in enumerate(mail.domains):
+        seen_users: dict[str, int] = {}
+        for ui, user in enumerate(domain.users):
+            if user.name in seen_users:
+                yield ("domains", di, "users", ui, "name"), user.name, (
+                    f"user {user.name}@{domain.name} declared twice (first at users[{seen_users[user.name]}])"
+                )
+            else:
+                seen_users[user.name] = ui
+        seen_aliases: dict[str, int] = {}
+        for ai, alias in enumerate(domain.aliases):
+            path: Path = ("domains", di, "aliases", ai)
+            if alias.name in seen_users:
+                yield path + ("name",), alias.name, f"{alias.name}@{domain.name} is both a user and an alias"
+            if alias.name in seen_aliases:
+                yield path + ("name",), alias.name, f"alias declared twice (first at aliases[{seen_aliases[alias.name]}])"
+            seen_aliases[alias.name] = ai
+            for ti, target in enumerate(alias.to):
+                yield from _check_target(path + ("to", ti), target, domain.name, local)
+
+
+def _check_target(path: Path, target: str, own_domain: str, local: dict[str, set[str]]) -> Iterator[Finding]:
+    lp, at, dom = target.partition("@")
+    if not at:
+        dom = own_domain
+    elif not lp or not dom or "@" in dom or " " in target:
+        yield path, target, "not an email address"
+        return
+    if dom in local and lp not in local[dom]:
+        yield path, target, f"no user or alias {lp}@{dom} in the mail list"
+
+
+def split_user_addresses(raw: object) -> Iterator[Finding]:
+    """Users written as full addresses must belong to the domain they are listed under."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("domains"), list):
+        return
+    for di, domain in enumerate(raw["domains"]):
+        if not isinstance(domain, dict) or not isinstance(domain.get("users"), list):
+            continue
+        dname = domain.get("name")
+        for ui, user in enumerate(domain["users"]):
+            key = "name" if isinstance(user, dict) else None
+            value = user.get("name") if isinstance(user, dict) else user
+            if not isinstance(value, str) or "@" not in value:
+                continue
+            lp, _, udom = value.partition("@")
+            path: Path = ("domains", di, "users", ui) + ((key,) if key else ())
+            if udom != dname:
+                yield path, value, (
+                    f"user is in domain {udom!r}, which is not the domain it is listed under ({dname!r}); "
+                    f"list it under a domains entry named {udom!r}"
+                )
+            elif isinstance(user, dict):
+                user["name"] = lp
+            else:
+                domain["users"][ui] = lp

@@ -1,0 +1,130 @@
+"""The stack's Pulumi config (`sams:*` keys in `Pulumi.<stack>.yaml`) as typed, validated models.
+
+Keys are camelCase, like every Pulumi config key; structured values are set with
+`pulumi config set --path 'sams:wireguard.hubPublicKey' ...`.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from settings.names import DomainName, SshPublicKey, WireGuardKey
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class VultrSettings(_Config):
+    region: str = "fra"
+    plan: str = "vc2-1c-2gb"
+    # Vultr's OS id for "Debian 13 x64 (trixie)"; check `GET /v2/os` (or `vultr-cli os list`) for yours.
+    os_id: int = Field(gt=0)
+    enable_ipv6: bool = True
+
+
+class OciSettings(_Config):
+    compartment_id: str = Field(min_length=1)
+    availability_domain: str = Field(min_length=1)
+    # OCI has no Debian platform image: import Debian's genericcloud qcow2 as a custom image.
+    image_id: str = Field(min_length=1)
+    shape: str = "VM.Standard.A1.Flex"
+    ocpus: float = Field(default=1, gt=0)
+    memory_gbs: float = Field(default=6, gt=0)
+    boot_volume_gbs: int = Field(default=50, ge=50)
+    data_volume_gbs: int = Field(default=50, ge=50)
+    vcn_cidr: IPv4Network = IPv4Network("10.0.0.0/16")
+    subnet_cidr: IPv4Network = IPv4Network("10.0.0.0/24")
+
+
+class ExistingSettings(_Config):
+    ipv4: IPv4Address
+    ipv6: IPv6Address | None = None
+
+
+class Bastion(_Config):
+    host: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    port: int = Field(default=22, gt=0, lt=65536)
+
+
+class WireGuardSettings(_Config):
+    network: IPv4Network = IPv4Network("10.100.0.0/24")
+    address: IPv4Address = IPv4Address("10.100.0.2")
+    port: int = Field(default=51820, gt=0, lt=65536)
+    hub_public_key: WireGuardKey
+    hub_address: IPv4Address = IPv4Address("10.100.0.1")
+    hub_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+    bastion: Bastion | None = None
+
+
+class ClientAccess(_Config):
+    """Gmail's fetcher needs public IMAPS (993) / POP3S (995); everything else may stay VPN-only."""
+
+    imap: Literal["public", "vpn"] = "public"
+    pop3: Literal["public", "vpn"] = "public"
+    managesieve: Literal["public", "vpn"] = "vpn"
+
+
+class RelaySettings(_Config):
+    """A smarthost for providers that block outbound port 25 (Vultr and OCI do by default)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, gt=0, lt=65536)
+    username: str | None = None
+    # Included in SPF (include:...) when the relay signs for the domain's envelope senders.
+    spf_include: str | None = None
+
+
+class DmarcSettings(_Config):
+    policy: Literal["none", "quarantine", "reject"] = "none"
+    rua: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    pct: int = Field(default=100, ge=0, le=100)
+
+
+class BackupSettings(_Config):
+    enabled: bool = False
+    target: str | None = None
+    retention_days: int = Field(default=30, gt=0)
+
+
+class DatabaseSettings(_Config):
+    image: str = "postgres:17-alpine"
+
+
+class DkimSettings(_Config):
+    selector: str = Field(default="s1", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class DnsSettings(_Config):
+    # `manual`: no Cloudflare records; the record table is exported for another DNS host.
+    provider: Literal["cloudflare", "manual"] = "cloudflare"
+    ttl: int = Field(default=300, ge=60, le=86400)
+
+
+class StackConfig(_Config):
+    provider: Literal["vultr", "oci", "existing"]
+    hostname: DomainName
+    admin_user: str = Field(default="sams", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    admin_ssh_keys: list[SshPublicKey] = Field(min_length=1)
+    vultr: VultrSettings | None = None
+    oci: OciSettings | None = None
+    existing: ExistingSettings | None = None
+    wireguard: WireGuardSettings
+    client_access: ClientAccess = Field(default_factory=ClientAccess)
+    public_web: bool = Field(default=True, description="80/443 for ACME HTTP-01 and MTA-STS")
+    relay: RelaySettings | None = None
+    dmarc: DmarcSettings = Field(default_factory=DmarcSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    dkim: DkimSettings = Field(default_factory=DkimSettings)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    mail_list: str | None = Field(default=None, description="defaults to stacks/<stack>/mail_list.yml")
+    # Checks that span sections (provider section present, overlapping networks) live in
+    # settings.checks so each problem names its own key.
