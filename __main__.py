@@ -22,7 +22,7 @@ cfg = settings.config
 secrets = pulumi.Config("sams")
 
 keys = HostKeys("keys", settings)
-boot = pulumi.Output.secret(
+boot: pulumi.Output[str] = pulumi.Output.secret(
     pulumi.Output.all(keys.wireguard_private_key, keys.ssh_host_private_key, keys.ssh_host_public_key).apply(
         lambda k: user_data(cfg, BootSecrets(k[0], k[1], k[2]))
     )

@@ -79,8 +79,22 @@ def _files(cfg: StackConfig, keys: BootSecrets) -> list[dict[str, str]]:
         }
         for path, mode in templated
     ]
-    files.append({"path": "/etc/nftables.conf", "permissions": "0755", "owner": "root:root", "content": nftables_conf(cfg)})
+    files.append(
+        {"path": "/etc/nftables.conf", "permissions": "0755", "owner": "root:root", "content": nftables_conf(cfg)}
+    )
     return files
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so the user-data reads like the files it writes."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def user_data(cfg: StackConfig, keys: BootSecrets) -> str:
@@ -98,10 +112,13 @@ def user_data(cfg: StackConfig, keys: BootSecrets) -> str:
             }
         ],
         "disable_root": True,
-        "ssh_pwauth": False,
+        # No `ssh_pwauth`: cloud-init would restart sshd before wg0 exists; 10-sams.conf turns
+        # passwords off instead.
+        "manage_etc_hosts": "localhost",  # sudo must resolve the host's own name
         # The host key is the program's, so connections can pin it instead of trusting on first use.
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # Only ed25519, which is provided above, so cloud-init generates nothing.
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
             "ed25519_private": keys.ssh_host_ed25519_private,
             "ed25519_public": keys.ssh_host_ed25519_public,
@@ -112,4 +129,4 @@ def user_data(cfg: StackConfig, keys: BootSecrets) -> str:
         "write_files": _files(cfg, keys),
         "runcmd": [["/usr/local/sbin/sams-bootstrap"]],
     }
-    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=4096)
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=4096)

@@ -125,7 +125,9 @@ def _private_key(algorithm: str, rsa_bits: int | None) -> dict[str, Any]:
     pkcs = ser.PrivateFormat.PKCS8 if algorithm == "ED25519" else ser.PrivateFormat.TraditionalOpenSSL
     return {
         "privateKeyPem": key.private_bytes(ser.Encoding.PEM, pkcs, ser.NoEncryption()).decode(),
-        "privateKeyOpenssh": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode(),
+        "privateKeyOpenssh": key.private_bytes(
+            ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()
+        ).decode(),
         "publicKeyPem": pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode(),
         "publicKeyOpenssh": pub.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode() + "\n",
     }
@@ -160,13 +162,13 @@ class SamsMocks(pulumi.runtime.Mocks):
             extra = self.store.get(key, lambda: _private_key(plain["algorithm"], plain.get("rsaBits")))
         elif t == "vultr:index/instance:Instance":
             extra = {"mainIp": MOCK_IPV4, "v6MainIp": MOCK_IPV6 if plain.get("enableIpv6") else ""}
-        elif t == "oci:core/instance:Instance":
+        elif t == "oci:Core/instance:Instance":
             extra = {"publicIp": MOCK_IPV4, "privateIp": "10.0.0.25"}
         elif t == "command:remote:Command":
             extra = {"stdout": "", "stderr": ""}
         return f"{args.name}-id", {**inputs, **extra}
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> Any:  # a dict: no check failures
         plain = _unwrap(dict(args.args), "", set())
         self.invokes.append((args.token, plain))
         if args.token == "cloudflare:index/getZone:getZone":
@@ -216,8 +218,8 @@ class RecordingMonitor(pmocks.MockMonitor):
             )
         )
         obj_proto = _sync_await(rpc.serialize_properties(state, {}))
-        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, id_, state)
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=obj_proto)
+        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, id_ or "", state)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=id_ or "", object=obj_proto)
 
 
 def stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:

@@ -44,9 +44,13 @@ def check_hostname_zone(cfg: StackConfig, mail: MailList) -> Iterator[Finding]:
         return
     names = [d.name for d in mail.domains]
     if not any(cfg.hostname == n or cfg.hostname.endswith("." + n) for n in names):
-        yield ("hostname",), cfg.hostname, (
-            f"is in none of the mail list's domains ({', '.join(names)}); its A record needs one of "
-            "their zones, or set sams:dns.provider to manual"
+        yield (
+            ("hostname",),
+            cfg.hostname,
+            (
+                f"is in none of the mail list's domains ({', '.join(names)}); its A record needs one of "
+                "their zones, or set sams:dns.provider to manual"
+            ),
         )
 
 
@@ -54,7 +58,11 @@ def check_mail_list(mail: MailList) -> Iterator[Finding]:
     domains: dict[str, int] = {}
     for di, domain in enumerate(mail.domains):
         if domain.name in domains:
-            yield ("domains", di, "name"), domain.name, f"domain declared twice (first at domains[{domains[domain.name]}])"
+            yield (
+                ("domains", di, "name"),
+                domain.name,
+                f"domain declared twice (first at domains[{domains[domain.name]}])",
+            )
             continue
         domains[domain.name] = di
     local: dict[str, set[str]] = {}
@@ -67,8 +75,10 @@ def check_mail_list(mail: MailList) -> Iterator[Finding]:
         seen_users: dict[str, int] = {}
         for ui, user in enumerate(domain.users):
             if user.name in seen_users:
-                yield ("domains", di, "users", ui, "name"), user.name, (
-                    f"user {user.name}@{domain.name} declared twice (first at users[{seen_users[user.name]}])"
+                yield (
+                    ("domains", di, "users", ui, "name"),
+                    user.name,
+                    (f"user {user.name}@{domain.name} declared twice (first at users[{seen_users[user.name]}])"),
                 )
             else:
                 seen_users[user.name] = ui
@@ -78,7 +88,11 @@ def check_mail_list(mail: MailList) -> Iterator[Finding]:
             if alias.name in seen_users:
                 yield path + ("name",), alias.name, f"{alias.name}@{domain.name} is both a user and an alias"
             if alias.name in seen_aliases:
-                yield path + ("name",), alias.name, f"alias declared twice (first at aliases[{seen_aliases[alias.name]}])"
+                yield (
+                    path + ("name",),
+                    alias.name,
+                    f"alias declared twice (first at aliases[{seen_aliases[alias.name]}])",
+                )
             seen_aliases[alias.name] = ai
             for ti, target in enumerate(alias.to):
                 yield from _check_target(path + ("to", ti), target, domain.name, local)
@@ -111,9 +125,13 @@ def split_user_addresses(raw: object) -> Iterator[Finding]:
             lp, _, udom = value.partition("@")
             path: Path = ("domains", di, "users", ui) + ((key,) if key else ())
             if udom != dname:
-                yield path, value, (
-                    f"user is in domain {udom!r}, which is not the domain it is listed under ({dname!r}); "
-                    f"list it under a domains entry named {udom!r}"
+                yield (
+                    path,
+                    value,
+                    (
+                        f"user is in domain {udom!r}, which is not the domain it is listed under ({dname!r}); "
+                        f"list it under a domains entry named {udom!r}"
+                    ),
                 )
             elif isinstance(user, dict):
                 user["name"] = lp

@@ -96,9 +96,7 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
     """Validate the stack's config and mail list; raise SettingsError listing every problem."""
     config_file = f"Pulumi.{stack}.yaml"
     stack_file = project_dir / config_file
-    located_cfg = (
-        load_located(stack_file.read_text(), config_file) if stack_file.exists() else Located({})
-    )
+    located_cfg = load_located(stack_file.read_text(), config_file) if stack_file.exists() else Located({})
     # Key paths in the stack file are config -> 'sams:key' -> nested keys.
     cfg_source = _ConfigSource(config_file, located_cfg)
     data = stack_config_data(raw_config)
@@ -109,8 +107,7 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
     mail_path = project_dir / mail_rel
     if not mail_path.exists():
         raise SettingsError(
-            problems
-            + [cfg_source.problem(("mailList",), mail_rel, f"mail list file {mail_rel} does not exist")]
+            problems + [cfg_source.problem(("mailList",), mail_rel, f"mail list file {mail_rel} does not exist")]
         )
     located_mail = load_located(mail_path.read_text(), mail_rel)
     mail_source = _Source(mail_rel, located_mail)

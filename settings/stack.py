@@ -16,9 +16,7 @@ from settings.names import DomainName, SshPublicKey, WireGuardKey
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False)
 
 
 class VultrSettings(_Config):

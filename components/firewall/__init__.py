@@ -69,17 +69,16 @@ class Firewall(pulumi.ComponentResource):
         assert cfg.oci is not None
         rules = []
         for port in ports:
-            rng = {"min": port.number, "max": port.number}
             rules.append(
                 oci.core.SecurityListIngressSecurityRuleArgs(
                     protocol="6" if port.proto == "tcp" else "17",
                     source=ANY_V4,
                     source_type="CIDR_BLOCK",
                     description=port.service,
-                    tcp_options=oci.core.SecurityListIngressSecurityRuleTcpOptionsArgs(**rng)
+                    tcp_options=oci.core.SecurityListIngressSecurityRuleTcpOptionsArgs(min=port.number, max=port.number)
                     if port.proto == "tcp"
                     else None,
-                    udp_options=oci.core.SecurityListIngressSecurityRuleUdpOptionsArgs(**rng)
+                    udp_options=oci.core.SecurityListIngressSecurityRuleUdpOptionsArgs(min=port.number, max=port.number)
                     if port.proto == "udp"
                     else None,
                 )
@@ -99,9 +98,7 @@ class Firewall(pulumi.ComponentResource):
             vcn_id=args.oci_vcn_id,
             display_name="sams-mail",
             ingress_security_rules=rules,
-            egress_security_rules=[
-                oci.core.SecurityListEgressSecurityRuleArgs(destination=ANY_V4, protocol="all")
-            ],
+            egress_security_rules=[oci.core.SecurityListEgressSecurityRuleArgs(destination=ANY_V4, protocol="all")],
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.oci_security_list_id = security_list.id

@@ -40,7 +40,9 @@ class Host(pulumi.ComponentResource):
             build_oci(self, name, args)
         else:
             assert cfg.existing is not None
-            self.firewall = Firewall(f"{name}-firewall", FirewallArgs(args.settings), pulumi.ResourceOptions(parent=self))
+            self.firewall = Firewall(
+                f"{name}-firewall", FirewallArgs(args.settings), pulumi.ResourceOptions(parent=self)
+            )
             self.public_ipv4 = pulumi.Output.from_input(str(cfg.existing.ipv4))
             self.public_ipv6 = pulumi.Output.from_input(str(cfg.existing.ipv6) if cfg.existing.ipv6 else None)
             self.has_ipv6 = cfg.existing.ipv6 is not None

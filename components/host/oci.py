@@ -24,7 +24,12 @@ def build_oci(host: Host, name: str, args: HostArgs) -> None:
     assert o is not None
     child = pulumi.ResourceOptions(parent=host)
     vcn = oci.core.Vcn(
-        f"{name}-vcn", compartment_id=o.compartment_id, cidr_blocks=[str(o.vcn_cidr)], display_name="sams", dns_label="sams", opts=child
+        f"{name}-vcn",
+        compartment_id=o.compartment_id,
+        cidr_blocks=[str(o.vcn_cidr)],
+        display_name="sams",
+        dns_label="sams",
+        opts=child,
     )
     gateway = oci.core.InternetGateway(
         f"{name}-igw", compartment_id=o.compartment_id, vcn_id=vcn.id, enabled=True, display_name="sams", opts=child
@@ -42,6 +47,7 @@ def build_oci(host: Host, name: str, args: HostArgs) -> None:
         opts=child,
     )
     host.firewall = Firewall(f"{name}-firewall", FirewallArgs(args.settings, oci_vcn_id=vcn.id), child)
+    assert host.firewall.oci_security_list_id is not None
     subnet = oci.core.Subnet(
         f"{name}-subnet",
         compartment_id=o.compartment_id,
@@ -65,7 +71,7 @@ def build_oci(host: Host, name: str, args: HostArgs) -> None:
             source_type="image", source_id=o.image_id, boot_volume_size_in_gbs=str(o.boot_volume_gbs)
         ),
         create_vnic_details=oci.core.InstanceCreateVnicDetailsArgs(
-            subnet_id=subnet.id, assign_public_ip=True, hostname_label=cfg.hostname.split(".", 1)[0]
+            subnet_id=subnet.id, assign_public_ip="true", hostname_label=cfg.hostname.split(".", 1)[0]
         ),
         metadata={"ssh_authorized_keys": "\n".join(cfg.admin_ssh_keys), "user_data": user_data_b64},
         opts=pulumi.ResourceOptions(parent=host, additional_secret_outputs=["metadata"]),

@@ -39,9 +39,7 @@ def build_vultr(host: Host, name: str, args: HostArgs) -> None:
         opts=pulumi.ResourceOptions(parent=host, additional_secret_outputs=["userData"]),
     )
     # PTR = mail hostname = HELO: receivers check that the three agree.
-    vultr.ReverseIpv4(
-        f"{name}-ptr-v4", instance_id=instance.id, ip=instance.main_ip, reverse=cfg.hostname, opts=child
-    )
+    vultr.ReverseIpv4(f"{name}-ptr-v4", instance_id=instance.id, ip=instance.main_ip, reverse=cfg.hostname, opts=child)
     host.public_ipv4 = instance.main_ip
     if cfg.vultr.enable_ipv6:
         vultr.ReverseIpv6(

@@ -41,7 +41,7 @@ class HostKeys(pulumi.ComponentResource):
         self.dkim: dict[str, DkimKey] = {}
         for domain in settings.mail.domains:
             key = tls.PrivateKey(f"{name}-dkim-{domain.name}-{selector}", algorithm="RSA", rsa_bits=2048, opts=child)
-            private = pulumi.Output.secret(key.private_key_pem)
+            private: pulumi.Output[str] = pulumi.Output.secret(key.private_key_pem)
             self.dkim[domain.name] = DkimKey(
                 selector, private, pulumi.Output.unsecret(private.apply(dkim_public_key_b64))
             )

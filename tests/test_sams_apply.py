@@ -1,0 +1,88 @@
+"""sams-apply, the on-host installer, run for real against a scratch directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.remote.steps import File, StepSpec, digest, late, stage
+
+
+def _apply(step_dir: Path, stdin: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(step_dir / "sams-apply"), str(step_dir)],
+        input=json.dumps(stdin) if stdin is not None else "",
+        capture_output=True,
+        text=True,
+    )
+
+
+def _spec(root: Path, content: str = "a = 1\n", script: str = "") -> StepSpec:
+    return StepSpec(
+        name="demo",
+        files=(
+            File(f"{root}/etc/demo/demo.conf", content),
+            File(f"{root}/etc/demo/secret.conf", f"password = {late('pw')}\n", mode="0600"),
+        ),
+        script=script,
+        late_values=("pw",),
+    )
+
+
+def test_installs_substitutes_and_is_idempotent(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    step = stage(_spec(root, script='printf "%s" "$SAMS_CHANGED" > "$SAMS_STEP_DIR/changed"\n'), tmp_path / "build")
+    first = _apply(step, {"pw": "s3cret"})
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert sorted(summary["changed"]) == [f"{root}/etc/demo/demo.conf", f"{root}/etc/demo/secret.conf"]
+    assert summary["script"] is True
+    secret = root / "etc/demo/secret.conf"
+    assert secret.read_text() == "password = s3cret\n"
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert "s3cret" not in first.stdout + first.stderr
+    second = _apply(step, {"pw": "s3cret"})
+    assert json.loads(second.stdout)["changed"] == []
+    assert (step / "changed").read_text() == ""
+
+
+def test_changed_late_value_rewrites_only_its_file(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    step = stage(_spec(root), tmp_path / "build")
+    assert _apply(step, {"pw": "one"}).returncode == 0
+    out = json.loads(_apply(step, {"pw": "two"}).stdout)
+    assert out["changed"] == [f"{root}/etc/demo/secret.conf"]
+
+
+def test_missing_late_value_fails_before_writing(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    step = stage(_spec(root), tmp_path / "build")
+    result = _apply(step, {})
+    assert result.returncode != 0 and "late values missing on stdin: pw" in result.stderr
+    assert not (root / "etc/demo/demo.conf").exists()
+
+
+def test_mode_drift_is_repaired(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    step = stage(_spec(root), tmp_path / "build")
+    _apply(step, {"pw": "x"})
+    os.chmod(root / "etc/demo/secret.conf", 0o644)
+    out = json.loads(_apply(step, {"pw": "x"}).stdout)
+    assert out["changed"] == [f"{root}/etc/demo/secret.conf"]
+
+
+def test_digest_follows_content() -> None:
+    a, b = _spec(Path("/x")), _spec(Path("/x"), content="a = 2\n")
+    assert digest(a) == digest(_spec(Path("/x"))) != digest(b)
+
+
+def test_bad_specs_are_refused() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        File("etc/relative", "")
+    with pytest.raises(ValueError, match="listed twice"):
+        StepSpec("x", files=(File("/a", ""), File("/a", "")))
