@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.proc import LabError, alive, kill_pids, read_pid, tail, wait_gone
+from lab.proc import LabError, alive, kill_pids, read_pid, wait_gone
 from lab.spec import NAMES, LabSpec, StatePaths
 
 log = logging.getLogger("lab.host")
@@ -156,11 +156,31 @@ class CloudInitResult:
     detail: str = ""
 
 
+def _interesting(path: Path, lines: int, only_problems: bool = False) -> str:
+    """Last *lines* lines of a log, without ssh-keygen randomart (and only problems if asked)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no {path})"
+    keep = []
+    for line in text:
+        body = line.split(": ", 1)[-1].strip()
+        if body[:1] in ("|", "+") or "randomart" in body:
+            continue
+        if only_problems and not any(w in line for w in (" WARNING", " ERROR", "Traceback", "Error")):
+            continue
+        keep.append(line)
+    return "\n".join(keep[-lines:])
+
+
 def _failure(paths: StatePaths, message: str) -> LabError:
-    output_log = paths.tree / "var/log/cloud-init-output.log"
+    logs = paths.tree / "var/log"
     return LabError(
-        f"{message}\n--- last lines of {paths.console_log} ---\n{tail(paths.console_log)}"
-        f"\n--- last lines of {output_log} ---\n{tail(output_log, 30)}"
+        f"{message}\n--- problems in {logs}/cloud-init.log ---\n"
+        f"{_interesting(logs / 'cloud-init.log', 20, only_problems=True)}"
+        f"\n--- last lines of {logs}/cloud-init-output.log ---\n"
+        f"{_interesting(logs / 'cloud-init-output.log', 25)}"
+        f"\n--- last lines of {paths.console_log} ---\n{_interesting(paths.console_log, 25)}"
     )
 
 
@@ -179,9 +199,15 @@ def wait_cloud_init(paths: StatePaths, timeout: float = 300.0, allow_degraded: b
     while True:
         elapsed = time.monotonic() - start_t
         if not alive(nspawn_pid):
-            raise _failure(paths, f"systemd-nspawn exited while waiting for cloud-init ({elapsed:.1f} s)")
+            raise _failure(
+                paths,
+                f"systemd-nspawn exited while waiting for cloud-init ({elapsed:.1f} s)",
+            )
         if elapsed > timeout:
-            raise _failure(paths, f"cloud-init not finished after {timeout:.0f} s (last status: {last or 'none'})")
+            raise _failure(
+                paths,
+                f"cloud-init not finished after {timeout:.0f} s (last status: {last or 'none'})",
+            )
         leader = leader_pid(nspawn_pid)
         if leader is not None:
             proc = container_exec(leader, ["cloud-init", "status", "--format=json"], timeout=30)
@@ -202,7 +228,10 @@ def wait_cloud_init(paths: StatePaths, timeout: float = 300.0, allow_degraded: b
                 )
                 _keep_logs(paths)
                 if status == "disabled":
-                    raise _failure(paths, "cloud-init is disabled in the container (no NoCloud seed seen?)")
+                    raise _failure(
+                        paths,
+                        "cloud-init is disabled in the container (no NoCloud seed seen?)",
+                    )
                 if status == "error" or (not allow_degraded and result.extended_status != "done"):
                     raise _failure(
                         paths,

@@ -65,8 +65,20 @@ def create(spec: LabSpec) -> bool:
             (n.ns_host, n.veth_inet_host, spec.public_ipv4),
             (n.ns_admin, n.veth_inet_admin, spec.admin_public_ipv4),
         ):
-            _ip("link", "add", inet_end, "netns", n.ns_inet, "type", "veth",
-                "peer", "name", n.uplink, "netns", peer_ns)
+            _ip(
+                "link",
+                "add",
+                inet_end,
+                "netns",
+                n.ns_inet,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                n.uplink,
+                "netns",
+                peer_ns,
+            )
             _ip("-n", n.ns_inet, "link", "set", inet_end, "master", n.bridge)
             _ip("-n", n.ns_inet, "link", "set", inet_end, "up")
             _ip("-n", peer_ns, "addr", "add", f"{addr}/{pub}", "dev", n.uplink)

@@ -73,10 +73,21 @@ def package_set(extra: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(sorted(pkgs))
 
 
-def cache_key(packages: Iterable[str], suite: str = SUITE, variant: str = VARIANT, mirror: str = MIRROR) -> str:
+def cache_key(
+    packages: Iterable[str],
+    suite: str = SUITE,
+    variant: str = VARIANT,
+    mirror: str = MIRROR,
+) -> str:
     """Stable short hash of everything that determines the tree's content."""
     blob = json.dumps(
-        {"format": BUILD_FORMAT, "suite": suite, "variant": variant, "mirror": mirror, "packages": sorted(set(packages))},
+        {
+            "format": BUILD_FORMAT,
+            "suite": suite,
+            "variant": variant,
+            "mirror": mirror,
+            "packages": sorted(set(packages)),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -132,8 +143,13 @@ def ensure_pristine(extra: Iterable[str] = (), suite: str = SUITE, cache: Path |
         partial.rename(target)
         (target.with_suffix(".json")).write_text(
             json.dumps(
-                {"suite": suite, "variant": VARIANT, "mirror": MIRROR, "packages": list(packages),
-                 "build_seconds": round(time.monotonic() - started, 1)},
+                {
+                    "suite": suite,
+                    "variant": VARIANT,
+                    "mirror": MIRROR,
+                    "packages": list(packages),
+                    "build_seconds": round(time.monotonic() - started, 1),
+                },
                 indent=2,
             )
             + "\n"
@@ -147,7 +163,18 @@ def fresh_tree(tarball: Path, dest: Path) -> Path:
     if dest.exists():
         remove_tree(dest)
     dest.mkdir(parents=True)
-    run(["tar", "-xpf", str(tarball), "-C", str(dest), "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+    run(
+        [
+            "tar",
+            "-xpf",
+            str(tarball),
+            "-C",
+            str(dest),
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+        ]
+    )
     return dest
 
 

@@ -45,7 +45,13 @@ class SshTarget:
 
     @classmethod
     def for_spec(cls, spec: LabSpec, paths: StatePaths) -> SshTarget:
-        return cls(spec.admin_user, spec.vpn_host, spec.ssh_private_key, paths.known_hosts, paths.ssh_dir)
+        return cls(
+            spec.admin_user,
+            spec.vpn_host,
+            spec.ssh_private_key,
+            paths.known_hosts,
+            paths.ssh_dir,
+        )
 
     def save(self, path: Path) -> None:
         data = {k: str(v) for k, v in asdict(self).items()}
@@ -58,7 +64,14 @@ class SshTarget:
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise LabError(f"no lab is up ({path} missing)") from None
-        return cls(d["user"], d["address"], Path(d["key"]), Path(d["known_hosts"]), Path(d["control_dir"]), d["netns"])
+        return cls(
+            d["user"],
+            d["address"],
+            Path(d["key"]),
+            Path(d["known_hosts"]),
+            Path(d["control_dir"]),
+            d["netns"],
+        )
 
 
 def pin_host_keys(tree: Path, address: str, known_hosts: Path) -> int:
@@ -126,16 +139,35 @@ class HostShell:
             return
         self.target.control_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.target.control_dir, 0o700)
-        argv = self.ssh_argv("-M", "-N", "-f", "-o", "ControlMaster=yes", "-o", f"ControlPersist={persist}")
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False, timeout=30)
+        argv = self.ssh_argv(
+            "-M",
+            "-N",
+            "-f",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPersist={persist}",
+        )
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=30,
+        )
         if proc.returncode != 0:
             raise LabError(f"ssh master failed: {proc.stderr.decode(errors='replace').strip()}")
 
     def close_master(self) -> None:
         if self._control is None:
             return
-        subprocess.run(self.ssh_argv("-O", "exit"), stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        subprocess.run(
+            self.ssh_argv("-O", "exit"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
 
     # -- commands ------------------------------------------------------------
 
@@ -199,9 +231,26 @@ class HostShell:
         parent = os.path.dirname(remote_path.rstrip("/")) or "/"
         self.run(["mkdir", "-p", "--", parent], timeout=timeout)
         # scp's options are the ssh ones; scp -r has exactly CopyToRemote's "into an existing dir" rule
-        argv = netns_exec(self.target.netns, ["scp", "-q", "-p", "-r", *self._options(), "--", str(src),
-                                              f"{self.target.address}:{remote_path}"])
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        argv = netns_exec(
+            self.target.netns,
+            [
+                "scp",
+                "-q",
+                "-p",
+                "-r",
+                *self._options(),
+                "--",
+                str(src),
+                f"{self.target.address}:{remote_path}",
+            ],
+        )
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
             raise LabError(f"copy {src} -> {remote_path} failed: {proc.stderr.decode(errors='replace').strip()}")
 

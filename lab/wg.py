@@ -75,6 +75,9 @@ def cleanup_uapi() -> list[str]:
         if sock.exists():
             sock.unlink()
             removed.append(str(sock))
+    # wireguard-go creates the directory; drop it again if nobody else uses it
+    if UAPI_DIR.is_dir() and not any(UAPI_DIR.iterdir()):
+        UAPI_DIR.rmdir()
     return removed
 
 

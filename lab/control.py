@@ -1,0 +1,149 @@
+"""``up`` / ``down`` / ``status`` of the whole lab (re-exported from ``lab``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lab import host, netns, rootfs, wg
+from lab.proc import LabError, alive, read_pid
+from lab.spec import NAMES, LabSpec, StatePaths, state_paths
+from lab.ssh import HostShell, SshTarget, pin_host_keys
+
+log = logging.getLogger("lab")
+
+
+@dataclass
+class UpReport:
+    """What ``up`` did and how long each phase took (seconds)."""
+
+    tarball: str
+    instance_id: str
+    cloud_init: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | None = None) -> UpReport:
+    """Bring up a fresh lab for *spec*: network, host (first boot), tunnel, SSH.
+
+    Anything left from an earlier lab is removed first (``down``).  Returns an
+    :class:`UpReport` (callers may ignore it); raises :class:`LabError` with the
+    relevant log tails on failure, leaving the lab up for inspection.
+    """
+    paths = paths or state_paths()
+    t: dict[str, float] = {}
+    t0 = time.monotonic()
+    leftovers = down(paths=paths)
+    if leftovers:
+        log.info("removed leftovers of an earlier lab: %s", ", ".join(leftovers))
+
+    mark = time.monotonic()
+    tarball = rootfs.ensure_pristine(spec.packages)
+    t["pristine"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    paths.run.mkdir(parents=True, exist_ok=True)
+    rootfs.fresh_tree(tarball, paths.tree)
+    instance_id = f"sams-lab-{uuid.uuid4().hex[:12]}"
+    host.seed(paths.tree, spec, instance_id)
+    t["tree"] = time.monotonic() - mark
+
+    if netns.create(spec):
+        paths.run_netns_marker.write_text("ip netns add created this mount\n")
+
+    mark = time.monotonic()
+    host.start(paths)
+    result = host.wait_cloud_init(paths, timeout=cloud_init_timeout)
+    t["boot_to_cloud_init_done"] = time.monotonic() - mark
+    log.info(
+        "cloud-init %s in %.1f s (%s)",
+        result.extended_status,
+        result.seconds,
+        result.detail,
+    )
+    if result.recoverable_errors:
+        log.warning("cloud-init recoverable errors: %s", result.recoverable_errors)
+
+    target = SshTarget.for_spec(spec, paths)
+    pin_host_keys(paths.tree, spec.vpn_host, paths.known_hosts)
+    target.save(paths.target)
+
+    mark = time.monotonic()
+    wg.up(spec, paths)
+    shell = HostShell(target)
+    shell.wait_ready(timeout=60)
+    shell.open_master()
+    t["wg_and_ssh"] = time.monotonic() - mark
+    t["total"] = time.monotonic() - t0
+    t["boot_to_ssh"] = t["boot_to_cloud_init_done"] + t["wg_and_ssh"]
+    report = UpReport(
+        str(tarball),
+        instance_id,
+        result.extended_status,
+        {k: round(v, 2) for k, v in t.items()},
+    )
+    (paths.run / "up-report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    log.info("lab up: %s", report.timings)
+    return report
+
+
+def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
+    """Remove everything the lab made, and nothing else; idempotent.
+
+    Order: SSH master, WireGuard hub, container (orderly, then killed), every
+    remaining process in the lab namespaces, the namespaces (their veths and
+    bridge go with them), /run/netns if the lab mounted it, wireguard-go's stale
+    socket, the tree copy (``run/``).  ``purge`` also removes logs and dev keys.
+    """
+    paths = paths or state_paths()
+    removed: list[str] = []
+    if paths.target.exists():
+        with contextlib.suppress(LabError):
+            HostShell.from_state(paths).close_master()
+    removed += wg.down(paths)
+    removed += host.stop(paths)
+    removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())
+    removed += wg.cleanup_uapi()
+    if paths.run.exists():
+        if paths.tree.exists():
+            rootfs.remove_tree(paths.tree)
+        shutil.rmtree(paths.run)
+        removed.append(f"state {paths.run}")
+    if purge and paths.root.exists():
+        shutil.rmtree(paths.root)
+        removed.append(f"state {paths.root}")
+    return removed
+
+
+def status(paths: StatePaths | None = None) -> dict[str, Any]:
+    """What is running: namespaces, container, cloud-init, tunnel, SSH target."""
+    paths = paths or state_paths()
+    info: dict[str, Any] = {
+        "state_dir": str(paths.root),
+        "namespaces": netns.netns_summary(),
+    }
+    pid = read_pid(paths.nspawn_pid)
+    nspawn_pids = host.find_nspawn_pids(paths.tree)
+    if pid is not None and alive(pid) and pid not in nspawn_pids:
+        nspawn_pids.append(pid)
+    container: dict[str, Any] = {"nspawn_pids": nspawn_pids}
+    if nspawn_pids:
+        leader = host.leader_pid(nspawn_pids[0])
+        container["leader_pid"] = leader
+        if leader is not None:
+            ci = host.container_exec(leader, ["cloud-init", "status"], timeout=10)
+            container["cloud_init"] = ci.stdout.decode().strip()
+            sr = host.container_exec(leader, ["systemctl", "is-system-running"], timeout=10)
+            container["system"] = sr.stdout.decode().strip()
+    info["container"] = container
+    info["wireguard"] = wg.show() if NAMES.ns_admin in info["namespaces"] else ""
+    if paths.target.exists():
+        info["ssh_target"] = json.loads(paths.target.read_text())
+    info["running"] = bool(info["namespaces"] or nspawn_pids)
+    return info

@@ -1,0 +1,190 @@
+"""The lab's top half: the real SAMS program decides what the lab host is and what runs on it.
+
+1. `lab_run()` runs `__main__.py` for the `lab` stack under Pulumi's mocks, with the lab's own
+   admin SSH key and WireGuard hub key as config overrides, and with generated values (the
+   host's keys, DKIM keys, passwords) kept in a KeyStore so they survive between applies the way
+   Pulumi state would.
+2. `spec_from_run()` turns its outputs into a LabSpec: the user-data is the program's
+   `hostUserData`, the host's WireGuard key and address are the program's.
+3. `apply()` replays the program's remote steps (CopyToRemote + Command) over SSH through the
+   tunnel, in registration order (a dependency order: Pulumi registers a resource only after
+   everything it depends on), skipping steps whose inputs did not change since the last apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import mockrun
+from cloudinit import BASE_PACKAGES
+from lab.proc import LabError
+from lab.spec import LabSpec, StatePaths
+from lab.ssh import HostShell
+from settings import Settings, load
+
+STACK = "lab"
+# The lab's own "internet" subnet around the host's public address.
+PUBLIC_PREFIX = 24
+# Debian's kernels have WireGuard built in; this machine's has not, so the lab adds the userspace one.
+LAB_PACKAGES = ("wireguard-go",)
+
+
+@dataclass(frozen=True)
+class LabKeys:
+    ssh_private_key: Path
+    ssh_public_key: str
+    hub_private_key: str
+    hub_public_key: str
+
+
+def lab_keys(paths: StatePaths) -> LabKeys:
+    """The admin's SSH key and the hub's WireGuard key, made once per state directory."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    directory = paths.root / "keys"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ssh_key = directory / "admin_ed25519"
+    if not ssh_key.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sams-lab-admin", "-f", str(ssh_key)], check=True
+        )
+    hub = directory / "hub.key"
+    if not hub.exists():
+        raw = X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        hub.write_text(base64.b64encode(raw).decode() + "\n")
+        hub.chmod(0o600)
+    private = hub.read_text().strip()
+    from components.keys.derive import wireguard_public_key
+
+    return LabKeys(ssh_key, (directory / "admin_ed25519.pub").read_text().strip(), private, wireguard_public_key(private))
+
+
+def _config(keys: LabKeys) -> dict[str, str]:
+    cfg = mockrun.stack_config(STACK)
+    wireguard = json.loads(cfg["sams:wireguard"])
+    wireguard["hubPublicKey"] = keys.hub_public_key
+    cfg["sams:wireguard"] = json.dumps(wireguard)
+    cfg["sams:adminSshKeys"] = json.dumps([keys.ssh_public_key])
+    return cfg
+
+
+def lab_settings(keys: LabKeys) -> Settings:
+    return load(STACK, _config(keys), mockrun.PROJECT_DIR)
+
+
+def lab_run(paths: StatePaths, keys: LabKeys) -> mockrun.Run:
+    store = mockrun.KeyStore(paths.root / "keystore.json")
+    return mockrun.run(STACK, config=_config(keys), store=store)
+
+
+def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpec:
+    cfg = settings.config
+    public = IPv4Network(f"{run.outputs['publicIpv4']}/{PUBLIC_PREFIX}", strict=False)
+    return LabSpec(
+        public_ipv4=run.outputs["publicIpv4"],
+        public_prefix=PUBLIC_PREFIX,
+        inet_ipv4=str(public.network_address + 1),
+        admin_public_ipv4=str(public.network_address + 2),
+        vpn_prefix=cfg.wireguard.network.prefixlen,
+        vpn_host=run.outputs["wireguardAddress"],
+        vpn_hub=str(cfg.wireguard.hub_address),
+        wg_port=cfg.wireguard.port,
+        hub_private_key=keys.hub_private_key,
+        host_public_key=run.outputs["wireguardPublicKey"],
+        admin_user=cfg.admin_user,
+        ssh_private_key=keys.ssh_private_key,
+        user_data=run.outputs["hostUserData"],
+        packages=tuple(sorted(set(BASE_PACKAGES) | set(LAB_PACKAGES))),
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    copy: mockrun.Captured
+    command: mockrun.Captured
+
+    def fingerprint(self) -> str:
+        """What Pulumi would diff: every input of both resources (secrets included, hashed)."""
+        blob = json.dumps([self.copy.inputs, self.command.inputs], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def steps_of(run: mockrun.Run) -> list[Step]:
+    copies = {r.name.removesuffix("-copy"): r for r in run.of_type("command:remote:CopyToRemote")}
+    steps = []
+    for cmd in run.of_type("command:remote:Command"):
+        name = cmd.name.removesuffix("-apply")
+        if name not in copies:
+            raise LabError(f"step {name}: a Command without its CopyToRemote")
+        steps.append(Step(name, copies[name], cmd))
+    return steps
+
+
+@dataclass
+class ApplyReport:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    changed_files: int = 0
+    services: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def applied_path(paths: StatePaths) -> Path:
+    """Last-applied fingerprints; lives in run/, so a fresh host (lab up) starts with none."""
+    return paths.run / "applied.json"
+
+
+def apply(run: mockrun.Run, paths: StatePaths, *, shell: HostShell | None = None) -> ApplyReport:
+    shell = shell or HostShell.from_state(paths)
+    state_file = applied_path(paths)
+    applied: dict[str, str] = json.loads(state_file.read_text()) if state_file.exists() else {}
+    report = ApplyReport()
+    start = time.monotonic()
+    for step in steps_of(run):
+        fp = step.fingerprint()
+        if applied.get(step.name) == fp:
+            report.skipped.append(step.name)
+            print(f"  = {step.name}: unchanged")
+            continue
+        source = step.copy.inputs["source"]["path"]
+        shell.copy_to(source, step.copy.inputs["remotePath"])
+        proc = shell.run(
+            step.command.inputs["create"],
+            stdin=step.command.inputs.get("stdin"),
+            environment=step.command.inputs.get("environment"),
+            check=False,
+        )
+        out = proc.stdout.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            raise LabError(f"step {step.name} failed (exit {proc.returncode}):\n{out}\n{err}")
+        summary = _summary(out)
+        report.ran.append(step.name)
+        report.changed_files += len(summary.get("changed", []))
+        report.services += summary.get("services", [])
+        print(f"  + {step.name}: {len(summary.get('changed', []))} files changed, services {summary.get('services', [])}")
+        applied[step.name] = fp
+        state_file.write_text(json.dumps(applied, indent=1, sort_keys=True))
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _summary(stdout: str) -> dict[str, Any]:
+    last = stdout.splitlines()[-1] if stdout else "{}"
+    try:
+        value = json.loads(last)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

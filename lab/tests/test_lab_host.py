@@ -1,0 +1,202 @@
+"""The lab, end to end: the program's own cloud-init boots a Debian 13 host, its steps apply over
+WireGuard, and the host is what the program promised. Needs root and the host tools (`./run setup`);
+the first run builds the trixie tree from the mirror (~1 min), later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import mockrun
+from components.firewall.policy import NEVER_PUBLIC, public_ports
+from lab import control, program
+from lab.spec import NAMES, LabSpec, StatePaths
+from lab.ssh import HostShell
+from settings import Settings
+
+pytestmark = pytest.mark.lab
+
+
+@dataclass
+class Lab:
+    paths: StatePaths
+    spec: LabSpec
+    settings: Settings
+    run: mockrun.Run
+    shell: HostShell
+    first_apply: program.ApplyReport
+    before: dict[str, set[str]]
+
+
+def _lines(cmd: list[str]) -> set[str]:
+    return set(subprocess.run(cmd, capture_output=True, check=True, text=True).stdout.splitlines())
+
+
+def snapshot() -> dict[str, set[str]]:
+    """What a lab could leave behind: namespaces, links, mounts, processes."""
+    procs = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            procs.add(f"{entry} {cmd.strip()}")
+    return {
+        "netns": {line.split()[0] for line in _lines(["ip", "netns", "list"]) if line.strip()},
+        "links": {line.split(":")[1].strip() for line in _lines(["ip", "-o", "link"])},
+        "mounts": {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()},
+        "procs": procs,
+    }
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    assert os.geteuid() == 0, "the lab tests need root (namespaces, nspawn): run them through ./run test"
+    assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
+    before = snapshot()
+    root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
+    paths = StatePaths(root)
+    try:
+        keys = program.lab_keys(paths)
+        run = program.lab_run(paths, keys)
+        settings = program.lab_settings(keys)
+        spec = program.spec_from_run(run, settings, keys)
+        report = control.up(spec, paths=paths)
+        print(f"\nlab up: {report.timings}")
+        shell = HostShell.from_state(paths)
+        first = program.apply(run, paths, shell=shell)
+        yield Lab(paths, spec, settings, run, shell, first, before)
+    finally:
+        control.down(purge=True, paths=paths)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sh(lab: Lab, command: str) -> str:
+    return lab.shell.run(["sudo", "-n", "sh", "-c", command]).stdout.decode()
+
+
+def tcp(ns: str, address: str, port: int) -> str:
+    """'open', 'refused' (the host answered: nothing listens) or 'filtered' (dropped)."""
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(({address!r}, {port}), timeout=2).close(); print('open')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except OSError: print('filtered')\n"
+    )
+    out = subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_cloud_init_finished_cleanly(lab: Lab) -> None:
+    status = sh(lab, "cloud-init status --format json")
+    assert json.loads(status)["extended_status"] == "done", status
+
+
+def test_admin_user_has_sudo_by_key(lab: Lab) -> None:
+    ident = lab.shell.run(["id"]).stdout.decode()
+    assert f"({lab.settings.config.admin_user})" in ident and "(sudo)" in ident
+    assert lab.shell.run(["sudo", "-n", "id", "-u"]).stdout.decode().strip() == "0"
+
+
+def _ssh_as(lab: Lab, user: str, *options: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "ip", "netns", "exec", NAMES.ns_admin, "ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={lab.paths.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "ConnectTimeout=5", *options, f"{user}@{lab.spec.vpn_host}", "true",
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def test_root_login_refused(lab: Lab) -> None:
+    result = _ssh_as(lab, "root", "-i", str(lab.spec.ssh_private_key), "-o", "IdentitiesOnly=yes")
+    assert result.returncode == 255 and "Permission denied" in result.stderr
+
+
+def test_password_login_refused(lab: Lab) -> None:
+    result = _ssh_as(
+        lab, lab.settings.config.admin_user, "-o", "PubkeyAuthentication=no",
+        "-o", "PreferredAuthentications=password,keyboard-interactive",
+    )  # fmt: skip
+    assert result.returncode == 255
+    assert "Permission denied (publickey)" in result.stderr, result.stderr
+
+
+def test_sshd_only_on_the_tunnel(lab: Lab) -> None:
+    listeners = sh(lab, "ss -Htln 'sport = :22'").split()
+    assert f"{lab.spec.vpn_host}:22" in listeners
+    assert "0.0.0.0:22" not in listeners and "*:22" not in listeners
+    assert tcp(NAMES.ns_inet, lab.spec.public_ipv4, 22) == "filtered"
+    assert tcp(NAMES.ns_admin, lab.spec.vpn_host, 22) == "open"
+
+
+def test_nftables_is_the_declared_policy(lab: Lab) -> None:
+    ruleset = json.loads(sh(lab, "nft -j list table inet sams"))["nftables"]
+    chain = next(i["chain"] for i in ruleset if "chain" in i and i["chain"]["name"] == "input")
+    assert chain["policy"] == "drop"
+    public: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for item in ruleset:
+        rule = item.get("rule")
+        if not rule or rule["chain"] != "input":
+            continue
+        matches = [e["match"] for e in rule["expr"] if "match" in e]
+        on_wg = any(m["left"].get("meta", {}).get("key") == "iifname" for m in matches)
+        for m in matches:
+            payload = m["left"].get("payload", {})
+            if payload.get("field") == "dport" and not on_wg:
+                right = m["right"]
+                ports = right["set"] if isinstance(right, dict) else [right]
+                public[payload["protocol"]].update(int(p) for p in ports)
+    declared = public_ports(lab.settings.config)
+    assert public["tcp"] == {p.number for p in declared if p.proto == "tcp"}
+    assert public["udp"] == {p.number for p in declared if p.proto == "udp"}
+    assert not (public["tcp"] | public["udp"]) & NEVER_PUBLIC
+
+
+def test_firewall_from_the_internet(lab: Lab) -> None:
+    """A public port the host accepts answers (here: refused, nothing listens yet); others are dropped."""
+    assert tcp(NAMES.ns_inet, lab.spec.public_ipv4, 25) in ("open", "refused")
+    for port in (22, 5432, 11334):
+        assert tcp(NAMES.ns_inet, lab.spec.public_ipv4, port) == "filtered", port
+
+
+def test_wireguard_up_with_handshake(lab: Lab) -> None:
+    dump = sh(lab, "wg show wg0 dump").splitlines()
+    peer = dump[1].split("\t")
+    assert peer[0] == program.lab_keys(lab.paths).hub_public_key
+    assert int(peer[4]) > 0, "no handshake with the hub"
+    assert sh(lab, "systemctl is-active wg-quick@wg0 fail2ban nftables ssh").split() == ["active"] * 4
+
+
+def test_steps_applied_and_rerun_is_a_no_op(lab: Lab) -> None:
+    names = [s.name for s in program.steps_of(lab.run)]
+    assert lab.first_apply.ran == names and lab.first_apply.skipped == []
+    again = program.apply(lab.run, lab.paths, shell=lab.shell)
+    assert again.ran == [] and again.skipped == names
+    # and the files are there, with the modes the program asked for
+    for domain in lab.settings.mail.domains:
+        mode = sh(lab, f"stat -c %a /etc/dkimkeys/{domain.name}/{lab.settings.config.dkim.selector}.private")
+        assert mode.strip() == "600"
+
+
+def test_down_leaves_nothing(lab: Lab) -> None:
+    """Runs last in this module (pytest keeps file order): tear down and compare."""
+    removed = control.down(paths=lab.paths)
+    assert any("nspawn" in r for r in removed)
+    assert control.down(paths=lab.paths) == []
+    after = snapshot()
+    needles = [str(lab.paths.root), NAMES.wg_hub, "wireguard-go", "systemd-nspawn", *NAMES.namespaces]
+    for kind in lab.before:
+        new = {i for i in after[kind] - lab.before[kind] if any(n in i for n in needles)}
+        assert not new, f"down left {kind}: {sorted(new)}"
+    assert not any(ns in after["netns"] for ns in NAMES.namespaces)

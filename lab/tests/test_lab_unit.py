@@ -1,0 +1,87 @@
+"""Fast checks of the lab's pure parts (no root, no network, no processes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import host, rootfs, wg
+from lab.spec import NAMES, LabSpec, StatePaths
+from lab.ssh import HostShell, SshTarget
+
+SPEC = LabSpec(
+    public_ipv4="198.18.0.10",
+    public_prefix=24,
+    inet_ipv4="198.18.0.1",
+    admin_public_ipv4="198.18.0.2",
+    vpn_prefix=24,
+    vpn_host="10.100.0.2",
+    vpn_hub="10.100.0.1",
+    wg_port=51820,
+    hub_private_key="aHViLXByaXZhdGUta2V5LWZvci10ZXN0cy1vbmx5LTA=",
+    host_public_key="aG9zdC1wdWJsaWMta2V5LWZvci10ZXN0cy1vbmx5LTA=",
+    admin_user="sams",
+    ssh_private_key=Path("/nonexistent/key"),
+    user_data="#cloud-config\n",
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"inet_ipv4": "192.0.2.1", "public_ipv4": "192.0.2.10", "admin_public_ipv4": "192.0.2.2"},
+        {"inet_ipv4": "203.0.113.1", "public_ipv4": "203.0.113.10", "admin_public_ipv4": "203.0.113.2"},
+        {"vpn_hub": "192.0.2.1", "vpn_host": "192.0.2.2"},
+        {"public_ipv4": "198.18.1.10"},  # not in the public /24
+        {"vpn_host": "198.18.0.20"},  # VPN address outside the VPN net
+        {"user_data": "#!/bin/sh\n"},
+    ],
+)
+def test_spec_rejects_unsafe_or_inconsistent(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(SPEC, **change)
+
+
+def test_cache_key_depends_on_packages_only_as_a_set() -> None:
+    a = rootfs.cache_key(rootfs.package_set(["postfix", "dovecot-core"]))
+    b = rootfs.cache_key(rootfs.package_set(["dovecot-core", "postfix", "postfix"]))
+    c = rootfs.cache_key(rootfs.package_set([]))
+    assert a == b != c
+    assert rootfs.cache_key(rootfs.package_set([]), suite="forky") != c
+    with pytest.raises(ValueError):
+        rootfs.package_set(["bad name"])
+
+
+def test_hub_config_points_at_the_public_endpoint() -> None:
+    text = wg.hub_config(SPEC)
+    assert f"Address = {SPEC.vpn_hub}/{SPEC.vpn_prefix}" in text
+    assert f"Endpoint = {SPEC.public_ipv4}:{SPEC.wg_port}" in text
+    assert f"AllowedIPs = {SPEC.vpn_host}/32" in text
+
+
+def test_nspawn_flags_join_the_host_namespace() -> None:
+    argv = host.nspawn_argv(Path("/x/tree"))
+    assert f"--network-namespace-path=/run/netns/{NAMES.ns_host}" in argv
+    assert "--register=no" in argv and "--keep-unit" in argv and "--boot" in argv
+    assert argv[-1] == "--directory=/x/tree"
+    assert host.NSPAWN_ENV["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] == "1"
+
+
+def test_seed_writes_nocloud_files(tmp_path: Path) -> None:
+    (tmp_path / "etc/cloud/cloud.cfg.d").mkdir(parents=True)
+    host.seed(tmp_path, SPEC, "iid-1")
+    seed = tmp_path / "var/lib/cloud/seed/nocloud"
+    assert (seed / "meta-data").read_text().startswith("instance-id: iid-1\n")
+    assert (seed / "user-data").read_text() == SPEC.user_data
+    assert "NoCloud" in (tmp_path / "etc/cloud/cloud.cfg.d/90_sams_lab.cfg").read_text()
+
+
+def test_ssh_goes_through_the_admin_namespace_key_only(tmp_path: Path) -> None:
+    shell = HostShell(SshTarget.for_spec(SPEC, StatePaths(tmp_path)))
+    argv = shell.ssh_argv()
+    assert argv[:4] == ["ip", "netns", "exec", NAMES.ns_admin]
+    assert argv[-1] == SPEC.vpn_host
+    assert "StrictHostKeyChecking=yes" in argv and "PasswordAuthentication=no" in argv
