@@ -25,6 +25,7 @@ WG_INTERFACE = "wg0"
 BASE_PACKAGES: tuple[str, ...] = (
     "ca-certificates",
     "docker.io",
+    "docker-cli",  # trixie splits the client out of docker.io (only recommended there)
     "fail2ban",
     "iproute2",
     "nftables",

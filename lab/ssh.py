@@ -271,5 +271,6 @@ class HostShell:
         tty = ["-t"] if not command and os.isatty(0) else []
         argv = self.ssh_argv(*tty)
         if command:
-            argv += ["--", shlex.join(command)]
+            # Like ssh itself: words are joined with spaces and the remote shell parses them.
+            argv += ["--", " ".join(command)]
         return subprocess.run(argv, check=False).returncode
