@@ -5,7 +5,7 @@ from pathlib import Path
 import pulumi
 from pulumi_command import remote
 
-from cloudinit import BootSecrets, user_data
+from cloudinit import BootSecrets, hub_peer, user_data
 from components.database import Database, DatabaseArgs
 from components.dns import Dns, DnsArgs
 from components.host import Host, HostArgs
@@ -59,6 +59,13 @@ pulumi.export("publicIpv6", host.public_ipv6)
 pulumi.export("wireguardAddress", str(cfg.wireguard.address))
 pulumi.export("wireguardPublicKey", keys.wireguard_public_key)
 pulumi.export("sshHostPublicKey", keys.ssh_host_public_key)
+# Paste into the hub's wg-quick config, then `ssh sams@<wireguardAddress>` works.
+pulumi.export(
+    "hubPeerConfig",
+    pulumi.Output.all(keys.wireguard_public_key, host.public_ipv4).apply(
+        lambda v: hub_peer(cfg, public_key=v[0], public_ipv4=v[1])
+    ),
+)
 pulumi.export("publicPorts", host.firewall.public_ports)
 pulumi.export("dnsRecords", dns.table)
 pulumi.export("clientSettings", client_settings(settings))

@@ -131,3 +131,11 @@ def user_data(cfg: StackConfig, keys: BootSecrets) -> str:
         "runcmd": [["/usr/local/sbin/sams-bootstrap"]],
     }
     return "#cloud-config\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=4096)
+
+
+def hub_peer(cfg: StackConfig, *, public_key: str, public_ipv4: str) -> str:
+    """The [Peer] section the admin's hub needs for this host."""
+    return (
+        f"[Peer]\n# {cfg.hostname}\nPublicKey = {public_key}\n"
+        f"AllowedIPs = {cfg.wireguard.address}/32\nEndpoint = {public_ipv4}:{cfg.wireguard.port}\n"
+    )

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.docker.nspawn_flags import NSPAWN_DOCKER_ARGS
 from lab.proc import LabError, alive, kill_pids, read_pid, wait_gone
 from lab.spec import NAMES, LabSpec, StatePaths
 
@@ -53,12 +54,14 @@ NSPAWN_FLAGS: list[str] = [
     "--link-journal=no",
     # stdin is not a terminal: copy the console to stdout (= the console log).
     "--console=read-only",
+    # Docker inside the host (PostgreSQL runs in it): see lab/docker/nspawn_flags.py.
+    *NSPAWN_DOCKER_ARGS,
 ]
 
 # Environment for systemd-nspawn (also in one place, with reasons).
 NSPAWN_ENV: dict[str, str] = {
-    # The host mounts cgroups in hybrid mode; trixie's systemd 257 refuses to
-    # boot on v1/hybrid, so give the container a pure cgroup2 (unified) tree.
+    # The host mounts cgroups in hybrid mode; give the container a pure cgroup2
+    # tree, which Docker inside needs (lab/docker/nspawn_flags.py has the error).
     "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
     # Make /proc/sys/net writable: the host sets ip_forward, wg-quick and
     # nftables touch net sysctls.  Safe: the container has its own netns.

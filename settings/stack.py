@@ -53,13 +53,17 @@ class Bastion(_Config):
 
 
 class WireGuardSettings(_Config):
-    network: IPv4Network = IPv4Network("10.100.0.0/24")
-    address: IPv4Address = IPv4Address("10.100.0.2")
+    network: IPv4Network = Field(default=IPv4Network("10.100.0.0/24"), description="the VPN, private")
+    address: IPv4Address = Field(default=IPv4Address("10.100.0.2"), description="the host on the VPN")
     port: int = Field(default=51820, gt=0, lt=65536)
-    hub_public_key: WireGuardKey
-    hub_address: IPv4Address = IPv4Address("10.100.0.1")
-    hub_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-    bastion: Bastion | None = None
+    hub_public_key: WireGuardKey = Field(description="`wg pubkey` of the hub/admin peer")
+    hub_address: IPv4Address = Field(default=IPv4Address("10.100.0.1"), description="the hub on the VPN")
+    hub_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$",
+        description="host:port of the hub, if the host should dial it (keepalive)",
+    )
+    bastion: Bastion | None = Field(default=None, description="SSH jump host on the VPN for CI runners")
 
 
 class ClientAccess(_Config):
@@ -107,14 +111,14 @@ class DnsSettings(_Config):
 
 
 class StackConfig(_Config):
-    provider: Literal["vultr", "oci", "existing"]
-    hostname: DomainName
-    admin_user: str = Field(default="sams", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    admin_ssh_keys: list[SshPublicKey] = Field(min_length=1)
+    provider: Literal["vultr", "oci", "existing"] = Field(description="where the host runs; its section is required")
+    hostname: DomainName = Field(description="the mail host's FQDN: MX target, HELO, PTR and TLS name")
+    admin_user: str = Field(default="sams", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="sudo user for SSH")
+    admin_ssh_keys: list[SshPublicKey] = Field(min_length=1, description="OpenSSH public keys of the admins")
     vultr: VultrSettings | None = None
     oci: OciSettings | None = None
     existing: ExistingSettings | None = None
-    wireguard: WireGuardSettings
+    wireguard: WireGuardSettings = Field(description="the admin tunnel every change rides")
     client_access: ClientAccess = Field(default_factory=ClientAccess)
     public_web: bool = Field(default=True, description="80/443 for ACME HTTP-01 and MTA-STS")
     relay: RelaySettings | None = None

@@ -20,7 +20,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def settings_of(variant: str) -> Any:
-    from conftest import VARIANTS
+    from tests.conftest import VARIANTS
 
     from settings import load
 
@@ -336,6 +336,10 @@ def test_stack_outputs(run: mockrun.Run, variant: str) -> None:
     for d in s.mail.domains:
         assert f"{d.name}  " in out["dnsRecords"] or f"{d.name} " in out["dnsRecords"]
     assert "MX" in out["dnsRecords"]
+    peer = out["hubPeerConfig"]
+    assert f"PublicKey = {out['wireguardPublicKey']}" in peer
+    assert f"AllowedIPs = {s.config.wireguard.address}/32" in peer
+    assert f"Endpoint = {out['publicIpv4']}:{s.config.wireguard.port}" in peer
 
 
 def test_components_parent_their_children(run: mockrun.Run) -> None:

@@ -82,6 +82,22 @@ DOCKER_DAEMON_JSON: dict[str, object] = {
     "default-address-pools": [{"base": "198.19.248.0/22", "size": 24}],
 }
 
+# Alternative, also tested end to end: Docker never touches the firewall or
+# creates docker0 (no `nft` rules at all in the lab host), for a host whose
+# containers all use --network host and whose nftables ruleset is owned by
+# SAMS (a `flush ruleset` reload would otherwise wipe Docker's chains).
+# Containers without --network host then only get a loopback interface.
+# CAP_NET_ADMIN is still required (dockerd fails "failed to create default
+# sandbox: operation not permitted" without it, even for --network host).
+DOCKER_DAEMON_JSON_HOST_NETWORK_ONLY: dict[str, object] = {
+    "storage-driver": "overlay2",
+    "bridge": "none",
+    "iptables": False,
+    "ip6tables": False,
+    # without this dockerd still writes net.ipv4.ip_forward at start
+    "ip-forward": False,
+}
+
 # Packages the lab tree needs (mmdebstrap --include) for this to work.
 DOCKER_TREE_PACKAGES: tuple[str, ...] = (
     "docker.io",  # dockerd (26.1.5 in trixie), enables docker.socket/.service
