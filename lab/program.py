@@ -67,7 +67,9 @@ def lab_keys(paths: StatePaths) -> LabKeys:
     private = hub.read_text().strip()
     from components.keys.derive import wireguard_public_key
 
-    return LabKeys(ssh_key, (directory / "admin_ed25519.pub").read_text().strip(), private, wireguard_public_key(private))
+    return LabKeys(
+        ssh_key, (directory / "admin_ed25519.pub").read_text().strip(), private, wireguard_public_key(private)
+    )
 
 
 def _config(keys: LabKeys) -> dict[str, str]:
@@ -174,7 +176,9 @@ def apply(run: mockrun.Run, paths: StatePaths, *, shell: HostShell | None = None
         report.ran.append(step.name)
         report.changed_files += len(summary.get("changed", []))
         report.services += summary.get("services", [])
-        print(f"  + {step.name}: {len(summary.get('changed', []))} files changed, services {summary.get('services', [])}")
+        print(
+            f"  + {step.name}: {len(summary.get('changed', []))} files changed, services {summary.get('services', [])}"
+        )
         applied[step.name] = fp
         state_file.write_text(json.dumps(applied, indent=1, sort_keys=True))
     report.seconds = time.monotonic() - start

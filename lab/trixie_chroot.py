@@ -57,9 +57,7 @@ class ChrootError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(
-        os.environ.get("SAMS_CHROOT_CACHE", "/var/cache/sams-lab/chroot-mailcore")
-    )
+    return Path(os.environ.get("SAMS_CHROOT_CACHE", "/var/cache/sams-lab/chroot-mailcore"))
 
 
 def _stamp() -> dict[str, object]:
@@ -72,9 +70,7 @@ def _stamp() -> dict[str, object]:
 
 
 def _key() -> str:
-    return hashlib.sha256(json.dumps(_stamp(), sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
+    return hashlib.sha256(json.dumps(_stamp(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def tree_path() -> Path:
@@ -115,19 +111,13 @@ def ensure_tree() -> Path:
         with open(build_log, "wb") as logf:
             logf.write((" ".join(cmd) + "\n").encode())
             logf.flush()
-            rc = subprocess.run(
-                cmd, stdout=logf, stderr=subprocess.STDOUT, check=False
-            ).returncode
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, check=False).returncode
         if rc != 0:
             tail = build_log.read_text(errors="replace").splitlines()[-20:]
-            raise ChrootError(
-                f"mmdebstrap failed ({rc}); see {build_log}:\n" + "\n".join(tail)
-            )
+            raise ChrootError(f"mmdebstrap failed ({rc}); see {build_log}:\n" + "\n".join(tail))
         partial.rename(target)
         seconds = round(time.monotonic() - started, 1)
-        target.with_suffix(".json").write_text(
-            json.dumps({**_stamp(), "build_seconds": seconds}, indent=2) + "\n"
-        )
+        target.with_suffix(".json").write_text(json.dumps({**_stamp(), "build_seconds": seconds}, indent=2) + "\n")
     return target
 
 

@@ -19,6 +19,7 @@ import runpy
 import secrets
 import string
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,17 +92,23 @@ class KeyStore:
 
     def __init__(self, path: Path | None = None):
         self.path = path
+        self.lock = threading.Lock()  # the SDK registers resources from a thread pool
         self.values: dict[str, dict[str, Any]] = {}
         if path and path.exists():
             self.values = json.loads(path.read_text())
 
     def get(self, key: str, make: Any) -> dict[str, Any]:
-        if key not in self.values:
-            self.values[key] = make()
-            self.save()
-        return self.values[key]
+        with self.lock:
+            if key not in self.values:
+                self.values[key] = make()
+                self._save()
+            return self.values[key]
 
     def save(self) -> None:
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")

@@ -1,0 +1,359 @@
+"""The mail daemons as remote steps (pure): settings in, StepSpec out, nothing touches a host.
+
+One step per daemon, so a change to Postfix's files reloads Postfix and nothing else:
+
+  mail_base_step  the vmail user, the self-signed certificate, the milter socket directories
+  opendkim_step   OpenDKIM: signing for every domain with the dkim-keys step's keys
+  rspamd_step     Rspamd (milter, SPF/DKIM/DMARC/ARC checks) and its Redis
+  dovecot_step    Dovecot 2.4: IMAP, POP3, LMTP, ManageSieve, SASL for Postfix, SQL users, quota
+  postfix_step    Postfix: MX behind postscreen, submission 587/465, virtual domains from SQL
+
+Apply them in that order: the base step creates what the daemons' configs point at (a Dovecot
+reload with a missing certificate fails), and Postfix comes last because it talks to all three.
+The packages themselves are installed before any of these run.
+
+Templates live in components/mail/etc/ named after where they land; every secret is a late()
+token that sams-apply replaces on the host, so no password is ever part of a rendered file here.
+"""
+
+from __future__ import annotations
+
+from components.database import schema
+from components.remote.steps import File, Service, StepSpec, late
+from components.render import render
+from settings import Settings
+
+# --- paths shared by the daemons (and by the tests) -------------------------------------------
+TLS_DIR = "/etc/ssl/sams"
+TLS_FULLCHAIN = f"{TLS_DIR}/fullchain.pem"  # self-signed now; the deliverability issue brings ACME
+TLS_KEY = f"{TLS_DIR}/privkey.pem"
+
+POSTFIX_SPOOL = "/var/spool/postfix"
+# Relative to the spool: how Postfix's (chrooted) daemons name the sockets.
+LMTP_SOCKET = "private/dovecot-lmtp"
+AUTH_SOCKET = "private/auth"
+OPENDKIM_MILTER = "opendkim/opendkim.sock"
+RSPAMD_MILTER = "rspamd/milter.sock"
+PGSQL_DIR = "/etc/postfix/pgsql"
+RELAY_PASSWORD_FILE = "/etc/postfix/relay_password"
+
+VMAIL_USER = "vmail"
+# A fixed id above Dovecot's first_valid_uid (500), so no extra setting is needed to allow it,
+# and the same on every host (backups restore with the right owner).
+VMAIL_UID = 5000
+VMAIL_ROOT = "/var/mail/vmail"
+
+DOVECOT_SQL_CONF = "/etc/dovecot/sql.conf.ext"
+
+DKIM_KEY_DIR = "/etc/dkimkeys"  # written by the dkim-keys step (components/mail/__init__.py)
+OPENDKIM_DIR = "/etc/opendkim"
+
+RSPAMD_LOCAL = "/etc/rspamd"
+# Outside local.d/override.d so Rspamd never includes it on its own; written by the step script.
+RSPAMD_PASSWORD_INC = "sams/controller-password.inc"
+RSPAMD_NORMAL_WORKER = "127.0.0.1:11333"
+RSPAMD_CONTROLLER = "127.0.0.1:11334"
+REDIS = "127.0.0.1:6379"
+REDIS_MAXMEMORY = "256mb"
+
+# Late values (arrive on stdin at apply time).
+DB_POSTFIX_PASSWORD = schema.password_late_name("postfix")
+DB_DOVECOT_PASSWORD = schema.password_late_name("dovecot")
+RELAY_PASSWORD = "relay_password"
+RSPAMD_CONTROLLER_PASSWORD = "rspamd_controller_password"
+
+
+def _render(template: str, **context: object) -> str:
+    return render("mail", template, **context)
+
+
+def _domains(settings: Settings) -> list[str]:
+    return [d.name for d in settings.mail.domains]
+
+
+# --- base ------------------------------------------------------------------------------------------
+
+
+def mail_base_step(settings: Settings) -> StepSpec:
+    """What the daemons' configs point at: vmail, the certificate, the milter socket directories.
+
+    The certificate is made only when none exists, so the ACME step can replace it later and a
+    re-run never undoes that. Its names are the hostname and every mail domain's mail host.
+    """
+    host = settings.config.hostname
+    script = f"""\
+# The one system user that owns every Maildir.
+getent group {VMAIL_USER} >/dev/null || groupadd --system --gid {VMAIL_UID} {VMAIL_USER}
+getent passwd {VMAIL_USER} >/dev/null || useradd --system --uid {VMAIL_UID} --gid {VMAIL_USER} \\
+    --home-dir {VMAIL_ROOT} --no-create-home --shell /usr/sbin/nologin {VMAIL_USER}
+install -d -o {VMAIL_USER} -g {VMAIL_USER} -m 0750 {VMAIL_ROOT}
+
+# Self-signed certificate until ACME takes over (never replaces an existing one).
+install -d -o root -g root -m 0755 {TLS_DIR}
+if [ ! -s {TLS_KEY} ] || [ ! -s {TLS_FULLCHAIN} ]; then
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -sha256 -days 825 -nodes -batch \\
+        -subj "/CN={host}" -addext "subjectAltName=DNS:{host}" \\
+        -keyout {TLS_KEY}.new -out {TLS_FULLCHAIN}.new 2>/dev/null
+    chmod 0600 {TLS_KEY}.new
+    chmod 0644 {TLS_FULLCHAIN}.new
+    mv {TLS_KEY}.new {TLS_KEY}
+    mv {TLS_FULLCHAIN}.new {TLS_FULLCHAIN}
+fi
+
+# Milter sockets live in Postfix's spool (its chrooted daemons see nothing else). setgid
+# directories owned by group postfix: the sockets inherit the group, so Postfix's processes
+# (which keep only their primary group) can connect.
+install -d -o opendkim -g postfix -m 2750 {POSTFIX_SPOOL}/{OPENDKIM_MILTER.split("/")[0]}
+install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/")[0]}
+"""
+    return StepSpec(
+        name="mail-base",
+        script=script,
+        description="vmail user, self-signed certificate, milter socket directories",
+    )
+
+
+# --- Postfix ---------------------------------------------------------------------------------------
+
+
+def _pgsql_lookup(name: str, purpose: str) -> File:
+    return File(
+        f"{PGSQL_DIR}/{name}.cf",
+        _render(
+            "etc/postfix/pgsql/lookup.cf.j2",
+            purpose=purpose,
+            db_host=schema.DB_HOST,
+            db_port=schema.DB_PORT,
+            db_name=schema.DB_NAME,
+            db_user="postfix",
+            db_password=late(DB_POSTFIX_PASSWORD),
+            query=schema.POSTFIX_QUERIES[name],
+        ),
+        # proxymap opens the tables as the postfix user; nobody else may read the password.
+        mode="0640",
+        owner="root",
+        group="postfix",
+    )
+
+
+def postfix_step(settings: Settings) -> StepSpec:
+    """main.cf, master.cf, the SQL lookup tables, /etc/aliases and (optionally) the relay login."""
+    cfg = settings.config
+    relay = cfg.relay
+    first_domain = settings.mail.domains[0].name
+    files = [
+        File(
+            "/etc/postfix/main.cf",
+            _render(
+                "etc/postfix/main.cf.j2",
+                hostname=cfg.hostname,
+                pgsql_dir=PGSQL_DIR,
+                lmtp_socket=LMTP_SOCKET,
+                auth_socket=AUTH_SOCKET,
+                tls_fullchain=TLS_FULLCHAIN,
+                tls_key=TLS_KEY,
+                rspamd_milter=RSPAMD_MILTER,
+                opendkim_milter=OPENDKIM_MILTER,
+                relay=relay,
+                relay_password_file=RELAY_PASSWORD_FILE,
+            ),
+        ),
+        File("/etc/postfix/master.cf", _render("etc/postfix/master.cf.j2")),
+        _pgsql_lookup("virtual_mailbox_domains", "the mail domains"),
+        _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
+        _pgsql_lookup("virtual_alias_maps", "the aliases"),
+        _pgsql_lookup("sender_login_maps", "who may send as which address"),
+        # Mail to root (cron, daemons) reaches the first domain's postmaster.
+        File("/etc/aliases", _render("etc/aliases.j2", root_to=f"postmaster@{first_domain}")),
+    ]
+    late_values = [DB_POSTFIX_PASSWORD]
+    if relay is not None and relay.username:
+        files.append(
+            File(
+                RELAY_PASSWORD_FILE,
+                _render("etc/postfix/relay_password.j2", relay=relay, password=late(RELAY_PASSWORD)),
+                mode="0600",
+            )
+        )
+        late_values.append(RELAY_PASSWORD)
+    script = """\
+# /etc/aliases is read through its indexed copy.
+case "$SAMS_CHANGED" in *"/etc/aliases"*) newaliases ;; esac
+[ -e /etc/aliases.db ] || newaliases
+postfix check
+"""
+    return StepSpec(
+        name="postfix",
+        files=tuple(files),
+        services=(Service("postfix", ("/etc/postfix/*",), "reload"),),
+        script=script,
+        late_values=tuple(late_values),
+        description="Postfix: MX with postscreen, submission 587/465, SQL lookups, milters",
+    )
+
+
+# --- Dovecot ---------------------------------------------------------------------------------------
+
+
+def dovecot_step(settings: Settings) -> StepSpec:
+    """dovecot.conf (owned whole: Debian's conf.d is not included) and the SQL connection."""
+    files = (
+        File(
+            "/etc/dovecot/dovecot.conf",
+            _render(
+                "etc/dovecot/dovecot.conf.j2",
+                tls_fullchain=TLS_FULLCHAIN,
+                tls_key=TLS_KEY,
+                sql_conf=DOVECOT_SQL_CONF,
+                vmail_user=VMAIL_USER,
+                vmail_root=VMAIL_ROOT,
+                postfix_spool=POSTFIX_SPOOL,
+                lmtp_socket=LMTP_SOCKET,
+                auth_socket=AUTH_SOCKET,
+            ),
+        ),
+        File(
+            DOVECOT_SQL_CONF,
+            _render(
+                "etc/dovecot/sql.conf.ext.j2",
+                db_host=schema.DB_HOST,
+                db_port=schema.DB_PORT,
+                db_name=schema.DB_NAME,
+                db_user="dovecot",
+                db_password=late(DB_DOVECOT_PASSWORD),
+                passdb_query=schema.DOVECOT_PASSDB_QUERY,
+                userdb_query=schema.DOVECOT_USERDB_QUERY,
+                iterate_query=schema.DOVECOT_ITERATE_QUERY,
+            ),
+            # Read by Dovecot's config process, which runs as root.
+            mode="0600",
+        ),
+    )
+    return StepSpec(
+        name="dovecot",
+        files=files,
+        services=(Service("dovecot", ("/etc/dovecot/*",), "reload"),),
+        # Fails the step (and names the setting) if Dovecot does not accept the configuration.
+        script="doveconf -n >/dev/null\n",
+        late_values=(DB_DOVECOT_PASSWORD,),
+        description="Dovecot 2.4: IMAP, POP3, LMTP, ManageSieve, SQL users, quota",
+    )
+
+
+# --- OpenDKIM --------------------------------------------------------------------------------------
+
+
+def opendkim_step(settings: Settings) -> StepSpec:
+    """opendkim.conf and its tables: one key per domain, selector from settings."""
+    cfg = settings.config
+    selector = cfg.dkim.selector
+    domains = _domains(settings)
+    key_table = f"{OPENDKIM_DIR}/key.table"
+    signing_table = f"{OPENDKIM_DIR}/signing.table"
+    trusted_hosts = f"{OPENDKIM_DIR}/trusted.hosts"
+    files = (
+        File(
+            "/etc/opendkim.conf",
+            _render(
+                "etc/opendkim.conf.j2",
+                postfix_spool=POSTFIX_SPOOL,
+                opendkim_milter=OPENDKIM_MILTER,
+                selector=selector,
+                key_table=key_table,
+                signing_table=signing_table,
+                trusted_hosts=trusted_hosts,
+            ),
+        ),
+        File(
+            key_table,
+            _render("etc/opendkim/key.table.j2", domains=domains, selector=selector, key_dir=DKIM_KEY_DIR),
+        ),
+        File(signing_table, _render("etc/opendkim/signing.table.j2", domains=domains)),
+        File(trusted_hosts, _render("etc/opendkim/trusted.hosts.j2", hostname=cfg.hostname)),
+    )
+    return StepSpec(
+        name="opendkim",
+        files=files,
+        services=(
+            # Socket and user are read only at start; the tables are re-read on reload (SIGUSR1).
+            Service("opendkim", ("/etc/opendkim.conf",), "restart"),
+            Service("opendkim", (f"{OPENDKIM_DIR}/*",), "reload"),
+        ),
+        script="opendkim -n\n",
+        description="OpenDKIM: DKIM signing for every mail domain",
+    )
+
+
+# --- Rspamd + Redis --------------------------------------------------------------------------------
+
+
+def rspamd_step(settings: Settings) -> StepSpec:
+    """Rspamd's local.d/override.d files, its controller password (hashed on the host), Redis."""
+
+    def rspamd_file(rel: str, **context: object) -> File:
+        return File(f"{RSPAMD_LOCAL}/{rel}", _render(f"etc/rspamd/{rel}.j2", **context))
+
+    files = (
+        rspamd_file(
+            "override.d/worker-proxy.inc",
+            postfix_spool=POSTFIX_SPOOL,
+            rspamd_milter=RSPAMD_MILTER,
+            normal_worker=RSPAMD_NORMAL_WORKER,
+        ),
+        rspamd_file(
+            "override.d/worker-controller.inc", controller=RSPAMD_CONTROLLER, password_file=RSPAMD_PASSWORD_INC
+        ),
+        rspamd_file("override.d/worker-normal.inc", normal_worker=RSPAMD_NORMAL_WORKER),
+        rspamd_file("local.d/redis.conf", redis=REDIS),
+        rspamd_file("local.d/greylist.conf"),
+        rspamd_file("local.d/dkim_signing.conf"),
+        rspamd_file("local.d/arc.conf"),
+        rspamd_file("local.d/antivirus.conf"),
+        rspamd_file("local.d/milter_headers.conf"),
+        File(
+            "/etc/redis/redis.conf",
+            _render("etc/redis/redis.conf.j2", maxmemory=REDIS_MAXMEMORY),
+            mode="0640",
+            owner="redis",
+            group="redis",
+        ),
+    )
+    password_file = f"{RSPAMD_LOCAL}/{RSPAMD_PASSWORD_INC}"
+    # rspamadm pw has no stdin mode: the password is on its command line for the few milliseconds
+    # it runs (root-only host). The hash is salted, so it changes on every run: the step only runs
+    # when its files or late values change, and then one reload picks it up.
+    script = f"""\
+install -d -o root -g _rspamd -m 0750 {RSPAMD_LOCAL}/sams
+hash=$(rspamadm pw -q -p "$SAMS_LATE_{RSPAMD_CONTROLLER_PASSWORD}")
+umask 027
+printf 'password = "%s";\\n' "$hash" > {password_file}.new
+chgrp _rspamd {password_file}.new
+mv {password_file}.new {password_file}
+rspamadm configtest -q
+systemctl reload rspamd
+"""
+    return StepSpec(
+        name="rspamd",
+        files=files,
+        services=(
+            # Listening sockets are bound at start: worker changes restart, the rest reloads.
+            Service("rspamd", (f"{RSPAMD_LOCAL}/override.d/worker-*",), "restart"),
+            Service("rspamd", (f"{RSPAMD_LOCAL}/local.d/*",), "reload"),
+            Service("redis-server", ("/etc/redis/redis.conf",), "restart"),
+        ),
+        script=script,
+        late_values=(RSPAMD_CONTROLLER_PASSWORD,),
+        description="Rspamd milter (spam, SPF/DKIM/DMARC/ARC) and its Redis",
+    )
+
+
+def mail_steps(settings: Settings) -> tuple[StepSpec, ...]:
+    """Every mail step, in the order they must be applied."""
+    return (
+        mail_base_step(settings),
+        opendkim_step(settings),
+        rspamd_step(settings),
+        dovecot_step(settings),
+        postfix_step(settings),
+    )

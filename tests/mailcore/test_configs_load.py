@@ -1,0 +1,234 @@
+"""The rendered mail configuration, checked by the daemons' own checkers in a Debian 13 tree.
+
+Every step is rendered for the lab stack, installed into a scratch copy of the trixie tree the
+way sams-apply installs it (late values replaced by dummies) and its script run (systemctl is a
+recording stub); then postfix, postconf, doveconf, opendkim and rspamadm must accept it.
+
+    sudo .venv/bin/python -m pytest -m chroot tests/mailcore
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from components.mail import services
+from lab.trixie_chroot import run_in
+from tests.mailcore.conftest import DUMMY_LATE, SYSTEMCTL_LOG
+
+pytestmark = pytest.mark.chroot
+
+
+def _ok(root: Path, *argv: str) -> str:
+    result = run_in(root, list(argv))
+    assert result.returncode == 0, f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def _warnings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(r"warning|obsolete|deprecated", line, re.I)]
+
+
+# --- Postfix ---------------------------------------------------------------------------------------
+
+
+def test_postfix_check_passes_without_warnings(mail_root: Path) -> None:
+    out = _ok(mail_root, "postfix", "check")
+    assert _warnings(out) == []
+
+
+def test_postconf_n_has_the_settings_that_matter(mail_root: Path, lab_settings) -> None:
+    result = run_in(mail_root, ["postconf", "-n"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # unknown or unused parameters are warned about here
+    conf = dict(line.split(" = ", 1) for line in result.stdout.splitlines())
+    assert conf["myhostname"] == lab_settings.config.hostname
+    assert conf["smtpd_tls_auth_only"] == "yes"
+    for key in ("smtpd_tls_protocols", "smtpd_tls_mandatory_protocols", "smtp_tls_protocols"):
+        assert conf[key] == ">=TLSv1.2"
+    assert conf["virtual_transport"] == "lmtp:unix:private/dovecot-lmtp"
+    assert conf["virtual_mailbox_domains"].startswith("proxy:pgsql:")
+    assert conf["smtpd_sasl_type"] == "dovecot"
+    assert conf["milter_default_action"] in {"accept", "tempfail"}
+    assert "smtpd_sasl_auth_enable" not in conf  # default no: AUTH only where master.cf enables it
+    assert "relayhost" not in conf  # the lab stack has no relay
+
+
+def test_postfix_offers_auth_only_on_the_submission_ports(mail_root: Path) -> None:
+    # postconf -P prints the master.cf -o overrides as Postfix itself parses them.
+    overrides = _ok(mail_root, "postconf", "-P").splitlines()
+    auth_on = {
+        line.split("/")[0] + "/" + line.split("/")[1] for line in overrides if "smtpd_sasl_auth_enable = yes" in line
+    }
+    assert auth_on == {"submission/inet", "submissions/inet"}
+    services_out = _ok(mail_root, "postconf", "-M")
+    assert re.search(r"^smtp\s+inet\s.*postscreen", services_out, re.M), "port 25 is not behind postscreen"
+    assert "submissions/inet/smtpd_tls_wrappermode = yes" in overrides
+    assert "submission/inet/smtpd_tls_security_level = encrypt" in overrides
+    for svc in ("submission/inet", "submissions/inet"):
+        assert any(
+            line.startswith(f"{svc}/smtpd_sender_restrictions = reject_sender_login_mismatch") for line in overrides
+        )
+
+
+def test_postfix_reads_the_tls_key_and_certificate(mail_root: Path) -> None:
+    # tlsproxy/smtpd load these at start; here openssl proves they exist and belong together.
+    key = _ok(mail_root, "openssl", "pkey", "-in", services.TLS_KEY, "-pubout")
+    cert = _ok(mail_root, "openssl", "x509", "-in", services.TLS_FULLCHAIN, "-noout", "-pubkey")
+    assert key.strip() == cert.strip()
+    assert (mail_root / services.TLS_KEY.lstrip("/")).stat().st_mode & 0o077 == 0
+
+
+def test_aliases_database_was_built(mail_root: Path) -> None:
+    out = _ok(mail_root, "postmap", "-q", "root", "hash:/etc/aliases")
+    assert out.strip().startswith("postmaster@")
+
+
+# --- Dovecot ---------------------------------------------------------------------------------------
+
+
+def test_doveconf_accepts_the_config_without_warnings(mail_root: Path) -> None:
+    result = run_in(mail_root, ["doveconf", "-n"])
+    assert result.returncode == 0, result.stderr
+    assert _warnings(result.stderr) == [], result.stderr
+    out = result.stdout
+    assert "ssl = required" in out
+    assert "auth_allow_cleartext" not in out or "auth_allow_cleartext = no" in out
+    assert re.search(r"^protocols = imap pop3 lmtp sieve$", out, re.M)
+    # Debian's PAM passdb and mbox defaults must not have slipped in.
+    assert "passdb pam" not in out and "mail_driver = maildir" in out
+
+
+def test_dovecot_listeners(mail_root: Path) -> None:
+    ports = {}
+    for service, name in (
+        ("imap-login", "imap"),
+        ("imap-login", "imaps"),
+        ("pop3-login", "pop3"),
+        ("pop3-login", "pop3s"),
+        ("managesieve-login", "sieve"),
+    ):
+        ports[name] = _ok(mail_root, "doveconf", "-h", f"service/{service}/inet_listener/{name}/port").strip()
+    assert ports == {"imap": "143", "imaps": "993", "pop3": "0", "pop3s": "995", "sieve": "4190"}
+
+
+def test_dovecot_tls_floor_and_sockets(mail_root: Path) -> None:
+    assert _ok(mail_root, "doveconf", "-h", "ssl_min_protocol").strip() == "TLSv1.2"
+    out = _ok(mail_root, "doveconf", "-n")
+    assert "unix_listener /var/spool/postfix/private/dovecot-lmtp" in out
+    assert "unix_listener /var/spool/postfix/private/auth" in out
+
+
+def test_dovecot_sql_conf_is_root_only_and_has_the_password(mail_root: Path) -> None:
+    path = mail_root / services.DOVECOT_SQL_CONF.lstrip("/")
+    assert path.stat().st_mode & 0o077 == 0
+    assert DUMMY_LATE["db_dovecot_password"] in path.read_text()
+
+
+# --- OpenDKIM --------------------------------------------------------------------------------------
+
+
+def test_opendkim_accepts_the_config(mail_root: Path) -> None:
+    out = _ok(mail_root, "opendkim", "-n")
+    assert _warnings(out) == []
+
+
+def test_opendkim_tables_name_every_domain(mail_root: Path, lab_settings) -> None:
+    keys = (mail_root / "etc/opendkim/key.table").read_text()
+    for domain in lab_settings.mail.domains:
+        line = f"{domain.name} {domain.name}:{lab_settings.config.dkim.selector}:/etc/dkimkeys/{domain.name}/"
+        assert line in keys
+
+
+# --- Rspamd + Redis --------------------------------------------------------------------------------
+
+
+def test_rspamadm_configtest(mail_root: Path) -> None:
+    out = _ok(mail_root, "rspamadm", "configtest")
+    assert "syntax OK" in out
+
+
+def test_rspamd_effective_config(mail_root: Path) -> None:
+    dump = _ok(mail_root, "rspamadm", "configdump", "-c", "/etc/rspamd/rspamd.conf", "worker")
+    assert services.POSTFIX_SPOOL + "/" + services.RSPAMD_MILTER in dump
+    assert "localhost:11332" not in dump  # the default TCP proxy socket was replaced, not extended
+    assert '"127.0.0.1:11334"' in dump or "127.0.0.1:11334" in dump
+    assert re.search(r'password = "\$2\$', dump), "controller password is not a rspamadm pw hash"
+    assert DUMMY_LATE["rspamd_controller_password"] not in dump
+    greylist = _ok(mail_root, "rspamadm", "configdump", "greylist")
+    assert "check_authed = false" in greylist
+    assert "enabled = false" in _ok(mail_root, "rspamadm", "configdump", "dkim_signing")
+
+
+def test_redis_config_is_loopback(mail_root: Path) -> None:
+    conf = (mail_root / "etc/redis/redis.conf").read_text()
+    assert re.search(r"^bind 127\.0\.0\.1 -::1$", conf, re.M)
+    # redis-server has no check mode: start it from the file with TCP off (port 0, so nothing
+    # listens on the host's loopback), ask it what it loaded, stop it.
+    sock = "/run/redis-test.sock"
+    _ok(
+        mail_root,
+        "redis-server",
+        "/etc/redis/redis.conf",
+        "--port",
+        "0",
+        "--unixsocket",
+        sock,
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        "/run/redis-test.pid",
+        "--logfile",
+        "/tmp/redis-test.log",
+        "--dir",
+        "/tmp",
+    )
+    try:
+        for _ in range(50):
+            if (mail_root / sock.lstrip("/")).exists():
+                break
+            time.sleep(0.1)
+        policy = _ok(mail_root, "redis-cli", "-s", sock, "config", "get", "maxmemory-policy").split()
+        maxmemory = _ok(mail_root, "redis-cli", "-s", sock, "config", "get", "maxmemory").split()
+    finally:
+        run_in(mail_root, ["redis-cli", "-s", sock, "shutdown", "nosave"])
+    assert policy == ["maxmemory-policy", "volatile-ttl"]
+    assert maxmemory == ["maxmemory", str(256 * 1024 * 1024)]
+
+
+# --- what the scripts did --------------------------------------------------------------------------
+
+
+def test_base_step_created_vmail_and_socket_dirs(mail_root: Path) -> None:
+    out = _ok(mail_root, "getent", "passwd", services.VMAIL_USER)
+    assert out.split(":")[2] == str(services.VMAIL_UID)
+    for d, owner in (("opendkim", "opendkim"), ("rspamd", "_rspamd")):
+        stat = _ok(mail_root, "stat", "-c", "%U:%G:%a", f"{services.POSTFIX_SPOOL}/{d}").strip()
+        assert stat == f"{owner}:postfix:2750"
+
+
+def test_scripts_reload_only_through_systemctl(mail_root: Path) -> None:
+    calls = (mail_root / SYSTEMCTL_LOG.lstrip("/")).read_text().splitlines()
+    assert calls == ["reload rspamd"]
+
+
+def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
+    """The dev stack's smarthost settings (SASL to the relay, texthash password file)."""
+    import mockrun
+    import settings
+    from lab.trixie_chroot import mounted, scratch
+    from tests.mailcore.conftest import PROJECT, install_step, run_step_script
+
+    dev = settings.load("dev", mockrun.stack_config("dev"), PROJECT)
+    with scratch(tmp_path / "relay") as root, mounted(root):
+        for spec in (services.mail_base_step(dev), services.postfix_step(dev)):
+            run_step_script(root, spec, DUMMY_LATE, install_step(root, spec, DUMMY_LATE))
+        assert _warnings(_ok(root, "postfix", "check")) == []
+        relay = dev.config.relay
+        assert relay is not None
+        assert _ok(root, "postconf", "-h", "relayhost").strip() == f"[{relay.host}]:{relay.port}"
+        found = _ok(root, "postmap", "-q", f"[{relay.host}]:{relay.port}", f"texthash:{services.RELAY_PASSWORD_FILE}")
+        assert found.strip() == f"{relay.username}:{DUMMY_LATE['relay_password']}"

@@ -1,0 +1,259 @@
+"""Pure checks of the rendered mail configuration (no chroot, no root): secrets, AUTH exposure,
+TLS floor, reload scoping, and the SQL the database step runs."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+
+import pytest
+
+import mockrun
+import settings
+from components.database import schema
+from components.mail import services
+from components.remote.steps import StepSpec
+from settings.mail_list import MailList
+
+PROJECT = Path(__file__).resolve().parents[2]
+TOKEN = re.compile(r"@@SAMS_LATE:([A-Za-z0-9_]+)@@")
+
+
+def _files(steps: tuple[StepSpec, ...]) -> dict[str, str]:
+    return {f.path: f.content for spec in steps for f in spec.files}
+
+
+@pytest.fixture(scope="module")
+def relay_settings() -> settings.Settings:
+    """The dev stack: the one with a smarthost (username + password)."""
+    s = settings.load("dev", mockrun.stack_config("dev"), PROJECT)
+    assert s.config.relay is not None and s.config.relay.username
+    return s
+
+
+@pytest.fixture(scope="module")
+def all_steps(lab_settings: settings.Settings, relay_settings: settings.Settings) -> list[tuple[StepSpec, ...]]:
+    return [services.mail_steps(lab_settings), services.mail_steps(relay_settings)]
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+# Any key that *is* a password (password, *_password, passwd), in any of the files' syntaxes.
+_SECRET_LINE = re.compile(r"^\s*((?:[a-z_]*_)?(?:password|passwd))\s*[=:]\s*(.+?)\s*;?$", re.I | re.M)
+
+
+def test_no_literal_password_in_any_rendered_file(all_steps) -> None:
+    for steps in all_steps:
+        for path, text in _files(steps).items():
+            for match in _SECRET_LINE.finditer(text):
+                value = match.group(2).strip("'\"")
+                assert TOKEN.fullmatch(value), f"{path}: {match.group(0)!r} is not a late value"
+    assert any(_SECRET_LINE.search(t) for t in _files(all_steps[0]).values())  # the pattern does match
+    # The one file that embeds a secret in a longer line: the relay's user:password.
+    relay = _files(all_steps[1])[services.RELAY_PASSWORD_FILE]
+    assert TOKEN.search(relay.splitlines()[-1])
+
+
+def test_late_values_are_declared_and_used(all_steps) -> None:
+    for steps in all_steps:
+        for spec in steps:
+            used = {m for f in spec.files for m in TOKEN.findall(f.content)}
+            used |= set(re.findall(r"\$SAMS_LATE_([A-Za-z0-9_]+)", spec.script))
+            assert used == set(spec.late_values), spec.name
+
+
+def test_secret_files_are_not_world_readable(all_steps) -> None:
+    for steps in all_steps:
+        for spec in steps:
+            for f in spec.files:
+                if TOKEN.search(f.content):
+                    assert int(f.mode, 8) & 0o007 == 0, f"{f.path} holds a secret and is mode {f.mode}"
+
+
+def test_database_passwords_are_the_database_components_late_values(lab_settings) -> None:
+    files = _files(services.mail_steps(lab_settings))
+    for path in (f"{services.PGSQL_DIR}/virtual_alias_maps.cf", services.DOVECOT_SQL_CONF):
+        names = set(TOKEN.findall(files[path]))
+        assert names <= {schema.password_late_name(r) for r in schema.READERS}
+    assert "@@SAMS_LATE:db_postfix_password@@" in files[f"{services.PGSQL_DIR}/sender_login_maps.cf"]
+    assert "@@SAMS_LATE:db_dovecot_password@@" in files[services.DOVECOT_SQL_CONF]
+
+
+# --- Postfix: AUTH exposure and TLS ----------------------------------------------------------------
+
+
+def _master_services(master_cf: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """'name/type' -> (fields, -o overrides), parsed the way master(5) reads the file."""
+    out: dict[str, tuple[list[str], dict[str, str]]] = {}
+    current = None
+    for line in master_cf.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            assert current is not None
+            words = line.split()
+            if words[0] == "-o":
+                key, _, value = words[1].partition("=")
+                out[current][1][key] = value
+            continue
+        fields = line.split()
+        current = f"{fields[0]}/{fields[1]}"
+        out[current] = (fields, {})
+    return out
+
+
+def _main_cf(text: str) -> dict[str, str]:
+    return dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in text.splitlines() if line and not line.startswith("#"))
+    )
+
+
+def test_auth_is_never_offered_on_port_25(lab_settings) -> None:
+    files = _files(services.mail_steps(lab_settings))
+    master = _master_services(files["/etc/postfix/master.cf"])
+    main = _main_cf(files["/etc/postfix/main.cf"])
+    assert main.get("smtpd_sasl_auth_enable", "no") == "no"
+    assert main["smtpd_tls_auth_only"] == "yes"  # and nowhere before STARTTLS
+    # Port 25 is the smtp/inet service (postscreen) and the smtpd it passes connections to.
+    assert master["smtp/inet"][0][-1] == "postscreen"
+    for svc in ("smtp/inet", "smtpd/pass"):
+        assert master[svc][1].get("smtpd_sasl_auth_enable", "no") == "no"
+    enabled = {name for name, (_, opts) in master.items() if opts.get("smtpd_sasl_auth_enable") == "yes"}
+    assert enabled == {"submission/inet", "submissions/inet"}
+    assert master["submission/inet"][1]["smtpd_tls_security_level"] == "encrypt"
+    assert master["submissions/inet"][1]["smtpd_tls_wrappermode"] == "yes"
+    for svc in enabled:
+        assert master[svc][1]["smtpd_sender_restrictions"].startswith("reject_sender_login_mismatch,")
+
+
+def test_tls_protocols_exclude_tls1_and_tls11(all_steps) -> None:
+    for steps in all_steps:
+        files = _files(steps)
+        main = _main_cf(files["/etc/postfix/main.cf"])
+        for key in (
+            "smtpd_tls_protocols",
+            "smtpd_tls_mandatory_protocols",
+            "smtp_tls_protocols",
+            "smtp_tls_mandatory_protocols",
+        ):
+            assert main[key] == ">=TLSv1.2", key
+        assert re.search(r"^ssl_min_protocol = TLSv1\.2$", files["/etc/dovecot/dovecot.conf"], re.M)
+        assert re.search(r"^ssl = required$", files["/etc/dovecot/dovecot.conf"], re.M)
+        assert re.search(r"^auth_allow_cleartext = no$", files["/etc/dovecot/dovecot.conf"], re.M)
+
+
+def test_relay_is_used_only_when_configured(lab_settings, relay_settings) -> None:
+    lab_main = _main_cf(_files(services.mail_steps(lab_settings))["/etc/postfix/main.cf"])
+    assert "relayhost" not in lab_main and lab_main["smtp_tls_security_level"] == "may"
+    step = services.postfix_step(relay_settings)
+    main = _main_cf(next(f.content for f in step.files if f.path == "/etc/postfix/main.cf"))
+    relay = relay_settings.config.relay
+    assert main["relayhost"] == f"[{relay.host}]:{relay.port}"
+    assert main["smtp_sasl_password_maps"] == f"texthash:{services.RELAY_PASSWORD_FILE}"
+    assert main["smtp_tls_security_level"] == "encrypt"  # the relay password never goes out in clear
+    assert services.RELAY_PASSWORD in step.late_values
+
+
+def test_every_postfix_setting_says_why(lab_settings, relay_settings) -> None:
+    for s in (lab_settings, relay_settings):
+        lines = _files(services.mail_steps(s))["/etc/postfix/main.cf"].splitlines()
+        for i, line in enumerate(lines):
+            if not line or line.startswith("#"):
+                continue
+            j = i - 1  # walk up over the settings of the same block to its comment
+            while j >= 0 and lines[j] and not lines[j].startswith("#"):
+                j -= 1
+            assert j >= 0 and lines[j].startswith("#"), f"main.cf: {line!r} has no comment"
+
+
+def test_milters_and_lmtp_are_spool_relative(lab_settings) -> None:
+    main = _main_cf(_files(services.mail_steps(lab_settings))["/etc/postfix/main.cf"])
+    assert main["smtpd_milters"] == f"unix:{services.RSPAMD_MILTER}, unix:{services.OPENDKIM_MILTER}"
+    assert main["virtual_transport"] == f"lmtp:unix:{services.LMTP_SOCKET}"
+    assert main["smtpd_sasl_path"] == services.AUTH_SOCKET
+
+
+# --- reload scoping --------------------------------------------------------------------------------
+
+
+def _units_touched(steps: tuple[StepSpec, ...], paths: list[str]) -> set[str]:
+    """The units sams-apply would reload or restart if exactly *paths* changed."""
+    return {
+        s.unit for spec in steps for s in spec.services if any(fnmatch.fnmatch(p, w) for p in paths for w in s.watches)
+    }
+
+
+def test_a_config_change_reloads_only_its_own_daemon(lab_settings) -> None:
+    steps = services.mail_steps(lab_settings)
+    expected = {
+        "/etc/postfix/main.cf": {"postfix"},
+        f"{services.PGSQL_DIR}/virtual_alias_maps.cf": {"postfix"},
+        "/etc/dovecot/dovecot.conf": {"dovecot"},
+        services.DOVECOT_SQL_CONF: {"dovecot"},
+        "/etc/opendkim.conf": {"opendkim"},
+        "/etc/opendkim/key.table": {"opendkim"},
+        "/etc/rspamd/local.d/greylist.conf": {"rspamd"},
+        "/etc/rspamd/override.d/worker-proxy.inc": {"rspamd"},
+        "/etc/redis/redis.conf": {"redis-server"},
+        "/etc/aliases": set(),  # newaliases, no reload
+    }
+    for path, units in expected.items():
+        assert _units_touched(steps, [path]) == units, path
+    actions = {(s.unit, s.action) for spec in steps for s in spec.services}
+    assert ("opendkim", "restart") in actions and ("opendkim", "reload") in actions
+
+
+def test_step_order_puts_prerequisites_first(lab_settings) -> None:
+    names = [s.name for s in services.mail_steps(lab_settings)]
+    assert names == ["mail-base", "opendkim", "rspamd", "dovecot", "postfix"]
+
+
+# --- SQL -------------------------------------------------------------------------------------------
+
+
+def test_dovecot_queries_follow_the_24_rules() -> None:
+    for query in (schema.DOVECOT_PASSDB_QUERY, schema.DOVECOT_USERDB_QUERY, schema.DOVECOT_ITERATE_QUERY):
+        assert "--" not in query and "/*" not in query and "?" not in query and "$" not in query
+        # each %{...} is one whole value: alone or in its own quotes, never inside other text
+        for m in re.finditer(r"%\{[^}]*\}", query):
+            before, after = query[m.start() - 1], query[m.end()]
+            assert (before, after) == ("'", "'"), query
+            assert query[m.start() - 2] == " " and query[m.end() + 1] == " ", query
+        assert "%u" not in query and "%d" not in query and "%n" not in query  # 2.3 variables
+
+
+def test_postfix_queries_use_only_pgsql_table_escapes() -> None:
+    for name, query in schema.POSTFIX_QUERIES.items():
+        assert set(re.findall(r"%.", query)) <= {"%s", "%u", "%d"}, name
+        assert "'%" in query, name  # every expansion is quoted (pgsql_table escapes the value)
+
+
+def test_mail_list_sql_quotes_values() -> None:
+    mail = MailList.model_validate(
+        {"domains": [{"name": "example.org", "users": [{"name": "o.brien", "display_name": "Miles O'Brien"}]}]}
+    )
+    sql = schema.mail_list_sql(mail)
+    assert "'Miles O''Brien'" in sql
+    assert "DELETE FROM aliases;" in sql and "INSERT INTO aliases" not in sql
+
+
+def test_mail_list_sql_qualifies_alias_targets(lab_settings) -> None:
+    sql = schema.mail_list_sql(lab_settings.mail)
+    assert "('team', 'sams.test', 'bob@sams.test')" in sql
+    assert "('postmaster', 'other.test', 'alice@sams.test')" in sql
+
+
+def test_migrate_sql_runs_each_migration_once() -> None:
+    sql = schema.migrate_sql()
+    for m in schema.migrations():
+        assert sql.count(f"WHERE version = {m.version})") == 1
+        assert f"VALUES ({m.version}, '{m.name}')" in sql
+    assert "CREATE TABLE IF NOT EXISTS schema_version" in sql
+
+
+def test_roles_sql_takes_every_password_late() -> None:
+    sql = schema.roles_sql()
+    assert set(TOKEN.findall(sql)) == {schema.password_late_name(r) for r in schema.READERS + (schema.OWNER,)}
+    assert "CREATE DATABASE sams OWNER sams_owner" in sql
