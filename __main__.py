@@ -41,8 +41,18 @@ tunnel = Tunnel(
     else None,
 )
 ready = RemoteStep("host-ready", RemoteStepArgs(READY, tunnel, after=(host,)))
-database = Database("database", DatabaseArgs(settings))
-mail = Mail("mail", MailArgs(tunnel, keys.dkim, after=(ready,)))
+database = Database("database", DatabaseArgs(settings, tunnel, after=(ready,)))
+mail = Mail(
+    "mail",
+    MailArgs(
+        settings,
+        tunnel,
+        keys.dkim,
+        database.passwords,
+        relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
+        after=(database,),
+    ),
+)
 dns = Dns(
     "dns",
     DnsArgs(
@@ -69,6 +79,11 @@ pulumi.export(
 pulumi.export("publicPorts", host.firewall.public_ports)
 pulumi.export("dnsRecords", dns.table)
 pulumi.export("clientSettings", client_settings(settings))
+# Read by the policy pack (backups must be on in prod) and by status checks.
+pulumi.export(
+    "backup",
+    {"enabled": cfg.backup.enabled, "target": cfg.backup.target, "retentionDays": cfg.backup.retention_days},
+)
 # For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your
 # hoster's "user data" field). It carries private keys: `pulumi stack output --show-secrets`.
 pulumi.export("hostUserData", boot)

@@ -54,7 +54,7 @@ def run_list(users: int, domains: int, repeat: int) -> float:
     tmp = project_with_users(users, domains)
     code = (
         f"import sys; sys.path.insert(0, {str(tmp)!r}); import mockrun; from pathlib import Path; "
-        f"mockrun.run('prod', project_dir=Path({str(tmp)!r}))"
+        f"mockrun.run('prod', project_dir=Path({str(tmp)!r}), secret_config=mockrun.TEST_SECRETS)"
     )
     try:
         return timed(code, PROJECT, max(2, repeat // 2))
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.repeat
     bare = timed(SDKS, PROJECT, n)
-    evaluate = "import mockrun; mockrun.run('prod')"
+    evaluate = "import mockrun; mockrun.run('prod', secret_config=mockrun.TEST_SECRETS)"
     whole = timed(evaluate, PROJECT, n)
     rows = [
         ("bare SDK import (s)", f"{bare:.2f}"),

@@ -68,11 +68,12 @@ def _up_or_apply(cmd: str) -> int:
     paths = state_paths()
     keys = program.lab_keys(paths)
     run = program.lab_run(paths, keys)
+    settings = program.lab_settings(keys)
     if cmd == "up":
-        spec = program.spec_from_run(run, program.lab_settings(keys), keys)
+        spec = program.spec_from_run(run, settings, keys)
         report = up(spec)
         print("up: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
-    result = program.apply(run, paths)
+    result = program.apply(run, paths, images=(settings.config.database.image,))
     print(
         f"apply: {len(result.ran)} steps ran, {len(result.skipped)} unchanged, "
         f"{result.changed_files} files changed, services {result.services or 'none'} ({result.seconds:.1f}s)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 
 import mockrun
 from cloudinit import BASE_PACKAGES
+from components.mail.services import MAIL_PACKAGES
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
 from lab.ssh import HostShell
@@ -33,8 +35,10 @@ from settings import Settings, load
 STACK = "lab"
 # The lab's own "internet" subnet around the host's public address.
 PUBLIC_PREFIX = 24
-# Debian's kernels have WireGuard built in; this machine's has not, so the lab adds the userspace one.
-LAB_PACKAGES = ("wireguard-go",)
+# The mail stack's packages are baked into the tree (the lab host has no route to a mirror), and
+# Debian's kernels have WireGuard built in but this machine's has not: add the userspace one.
+LAB_PACKAGES = (*MAIL_PACKAGES, "wireguard-go")
+BUILD_IMAGE = Path(__file__).resolve().parent / "docker" / "build_postgres_image.sh"
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,34 @@ def applied_path(paths: StatePaths) -> Path:
     return paths.run / "applied.json"
 
 
-def apply(run: mockrun.Run, paths: StatePaths, *, shell: HostShell | None = None) -> ApplyReport:
+def image_tarball(image: str) -> Path:
+    """The lab's stand-in for a registry: images it builds from Debian packages, cached."""
+    if image != "sams/postgres:17-trixie":
+        raise LabError(f"the lab cannot pull {image!r}: it builds only sams/postgres:17-trixie")
+    cache = Path(os.environ.get("SAMS_LAB_CACHE", "/var/cache/sams-lab"))
+    tarball = cache / "sams-postgres-17-trixie.tar"
+    if not tarball.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bash", str(BUILD_IMAGE), str(tarball)], check=True, stdout=subprocess.DEVNULL)
+    return tarball
+
+
+def provide_image(shell: HostShell, image: str) -> None:
+    """Load the image into the host's Docker unless it is there (what `docker pull` does for real)."""
+    if shell.run(["sudo", "-n", "docker", "image", "inspect", image], check=False).returncode == 0:
+        return
+    tarball = image_tarball(image)
+    shell.copy_to(tarball, "/tmp/sams-image.tar")
+    shell.run(["sudo", "-n", "sh", "-c", "docker load -q -i /tmp/sams-image.tar && rm /tmp/sams-image.tar"])
+
+
+def apply(
+    run: mockrun.Run, paths: StatePaths, *, shell: HostShell | None = None, images: tuple[str, ...] = ()
+) -> ApplyReport:
+    """Replay the run's steps; first provide `images` (the stack's container images) to the host."""
     shell = shell or HostShell.from_state(paths)
+    for image in images:
+        provide_image(shell, image)
     state_file = applied_path(paths)
     applied: dict[str, str] = json.loads(state_file.read_text()) if state_file.exists() else {}
     report = ApplyReport()

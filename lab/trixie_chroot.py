@@ -25,24 +25,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from components.mail.services import MAIL_PACKAGES
+
 SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 # The packages whose checkers the mailcore tests run (postfix check, doveconf,
 # opendkim -n, rspamadm configtest), plus openssl for the self-signed cert
 PACKAGES: tuple[str, ...] = (
-    "postfix",
-    "postfix-pgsql",
-    "dovecot-imapd",
-    "dovecot-pop3d",
-    "dovecot-lmtpd",
-    "dovecot-pgsql",
-    "dovecot-sieve",
-    "dovecot-managesieved",
-    "opendkim",
-    "opendkim-tools",
-    "rspamd",
-    "redis-server",
-    "openssl",
+    *MAIL_PACKAGES,
     "ca-certificates",
     # The same PostgreSQL the host runs (the lab's image is built from trixie's postgresql-17):
     # the tests apply the schema and run the daemons' lookup queries against it.

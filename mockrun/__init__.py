@@ -36,6 +36,9 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
+# Stand-ins for the secrets `pulumi config set --secret` keeps encrypted in the stack files.
+TEST_SECRETS: dict[str, str] = {"sams:relayPassword": "relay-password-for-tests"}
+
 # Addresses the mocks hand out for cloud instances: documentation ranges, never routed here.
 MOCK_IPV4 = "198.51.100.25"
 MOCK_IPV6 = "2001:db8::25"
@@ -251,10 +254,13 @@ def run(
     overrides: Mapping[str, Any] | None = None,
     preview: bool = False,
     store: KeyStore | None = None,
+    secret_config: Mapping[str, str] | None = None,
 ) -> Run:
     """Run __main__.py for `stack` under mocks and return what it registered and exported.
 
-    `config` replaces the stack file's config map entirely; `overrides` patch it (values as in YAML).
+    `config` replaces the stack file's config map entirely; `overrides` patch it (values as in YAML);
+    `secret_config` holds config values marked secret, as `pulumi config set --secret` would store them
+    (the stack files' encrypted values cannot be decrypted without the CLI).
     """
     cfg = dict(stack_config(stack, project_dir) if config is None else config)
     cfg.update({k: encode_config(v) for k, v in (overrides or {}).items()})
@@ -263,7 +269,8 @@ def run(
 
     mocks = SamsMocks(store or KeyStore())
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_all_config(cfg, secret_keys=[])
+    cfg.update(secret_config or {})
+    pulumi.runtime.set_all_config(cfg, secret_keys=sorted(secret_config or {}))
     set_root_resource(None)  # type: ignore[arg-type]  # a fresh Stack for this run
     pulumi.runtime.set_mocks(mocks, project="sams", stack=stack, preview=preview, monitor=monitor)
     SETTINGS.rpc_manager.clear()

@@ -102,6 +102,14 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
     data = stack_config_data(raw_config)
     cfg: StackConfig = _validate(StackConfig, data, cfg_source)
     problems = cfg_source.findings(check_stack(cfg))
+    if cfg.relay and cfg.relay.username and f"{NAMESPACE}:relayPassword" not in raw_config:
+        problems.append(
+            cfg_source.problem(
+                ("relayPassword",),
+                MISSING,
+                "required when sams:relay.username is set: pulumi config set --secret sams:relayPassword ...",
+            )
+        )
 
     mail_rel = cfg.mail_list or f"stacks/{stack}/mail_list.yml"
     mail_path = project_dir / mail_rel

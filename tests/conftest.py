@@ -42,7 +42,7 @@ _cache: dict[str, mockrun.Run] = {}
 def run_variant(name: str) -> mockrun.Run:
     if name not in _cache:
         stack, overrides = VARIANTS[name]
-        _cache[name] = mockrun.run(stack, overrides=overrides)
+        _cache[name] = mockrun.run(stack, overrides=overrides, secret_config=mockrun.TEST_SECRETS)
     return _cache[name]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -20,12 +21,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def settings_of(variant: str) -> Any:
+    from settings import load
     from tests.conftest import VARIANTS
 
-    from settings import load
-
     stack, overrides = VARIANTS[variant]
-    cfg = mockrun.stack_config(stack)
+    cfg = {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}
     cfg.update({k: mockrun.encode_config(v) for k, v in overrides.items()})
     return load(stack, cfg, PROJECT)
 
@@ -164,15 +164,35 @@ def test_every_remote_step_goes_through_the_tunnel(run: mockrun.Run, variant: st
             assert "proxy" not in conn
 
 
-def test_remote_steps_run_after_bootstrap(run: mockrun.Run) -> None:
+def _ancestors(run: mockrun.Run, urn: str) -> set[str]:
+    urns, seen, todo = run.by_urn(), set(), [urn]
+    while todo:
+        for dep in urns[todo.pop()].dependencies:
+            if dep not in seen and dep in urns:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_remote_steps_run_after_bootstrap_in_order(run: mockrun.Run) -> None:
     urns = run.by_urn()
-    ready = next(r.urn for r in run.of_type("command:remote:Command") if r.name == "host-ready-apply")
+    commands = run.of_type("command:remote:Command")
+    ready = next(r.urn for r in commands if r.name == "host-ready-apply")
     for r in run.of_type("command:remote:CopyToRemote"):
         if r.name != "host-ready-copy":
-            assert ready in r.dependencies, r.name
-    for r in run.of_type("command:remote:Command"):
+            assert ready in _ancestors(run, r.urn), r.name
+    for r in commands:
         copy = r.name.removesuffix("-apply") + "-copy"
         assert any(urns[d].name == copy for d in r.dependencies), r.name
+    # database before mail; the mail steps in the order their configs need each other
+    order = [r.name.removesuffix("-apply") for r in commands]
+    expected = ["database-postgres", "mail-mail-packages", "mail-dkim-keys", "mail-mail-base", "mail-opendkim",
+                "mail-rspamd", "mail-dovecot", "mail-postfix"]  # fmt: skip
+    for before, after in itertools.pairwise(expected):
+        b = next(r.urn for r in commands if r.name == f"{before}-apply")
+        a = next(r.urn for r in run.of_type("command:remote:CopyToRemote") if r.name == f"{after}-copy")
+        assert b in _ancestors(run, a), f"{after} must run after {before}"
+    assert order.index("host-ready") == 0
 
 
 def test_steps_carry_their_content_hash(run: mockrun.Run) -> None:
@@ -354,12 +374,12 @@ def test_components_parent_their_children(run: mockrun.Run) -> None:
 )
 def test_only_the_chosen_provider_is_imported(stack: str, absent: set[str]) -> None:
     probe = f"print(sorted(m for m in {sorted(absent)!r} if m in sys.modules))"
-    code = f"import sys, mockrun; mockrun.run({stack!r}); {probe}"
+    code = f"import sys, mockrun; mockrun.run({stack!r}, secret_config=mockrun.TEST_SECRETS); {probe}"
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_preview_registers_the_same_resources(runner: Any) -> None:
     up = runner("prod")
-    preview = mockrun.run("prod", preview=True)
+    preview = mockrun.run("prod", preview=True, secret_config=mockrun.TEST_SECRETS)
     assert {(r.type, r.name) for r in preview.resources} == {(r.type, r.name) for r in up.resources}

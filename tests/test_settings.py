@@ -27,7 +27,7 @@ def _project(tmp_path: Path, mail_list: str | None = None) -> Path:
 
 
 def _load(tmp: Path, overrides: Any = None, stack: str = "prod") -> object:
-    cfg = mockrun.stack_config(stack, PROJECT)
+    cfg = {**mockrun.stack_config(stack, PROJECT), **mockrun.TEST_SECRETS}
     cfg.update({k: mockrun.encode_config(v) for k, v in (overrides or {}).items()})
     return load(stack, cfg, tmp)
 
@@ -39,7 +39,7 @@ def _problem(exc: pytest.ExceptionInfo[SettingsError]) -> str:
 
 def test_stack_files_are_valid() -> None:
     for stack in ("dev", "prod", "lab"):
-        s = load(stack, mockrun.stack_config(stack), PROJECT)
+        s = load(stack, {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}, PROJECT)
         assert s.mail.domains, stack
 
 
@@ -129,6 +129,15 @@ def test_bad_config(tmp_path: Path, case: str) -> None:
     assert expected in _problem(exc)
 
 
+def test_relay_user_needs_a_password(tmp_path: Path) -> None:
+    cfg = mockrun.stack_config("prod", PROJECT)  # relay with a username, and no secret set
+    with pytest.raises(SettingsError) as exc:
+        load("prod", cfg, _project(tmp_path))
+    assert "Pulumi.prod.yaml:3: sams:relayPassword = <missing>: required when sams:relay.username is set" in str(
+        exc.value
+    )
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     text = "domains:\n  - name: example.org\n    users: [alice, alice]\n    aliases:\n      - {name: alice, to: [x]}\n"
     with pytest.raises(SettingsError) as exc:
@@ -153,14 +162,14 @@ def test_program_registers_nothing_when_settings_are_bad(tmp_path: Path) -> None
     monitor_cls.RegisterResource = spy  # type: ignore[method-assign]
     try:
         with pytest.raises(SettingsError, match="declared twice"):
-            mockrun.run("prod", project_dir=project)
+            mockrun.run("prod", project_dir=project, secret_config=mockrun.TEST_SECRETS)
     finally:
         monitor_cls.RegisterResource = original  # type: ignore[method-assign]
     assert registered == []
 
 
 def test_quota_and_shorthand() -> None:
-    s = load("prod", mockrun.stack_config("prod"), PROJECT)
+    s = load("prod", {**mockrun.stack_config("prod"), **mockrun.TEST_SECRETS}, PROJECT)
     bob = next(u for d, u in s.mail.mailboxes if u.name == "bob")
     carol = next(u for d, u in s.mail.mailboxes if u.name == "carol")
     assert s.mail.quota_of(bob) == 10 * 1024**3
@@ -168,7 +177,7 @@ def test_quota_and_shorthand() -> None:
 
 
 def test_secret_keys_are_not_settings() -> None:
-    cfg = mockrun.stack_config("prod")
+    cfg = {**mockrun.stack_config("prod"), **mockrun.TEST_SECRETS}
     cfg["sams:sshPrivateKey"] = json.dumps("-----BEGIN OPENSSH PRIVATE KEY-----")
     s = load("prod", cfg, PROJECT)
     assert "PRIVATE" not in repr(s)

@@ -40,7 +40,6 @@ def port_policy(cfg: StackConfig) -> tuple[Port, ...]:
         Port(4190, "tcp", access.managesieve, "managesieve", "users edit their Sieve filters"),
         Port(22, "tcp", "vpn", "ssh", "administration and every pulumi-command step"),
         Port(5432, "tcp", "vpn", "postgresql", "admin access to the mail database"),
-        Port(11334, "tcp", "vpn", "rspamd-controller", "Rspamd's web UI and learning API"),
     ]
     if cfg.public_web:
         ports += [

@@ -348,8 +348,44 @@ systemctl reload rspamd
     )
 
 
+# Debian 13 packages of the mail stack (the lab bakes the same list into its tree).
+MAIL_PACKAGES: tuple[str, ...] = (
+    "postfix",
+    "postfix-pgsql",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "dovecot-lmtpd",
+    "dovecot-pgsql",
+    "dovecot-sieve",
+    "dovecot-managesieved",
+    "opendkim",
+    "opendkim-tools",
+    "rspamd",
+    "redis-server",
+    "openssl",
+)
+
+
+def mail_packages_step() -> StepSpec:
+    """Install what is missing (nothing on a host whose image already has it)."""
+    script = f"""\
+missing=""
+for pkg in {" ".join(MAIL_PACKAGES)}; do
+    dpkg-query -W -f='${{Status}}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    # Postfix asks how to configure itself: the postfix step writes main.cf instead.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+fi
+"""
+    return StepSpec(name="mail-packages", script=script, description="the mail stack's Debian packages")
+
+
 def mail_steps(settings: Settings) -> tuple[StepSpec, ...]:
-    """Every mail step, in the order they must be applied."""
+    """Every mail step after the packages and DKIM keys, in the order they must be applied."""
     return (
         mail_base_step(settings),
         opendkim_step(settings),

@@ -74,7 +74,7 @@ def lab() -> Iterator[Lab]:
         report = control.up(spec, paths=paths)
         print(f"\nlab up: {report.timings}")
         shell = HostShell.from_state(paths)
-        first = program.apply(run, paths, shell=shell)
+        first = program.apply(run, paths, shell=shell, images=(settings.config.database.image,))
         yield Lab(paths, spec, settings, run, shell, first, before)
     finally:
         control.down(purge=True, paths=paths)

@@ -222,7 +222,7 @@ def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
     from lab.trixie_chroot import mounted, scratch
     from tests.mailcore.conftest import PROJECT, install_step, run_step_script
 
-    dev = settings.load("dev", mockrun.stack_config("dev"), PROJECT)
+    dev = settings.load("dev", {**mockrun.stack_config("dev"), **mockrun.TEST_SECRETS}, PROJECT)
     with scratch(tmp_path / "relay") as root, mounted(root):
         for spec in (services.mail_base_step(dev), services.postfix_step(dev)):
             run_step_script(root, spec, DUMMY_LATE, install_step(root, spec, DUMMY_LATE))

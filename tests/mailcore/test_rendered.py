@@ -27,7 +27,7 @@ def _files(steps: tuple[StepSpec, ...]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def relay_settings() -> settings.Settings:
     """The dev stack: the one with a smarthost (username + password)."""
-    s = settings.load("dev", mockrun.stack_config("dev"), PROJECT)
+    s = settings.load("dev", {**mockrun.stack_config("dev"), **mockrun.TEST_SECRETS}, PROJECT)
     assert s.config.relay is not None and s.config.relay.username
     return s
 

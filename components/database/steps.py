@@ -1,0 +1,88 @@
+"""The postgres step (pure): Docker settings, the container's unit, and the schema it migrates."""
+
+from __future__ import annotations
+
+import json
+
+from components.database import SUPERUSER
+from components.database.schema import SQL_DIR, apply_script, password_late_name, schema_files
+from components.remote.steps import File, Service, StepSpec, late
+from components.render import render
+from settings import Settings
+
+CONTAINER = "sams-postgres"
+DATA_DIR = "/opt/postgres/data"
+WAL_ARCHIVE = "/opt/postgres/wal_archive"
+ENV_FILE = "/etc/sams/postgres/env"
+UNIT = "sams-postgres.service"
+# uid 70 is postgres in postgres:17-alpine and in the lab's sams/postgres:17-trixie image alike.
+PG_UID = 70
+
+# Only host networking is used, so Docker needs no bridge, NAT or iptables rules of its own:
+# the host's nftables policy stays the only firewall.
+DOCKER_DAEMON = {
+    "bridge": "none",
+    "iptables": False,
+    "ip6tables": False,
+    "ip-forward": False,
+    "log-driver": "journald",
+}
+
+
+def listen_addresses(settings: Settings) -> tuple[str, str]:
+    return ("127.0.0.1", str(settings.config.wireguard.address))
+
+
+def postgres_step(settings: Settings) -> StepSpec:
+    image = settings.config.database.image
+    # Copy under a temporary name, then rename: a backup job never sees a half-written segment.
+    archive = f"test ! -f {WAL_ARCHIVE}/%f && cp %p {WAL_ARCHIVE}/.%f.tmp && mv {WAL_ARCHIVE}/.%f.tmp {WAL_ARCHIVE}/%f"
+    unit = render(
+        "database",
+        "etc/systemd/system/sams-postgres.service.j2",
+        major=17,
+        container=CONTAINER,
+        env_file=ENV_FILE,
+        data_dir=DATA_DIR,
+        wal_archive=WAL_ARCHIVE,
+        image=image,
+        listen_addresses=",".join(listen_addresses(settings)),
+        archive_command=archive,
+    )
+    psql = f"docker exec -i {CONTAINER} psql"
+    script = f"""\
+install -d -m 0700 -o {PG_UID} -g {PG_UID} {DATA_DIR} {WAL_ARCHIVE}
+# Real stacks pull from the registry; the lab loads its locally built image beforehand.
+docker image inspect {image} >/dev/null 2>&1 || docker pull {image}
+systemctl daemon-reload
+systemctl enable {UNIT}
+case "$SAMS_CHANGED" in *{UNIT}*|*{ENV_FILE}*) systemctl restart {UNIT} ;; esac
+systemctl start {UNIT}
+tries=0
+until docker exec {CONTAINER} pg_isready -q -h 127.0.0.1 -U {SUPERUSER}; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 600 ] || {{ journalctl -u {UNIT} -n 50 --no-pager >&2; exit 1; }}
+    sleep 0.2
+done
+{apply_script(f"{psql} -U {SUPERUSER}", f"{psql} -U sams_owner -d sams")}"""
+    files = (
+        File("/etc/docker/daemon.json", json.dumps(DOCKER_DAEMON, indent=2) + "\n"),
+        File(ENV_FILE, f"POSTGRES_PASSWORD={late(password_late_name(SUPERUSER))}\n", mode="0600"),
+        File(f"/etc/systemd/system/{UNIT}", unit),
+        *schema_files(settings.mail),
+    )
+    late_names = sorted({password_late_name(SUPERUSER), *_late_in(files)})
+    return StepSpec(
+        name="postgres",
+        files=files,
+        services=(Service("docker.service", ("/etc/docker/daemon.json",), "restart"),),
+        script=script,
+        late_values=tuple(late_names),
+        description=f"PostgreSQL 17 in Docker, schema in {SQL_DIR}",
+    )
+
+
+def _late_in(files: tuple[File, ...]) -> set[str]:
+    import re
+
+    return {m for f in files for m in re.findall(r"@@SAMS_LATE:([A-Za-z0-9_]+)@@", f.content)}

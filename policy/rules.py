@@ -1,0 +1,347 @@
+"""The guard rails every `pulumi preview` / `pulumi up` of SAMS is checked against, as plain functions.
+
+Each rule is a function over one resource's type and properties (or, for stack rules, over all
+resources). `policy/__main__.py` wraps them in CrossGuard's ResourceValidationPolicy and
+StackValidationPolicy; tests call them directly with the resources a mocks run registered.
+Properties may be pulumi-policy's read-only proxies, so values are tested against `Mapping` and
+`Sequence`, never `dict` and `list`.
+
+What a rule needs to know about the stack comes in a `Context`:
+- the stack's name, read from the resource's URN (`urn:pulumi:<stack>::<project>::...`), so the
+  rules need neither the CLI's environment nor a config file;
+- which stacks are production (policy config `prodStacks`, default `["prod"]`);
+- the WireGuard networks remote steps may connect to (policy config `vpnNetworks`, default the
+  settings' default network).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+from components.firewall.policy import NEVER_PUBLIC
+from settings.stack import WireGuardSettings
+
+STACK_TYPE = "pulumi:pulumi:Stack"
+VULTR_RULE = "vultr:index/firewallRule:FirewallRule"
+OCI_SECURITY_LIST = "oci:Core/securityList:SecurityList"
+OCI_NSG_RULE = "oci:Core/networkSecurityGroupSecurityRule:NetworkSecurityGroupSecurityRule"
+DNS_RECORD = "cloudflare:index/dnsRecord:DnsRecord"
+REMOTE_TYPES = frozenset({"command:remote:Command", "command:remote:CopyToRemote"})
+
+DEFAULT_PROD_STACKS: tuple[str, ...] = ("prod",)
+DEFAULT_VPN_NETWORKS: tuple[str, ...] = (str(WireGuardSettings.model_fields["network"].default),)
+
+# The whole internet, as each cloud spells it.
+WORLD_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
+OCI_PROTOCOLS = {"6": "tcp", "17": "udp", "all": "all"}
+ALL_PORTS = (1, 65535)
+
+Network = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class Context:
+    stack: str
+    prod_stacks: frozenset[str] = frozenset(DEFAULT_PROD_STACKS)
+    vpn_networks: tuple[Network, ...] = tuple(ip_network(n) for n in DEFAULT_VPN_NETWORKS)
+
+    @property
+    def is_prod(self) -> bool:
+        return self.stack in self.prod_stacks
+
+    @classmethod
+    def of(cls, stack: str, config: Mapping[str, Any] | None = None) -> Context:
+        """From the stack name and the policy's config (`prodStacks`, `vpnNetworks`)."""
+        config = config or {}
+        prod = config.get("prodStacks") or DEFAULT_PROD_STACKS
+        networks = config.get("vpnNetworks") or DEFAULT_VPN_NETWORKS
+        return cls(stack, frozenset(str(s) for s in prod), tuple(ip_network(str(n)) for n in networks))
+
+
+def stack_of_urn(urn: str) -> str:
+    """'urn:pulumi:prod::sams::type::name' -> 'prod'."""
+    if not urn.startswith("urn:pulumi:") or "::" not in urn:
+        raise ValueError(f"not a Pulumi URN: {urn!r}")
+    return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a stack rule sees of one resource (built from a PolicyResource or a mockrun.Captured)."""
+
+    type: str
+    urn: str
+    props: Mapping[str, Any]
+
+
+# --- firewalls: nothing that must stay private is open to the world -----------------------------
+
+
+def _port_range(spec: Any) -> tuple[int, int]:
+    """Vultr's `port`: '25', '1000:2000', or empty for every port."""
+    text = str(spec if spec is not None else "").strip()
+    if not text:
+        return ALL_PORTS
+    low, _, high = text.partition(":")
+    return int(float(low)), int(float(high or low))
+
+
+def _private_in(low: int, high: int) -> list[int]:
+    return sorted(p for p in NEVER_PUBLIC if low <= p <= high)
+
+
+def _describe(ports: list[int], proto: str, source: str) -> str:
+    shown = ", ".join(map(str, ports))
+    return f"{proto} port(s) {shown} open to {source}: SSH, PostgreSQL and admin ports are VPN-only"
+
+
+def check_firewall(type_: str, props: Mapping[str, Any]) -> list[str]:
+    """No port in NEVER_PUBLIC (SSH, PostgreSQL, admin UIs) reachable from 0.0.0.0/0 or ::/0."""
+    if type_ == VULTR_RULE:
+        return _vultr_rule(props)
+    if type_ == OCI_SECURITY_LIST:
+        found: list[str] = []
+        for rule in props.get("ingressSecurityRules") or ():
+            found += _oci_rule(rule, rule.get("tcpOptions"), rule.get("udpOptions"), _min_max)
+        return found
+    if type_ == OCI_NSG_RULE:
+        if str(props.get("direction", "")).upper() != "INGRESS":
+            return []
+        return _oci_rule(props, props.get("tcpOptions"), props.get("udpOptions"), _destination_range)
+    return []
+
+
+def _vultr_rule(props: Mapping[str, Any]) -> list[str]:
+    proto = str(props.get("protocol", "")).lower()
+    if proto not in ("tcp", "udp"):
+        return []  # icmp, gre, esp, ah: no ports
+    if int(float(props.get("subnetSize", 0) or 0)) != 0:
+        return []
+    source = "::/0" if str(props.get("ipType", "v4")) == "v6" else "0.0.0.0/0"
+    ports = _private_in(*_port_range(props.get("port")))
+    return [_describe(ports, proto, source)] if ports else []
+
+
+def _min_max(options: Mapping[str, Any] | None) -> tuple[int, int]:
+    if not options or options.get("min") is None:
+        return ALL_PORTS
+    return int(float(options["min"])), int(float(options.get("max", options["min"])))
+
+
+def _destination_range(options: Mapping[str, Any] | None) -> tuple[int, int]:
+    return _min_max((options or {}).get("destinationPortRange"))
+
+
+def _oci_rule(
+    rule: Mapping[str, Any],
+    tcp: Mapping[str, Any] | None,
+    udp: Mapping[str, Any] | None,
+    port_range: Callable[[Mapping[str, Any] | None], tuple[int, int]],
+) -> list[str]:
+    source = str(rule.get("source", ""))
+    if source not in WORLD_CIDRS or str(rule.get("sourceType", "CIDR_BLOCK")) != "CIDR_BLOCK":
+        return []
+    proto = OCI_PROTOCOLS.get(str(rule.get("protocol", "")))
+    if proto is None:
+        return []  # ICMP and others: no ports
+    low, high = ALL_PORTS if proto == "all" else port_range(tcp if proto == "tcp" else udp)
+    ports = _private_in(low, high)
+    return [_describe(ports, proto, source)] if ports else []
+
+
+# --- DMARC: production enforces --------------------------------------------------------------
+
+
+def txt_value(content: str) -> str:
+    """'"v=DMARC1; p=none" "..."' -> 'v=DMARC1; p=none...' (unquoted content is taken as it is)."""
+    parts = re.findall(r'"((?:[^"\\]|\\.)*)"', content)
+    if not parts:
+        return content
+    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
+
+
+def dmarc_policy(value: str) -> str | None:
+    """The p= tag of a DMARC record, lowercased; None if it has none."""
+    for tag in value.split(";"):
+        key, _, val = tag.strip().partition("=")
+        if key.strip().lower() == "p":
+            return val.strip().lower()
+    return None
+
+
+def _dmarc_problem(name: str, content: str, ctx: Context) -> str | None:
+    if not ctx.is_prod:
+        return None
+    policy = dmarc_policy(txt_value(content))
+    if policy in ("quarantine", "reject"):
+        return None
+    shown = "p=" + policy if policy is not None else "no p= tag"
+    return f"{name}: DMARC {shown} in production stack {ctx.stack!r}; set sams:dmarc.policy to quarantine or reject"
+
+
+def check_dmarc(type_: str, props: Mapping[str, Any], ctx: Context) -> list[str]:
+    """In production, every `_dmarc.<domain>` TXT record says p=quarantine or p=reject."""
+    if type_ != DNS_RECORD or str(props.get("type", "")).upper() != "TXT":
+        return []
+    name = str(props.get("name", ""))
+    if not name.startswith("_dmarc."):
+        return []
+    problem = _dmarc_problem(name, str(props.get("content", "")), ctx)
+    return [problem] if problem else []
+
+
+def check_dmarc_table(stack_outputs: Mapping[str, Any], ctx: Context) -> list[str]:
+    """The same rule over the `dnsRecords` output, which is all there is with sams:dns.provider=manual."""
+    table = stack_outputs.get("dnsRecords")
+    if not isinstance(table, str):
+        return []
+    found = []
+    for line in table.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and fields[0].startswith("_dmarc.") and fields[1] == "TXT":
+            problem = _dmarc_problem(fields[0], fields[2].split("  # ", 1)[0], ctx)
+            if problem:
+                found.append(problem)
+    return found
+
+
+# --- remote steps: only over the VPN ---------------------------------------------------------
+
+
+def check_remote_host(type_: str, props: Mapping[str, Any], ctx: Context) -> list[str]:
+    """pulumi-command's remote resources connect to a literal address inside the WireGuard network."""
+    if type_ not in REMOTE_TYPES:
+        return []
+    connection = props.get("connection")
+    host = connection.get("host") if isinstance(connection, Mapping) else None
+    if not host:
+        return ["remote step has no connection host"]
+    try:
+        address = ip_address(str(host))
+    except ValueError:
+        return [f"remote step connects to the name {host!r}: use the host's WireGuard address, not a public name"]
+    if not any(address in net for net in ctx.vpn_networks):
+        nets = ", ".join(map(str, ctx.vpn_networks))
+        return [f"remote step connects to {address}, outside the VPN ({nets}): SSH is reachable only over WireGuard"]
+    return []
+
+
+# --- backups: on in production ----------------------------------------------------------------
+
+
+def check_backups(stack_outputs: Mapping[str, Any] | None, ctx: Context) -> list[str]:
+    """In production the program's `backup` stack output says enabled, with a target."""
+    if not ctx.is_prod:
+        return []
+    backup = (stack_outputs or {}).get("backup")
+    if not isinstance(backup, Mapping):
+        return [
+            f"production stack {ctx.stack!r} exports no `backup` output, so backups cannot be verified "
+            "(the program exports sams:backup as the `backup` stack output)"
+        ]
+    if backup.get("enabled") is not True:
+        return [f"backups are off in production stack {ctx.stack!r}: set sams:backup.enabled to true"]
+    if not backup.get("target"):
+        return [f"backups in production stack {ctx.stack!r} have no target: set sams:backup.target"]
+    return []
+
+
+# --- the rule set, as the pack registers it and tests run it ---------------------------------
+
+ResourceCheck = Callable[[str, Mapping[str, Any], Context], list[str]]
+StackCheck = Callable[[Sequence[Resource], Context], list[tuple[str, str | None]]]
+
+
+@dataclass(frozen=True)
+class ResourceRule:
+    name: str
+    description: str
+    check: ResourceCheck
+
+
+@dataclass(frozen=True)
+class StackRule:
+    name: str
+    description: str
+    check: StackCheck
+
+
+def stack_outputs(resources: Iterable[Resource]) -> tuple[str | None, Mapping[str, Any]]:
+    for r in resources:
+        if r.type == STACK_TYPE:
+            return r.urn, r.props
+    return None, {}
+
+
+def _stack_dmarc(resources: Sequence[Resource], ctx: Context) -> list[tuple[str, str | None]]:
+    urn, outputs = stack_outputs(resources)
+    return [(m, urn) for m in check_dmarc_table(outputs, ctx)]
+
+
+def _stack_backups(resources: Sequence[Resource], ctx: Context) -> list[tuple[str, str | None]]:
+    urn, outputs = stack_outputs(resources)
+    return [(m, urn) for m in check_backups(outputs, ctx)]
+
+
+RESOURCE_RULES: tuple[ResourceRule, ...] = (
+    ResourceRule(
+        "no-private-port-open-to-world",
+        "No SSH, PostgreSQL or admin port is open to 0.0.0.0/0 or ::/0 in a cloud firewall.",
+        lambda t, p, _ctx: check_firewall(t, p),
+    ),
+    ResourceRule(
+        "dmarc-enforced-in-prod",
+        "Production publishes DMARC p=quarantine or p=reject, never p=none.",
+        check_dmarc,
+    ),
+    ResourceRule(
+        "remote-steps-over-vpn",
+        "Remote commands connect only to WireGuard (VPN) addresses.",
+        check_remote_host,
+    ),
+)
+
+STACK_RULES: tuple[StackRule, ...] = (
+    StackRule(
+        "dmarc-enforced-in-prod-table",
+        "Production's DNS record table (also for manual DNS) publishes DMARC p=quarantine or p=reject.",
+        _stack_dmarc,
+    ),
+    StackRule("backups-enabled-in-prod", "Production has backups enabled, with a target.", _stack_backups),
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    policy: str
+    urn: str | None
+    message: str
+
+
+@dataclass
+class Report:
+    violations: list[Violation] = field(default_factory=list)
+
+    def by_policy(self, name: str) -> list[Violation]:
+        return [v for v in self.violations if v.policy == name]
+
+
+def evaluate(resources: Sequence[Resource], ctx: Context) -> Report:
+    """Every rule over every resource, as the policy pack would run them during `pulumi up`."""
+    report = Report()
+    for rule in RESOURCE_RULES:
+        for r in resources:
+            report.violations += [Violation(rule.name, r.urn, m) for m in rule.check(r.type, r.props, ctx)]
+    for stack_rule in STACK_RULES:
+        report.violations += [Violation(stack_rule.name, u, m) for m, u in stack_rule.check(resources, ctx)]
+    return report
+
+
+def violations_of(resources: Sequence[Resource], ctx: Context) -> Iterator[str]:
+    """Readable lines, for assertion messages and `python -m policy.rules`-style reports."""
+    for v in evaluate(resources, ctx).violations:
+        yield f"[{v.policy}] {v.urn or '(stack)'}: {v.message}"

@@ -1,0 +1,341 @@
+"""The CrossGuard rules (policy/rules.py) over what the real program registers under mocks.
+
+The shipped stacks must pass; copies mutated the way a careless change would (SSH open to the
+world, DMARC p=none in prod, a remote step to a public address, backups off in prod) must not.
+The pack's own wiring (policy/__main__.py) is exercised with a stand-in PolicyPack: the real
+constructor starts a gRPC server and blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import runpy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pulumi_policy
+import pytest
+
+import mockrun
+from policy import rules
+from policy.rules import Context, Resource
+
+PROJECT = Path(__file__).resolve().parents[1]
+PROD_DMARC_OFF = {"sams:dmarc": {"policy": "none", "rua": "dmarc-reports@example.org"}}
+
+
+def resources_of(run: mockrun.Run) -> list[Resource]:
+    """What the engine hands the pack: each resource's inputs, plus the Stack with its outputs."""
+    out = [Resource(c.type, c.urn, copy.deepcopy(c.inputs)) for c in run.resources]
+    out.append(
+        Resource(rules.STACK_TYPE, f"urn:pulumi:{run.stack}::sams::{rules.STACK_TYPE}::sams-{run.stack}", run.outputs)
+    )
+    return out
+
+
+def context_of(run: mockrun.Run) -> Context:
+    return Context.of(rules.stack_of_urn(run.resources[0].urn))
+
+
+def violations(resources: list[Resource], ctx: Context, policy: str | None = None) -> list[str]:
+    report = rules.evaluate(resources, ctx)
+    return [v.message for v in report.violations if policy is None or v.policy == policy]
+
+
+def replace(resources: list[Resource], name_suffix: str, change: Callable[[dict[str, Any]], None]) -> list[Resource]:
+    """A copy of the stack with one resource's properties changed."""
+    out = []
+    hits = 0
+    for r in resources:
+        if r.urn.endswith("::" + name_suffix):
+            props = copy.deepcopy(dict(r.props))
+            change(props)
+            r = Resource(r.type, r.urn, props)
+            hits += 1
+        out.append(r)
+    assert hits == 1, f"expected one resource named {name_suffix}"
+    return out
+
+
+def with_resource(resources: list[Resource], type_: str, name: str, props: dict[str, Any]) -> list[Resource]:
+    stack = rules.stack_of_urn(resources[0].urn)
+    return [*resources, Resource(type_, f"urn:pulumi:{stack}::sams::{type_}::{name}", props)]
+
+
+# --- the shipped stacks pass ------------------------------------------------------------------
+
+
+def test_shipped_stacks_pass(run: mockrun.Run, variant: str) -> None:
+    ctx = context_of(run)
+    assert ctx.stack == run.stack and ctx.is_prod == (run.stack == "prod")
+    assert "backup" in run.outputs
+    found = rules.evaluate(resources_of(run), ctx).violations
+    assert not found, "\n".join(f"[{v.policy}] {v.urn}: {v.message}" for v in found)
+
+
+def test_stack_name_comes_from_the_urn() -> None:
+    assert rules.stack_of_urn("urn:pulumi:prod::sams::sams:host:Host::host") == "prod"
+    with pytest.raises(ValueError):
+        rules.stack_of_urn("prod::sams")
+    assert Context.of("staging", {"prodStacks": ["staging"]}).is_prod
+    assert not Context.of("prod", {"prodStacks": ["production"]}).is_prod
+
+
+# --- firewalls --------------------------------------------------------------------------------
+
+FIREWALL = "no-private-port-open-to-world"
+
+
+@pytest.mark.parametrize(
+    ("port", "ip_type", "subnet", "expect"),
+    [
+        ("22", "v4", "0.0.0.0", ["22"]),
+        ("22", "v6", "::", ["22"]),
+        ("5432", "v4", "0.0.0.0", ["5432"]),
+        ("11334", "v6", "::", ["11334"]),
+        ("1:65535", "v4", "0.0.0.0", ["22", "5432", "11334"]),
+    ],
+)
+def test_vultr_rule_open_to_the_world_violates(
+    runner: Callable[[str], mockrun.Run], port: str, ip_type: str, subnet: str, expect: list[str]
+) -> None:
+    run = runner("prod")
+    rule = {"port": port, "protocol": "tcp", "ipType": ip_type, "subnet": subnet, "subnetSize": 0}
+    found = violations(with_resource(resources_of(run), rules.VULTR_RULE, "open", rule), context_of(run), FIREWALL)
+    assert len(found) == 1
+    assert ("::/0" if ip_type == "v6" else "0.0.0.0/0") in found[0]
+    for number in expect:
+        assert number in found[0]
+
+
+def test_vultr_ssh_from_one_address_is_fine(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("prod")
+    rule = {"port": "22", "protocol": "tcp", "ipType": "v4", "subnet": "203.0.113.7", "subnetSize": 32}
+    assert not violations(with_resource(resources_of(run), rules.VULTR_RULE, "office", rule), context_of(run), FIREWALL)
+
+
+def test_shipped_vultr_rule_widened_to_ssh_violates(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("prod")
+
+    def widen(props: dict[str, Any]) -> None:
+        props["port"] = "20:30"
+
+    found = violations(replace(resources_of(run), "host-firewall-tcp-25-v4", widen), context_of(run), FIREWALL)
+    assert found and "22" in found[0]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"protocol": "6", "source": "0.0.0.0/0", "sourceType": "CIDR_BLOCK", "tcpOptions": {"min": 22, "max": 22}},
+        {"protocol": "6", "source": "::/0", "sourceType": "CIDR_BLOCK", "tcpOptions": {"min": 5432, "max": 5432}},
+        {"protocol": "6", "source": "0.0.0.0/0", "sourceType": "CIDR_BLOCK"},  # no tcpOptions: every port
+        {"protocol": "all", "source": "0.0.0.0/0", "sourceType": "CIDR_BLOCK"},
+    ],
+)
+def test_oci_security_list_open_to_the_world_violates(
+    runner: Callable[[str], mockrun.Run], rule: dict[str, Any]
+) -> None:
+    run = runner("dev")
+
+    def add(props: dict[str, Any]) -> None:
+        props["ingressSecurityRules"].append(rule)
+
+    found = violations(replace(resources_of(run), "host-firewall-security-list", add), context_of(run), FIREWALL)
+    assert len(found) == 1 and rule["source"] in found[0]
+
+
+def test_oci_ssh_from_the_vcn_is_fine(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("dev")
+    rule = {"protocol": "6", "source": "10.0.0.0/16", "sourceType": "CIDR_BLOCK", "tcpOptions": {"min": 22, "max": 22}}
+
+    def add(props: dict[str, Any]) -> None:
+        props["ingressSecurityRules"].append(rule)
+
+    assert not violations(replace(resources_of(run), "host-firewall-security-list", add), context_of(run))
+
+
+def test_oci_nsg_rule_open_to_the_world_violates() -> None:
+    nsg = {
+        "direction": "INGRESS",
+        "protocol": "6",
+        "source": "0.0.0.0/0",
+        "sourceType": "CIDR_BLOCK",
+        "tcpOptions": {"destinationPortRange": {"min": 22, "max": 22}},
+    }
+    assert rules.check_firewall(rules.OCI_NSG_RULE, nsg)
+    assert not rules.check_firewall(rules.OCI_NSG_RULE, {**nsg, "direction": "EGRESS"})
+
+
+# --- DMARC ------------------------------------------------------------------------------------
+
+DMARC = "dmarc-enforced-in-prod"
+
+
+def test_dmarc_none_in_prod_violates(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("prod")
+
+    def relax(props: dict[str, Any]) -> None:
+        props["content"] = '"v=DMARC1; p=none; rua=mailto:dmarc-reports@example.org"'
+
+    found = violations(replace(resources_of(run), "dns-txt-_dmarc.example.org", relax), context_of(run), DMARC)
+    assert found == [
+        "_dmarc.example.org: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
+    ]
+
+
+def test_dmarc_none_outside_prod_is_allowed(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("dev")
+    assert {
+        rules.dmarc_policy(rules.txt_value(r.inputs["content"]))
+        for r in run.resources
+        if r.type == rules.DNS_RECORD and r.inputs["name"].startswith("_dmarc.")
+    } == {"none"}
+    assert not violations(resources_of(run), context_of(run), DMARC)
+
+
+def test_prod_program_with_dmarc_none_violates() -> None:
+    run = mockrun.run("prod", secret_config=mockrun.TEST_SECRETS, overrides=PROD_DMARC_OFF)
+    found = violations(resources_of(run), context_of(run), DMARC) + violations(
+        resources_of(run), context_of(run), DMARC + "-table"
+    )
+    # One per domain's record, and the same again from the dnsRecords table.
+    assert sorted(found) == sorted(
+        f"_dmarc.{d}: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
+        for d in ("example.org", "example.net")
+        for _ in range(2)
+    )
+
+
+def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
+    run = mockrun.run(
+        "prod", secret_config=mockrun.TEST_SECRETS, overrides={**PROD_DMARC_OFF, "sams:dns": {"provider": "manual"}}
+    )
+    assert not run.of_type(rules.DNS_RECORD)
+    found = violations(resources_of(run), context_of(run), "dmarc-enforced-in-prod-table")
+    assert len(found) == 2 and all("p=none" in m for m in found)
+
+
+@pytest.mark.parametrize(
+    ("content", "policy"),
+    [
+        ('"v=DMARC1; p=reject"', "reject"),
+        ('"v=DMARC1; " "p=quarantine; pct=50"', "quarantine"),
+        ("v=DMARC1;p=NONE", "none"),
+        ('"v=DMARC1; rua=mailto:a@b"', None),
+    ],
+)
+def test_dmarc_parsing(content: str, policy: str | None) -> None:
+    assert rules.dmarc_policy(rules.txt_value(content)) == policy
+
+
+# --- remote steps -----------------------------------------------------------------------------
+
+REMOTE = "remote-steps-over-vpn"
+
+
+@pytest.mark.parametrize("host", [mockrun.MOCK_IPV4, "mail.example.org", "10.200.0.2"])
+@pytest.mark.parametrize("step", ["host-ready-apply", "host-ready-copy"])
+def test_remote_step_off_the_vpn_violates(runner: Callable[[str], mockrun.Run], host: str, step: str) -> None:
+    run = runner("prod")
+
+    def redirect(props: dict[str, Any]) -> None:
+        props["connection"]["host"] = host
+
+    found = violations(replace(resources_of(run), step, redirect), context_of(run), REMOTE)
+    assert len(found) == 1 and host in found[0]
+
+
+def test_remote_steps_through_a_bastion_still_target_the_vpn(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("prod-bastion")
+    proxied = [r for r in run.resources if r.type in rules.REMOTE_TYPES and r.inputs["connection"].get("proxy")]
+    assert proxied
+    assert not violations(resources_of(run), context_of(run), REMOTE)
+
+
+def test_vpn_networks_come_from_policy_config(runner: Callable[[str], mockrun.Run]) -> None:
+    run = runner("prod")
+    ctx = Context.of("prod", {"vpnNetworks": ["10.9.0.0/24"]})
+    assert len(violations(resources_of(run), ctx, REMOTE)) == len(run.of_type("command:remote:Command")) + len(
+        run.of_type("command:remote:CopyToRemote")
+    )
+
+
+# --- backups ----------------------------------------------------------------------------------
+
+BACKUPS = "backups-enabled-in-prod"
+
+
+@pytest.mark.parametrize(
+    ("backup", "says"),
+    [
+        ({"enabled": False, "target": "sftp://b/x", "retentionDays": 30}, "backups are off"),
+        ({"enabled": True, "target": None, "retentionDays": 30}, "no target"),
+        (None, "exports no `backup` output"),
+    ],
+)
+def test_backups_off_in_prod_violates(runner: Callable[[str], mockrun.Run], backup: Any, says: str) -> None:
+    run = runner("prod")
+    outputs = {k: v for k, v in run.outputs.items() if k != "backup"}
+    if backup is not None:
+        outputs["backup"] = backup
+    resources = [r for r in resources_of(run) if r.type != rules.STACK_TYPE]
+    resources.append(Resource(rules.STACK_TYPE, "urn:pulumi:prod::sams::pulumi:pulumi:Stack::sams-prod", outputs))
+    found = violations(resources, context_of(run), BACKUPS)
+    assert len(found) == 1 and says in found[0]
+    # Outside production the same outputs are fine.
+    assert not rules.check_backups(outputs, Context.of("dev"))
+
+
+def test_prod_program_with_backups_off_violates() -> None:
+    run = mockrun.run("prod", secret_config=mockrun.TEST_SECRETS, overrides={"sams:backup": {"enabled": False}})
+    assert violations(resources_of(run), context_of(run), BACKUPS)
+
+
+# --- the pack's wiring ------------------------------------------------------------------------
+
+
+class _Pack:
+    made: list[_Pack] = []  # noqa: RUF012
+
+    def __init__(self, name: str, enforcement_level: Any, policies: list[Any], **_: Any) -> None:
+        self.name, self.enforcement_level, self.policies = name, enforcement_level, policies
+        _Pack.made.append(self)
+
+
+def test_policy_pack_wraps_every_rule(monkeypatch: pytest.MonkeyPatch, runner: Callable[[str], mockrun.Run]) -> None:
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", _Pack)
+    _Pack.made.clear()
+    runpy.run_path(str(PROJECT / "policy" / "__main__.py"), run_name="__main__")
+    (pack,) = _Pack.made
+    assert pack.name == "sams" and pack.enforcement_level == pulumi_policy.EnforcementLevel.MANDATORY
+    names = {p.name for p in pack.policies}
+    assert names == {r.name for r in rules.RESOURCE_RULES} | {r.name for r in rules.STACK_RULES}
+    by_name = {p.name: p for p in pack.policies}
+
+    # A resource policy, fed a violating resource the way the analyzer would.
+    reported: list[tuple[str, str | None]] = []
+    open_ssh = {"port": "22", "protocol": "tcp", "ipType": "v4", "subnet": "0.0.0.0", "subnetSize": 0}
+    args = pulumi_policy.ResourceValidationArgs(
+        rules.VULTR_RULE,
+        open_ssh,
+        "urn:pulumi:prod::sams::vultr:index/firewallRule:FirewallRule::x",
+        "x",
+        None,  # type: ignore[arg-type]  # options and provider: unused by the rules
+        None,
+    )
+    by_name[FIREWALL].validate(args, lambda m, u=None: reported.append((m, u)))
+    assert len(reported) == 1 and "22" in reported[0][0]
+
+    # A stack policy over the real prod stack with backups switched off.
+    run = runner("prod")
+    reported.clear()
+    stack = [
+        pulumi_policy.PolicyResource(r.type, r.props, r.urn, r.urn.rsplit("::", 1)[-1], None, None, None, [], {})  # type: ignore[arg-type]
+        for r in resources_of(run)
+    ]
+    stack[-1].props = {**run.outputs, "backup": {"enabled": False, "target": "x"}}
+    by_name[BACKUPS].validate(pulumi_policy.StackValidationArgs(stack, {}), lambda m, u=None: reported.append((m, u)))
+    assert [m for m, _ in reported] == ["backups are off in production stack 'prod': set sams:backup.enabled to true"]
+    assert reported[0][1] is not None and reported[0][1].endswith("pulumi:pulumi:Stack::sams-prod")
