@@ -1,12 +1,97 @@
-"""Registers the ``lab`` marker (tests that boot the real lab: root, nspawn, ~10-90 s)."""
+"""The lab fixture: ONE Debian 13 host for every lab test module (booting takes ~10 s plus the
+apply; a second lab cannot run beside it). At the end of the session the lab is torn down and
+the teardown is checked: nothing of it may remain.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
+
+import mockrun
+from lab import control, program
+from lab.spec import NAMES, LabSpec, StatePaths
+from lab.ssh import HostShell
+from settings import Settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "lab: boots the local nspawn/WireGuard lab (needs root and host tools)",
-    )
+    config.addinivalue_line("markers", "lab: boots the local nspawn/WireGuard lab (needs root and host tools)")
+
+
+@dataclass
+class Lab:
+    paths: StatePaths
+    spec: LabSpec
+    settings: Settings
+    run: mockrun.Run
+    shell: HostShell
+    first_apply: program.ApplyReport
+    before: dict[str, set[str]]
+    images: tuple[str, ...]
+
+
+def _lines(cmd: list[str]) -> set[str]:
+    return set(subprocess.run(cmd, capture_output=True, check=True, text=True).stdout.splitlines())
+
+
+def snapshot() -> dict[str, set[str]]:
+    """What a lab could leave behind: namespaces, links, mounts, processes."""
+    procs = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            procs.add(f"{entry} {cmd.strip()}")
+    return {
+        "netns": {line.split()[0] for line in _lines(["ip", "netns", "list"]) if line.strip()},
+        "links": {line.split(":")[1].strip() for line in _lines(["ip", "-o", "link"])},
+        "mounts": {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()},
+        "procs": procs,
+    }
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    assert os.geteuid() == 0, "the lab tests need root (namespaces, nspawn): run them through ./run test"
+    assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
+    before = snapshot()
+    root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
+    paths = StatePaths(root)
+    try:
+        keys = program.lab_keys(paths)
+        run = program.lab_run(paths, keys)
+        settings = program.lab_settings(keys)
+        spec = program.spec_from_run(run, settings, keys)
+        report = control.up(spec, paths=paths)
+        print(f"\nlab up: {report.timings}")
+        shell = HostShell.from_state(paths)
+        images = (settings.config.database.image,)
+        first = program.apply(run, paths, shell=shell, images=images)
+        yield Lab(paths, spec, settings, run, shell, first, before, images)
+        removed = control.down(paths=paths)
+        assert any("nspawn" in r for r in removed)
+        assert control.down(paths=paths) == []
+        assert_nothing_left(before, paths)
+    finally:
+        control.down(purge=True, paths=paths)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_nothing_left(before: dict[str, set[str]], paths: StatePaths) -> None:
+    after = snapshot()
+    # Only what is this lab's: its state dir (tree, nspawn), its hub interface, its namespaces.
+    needles = [str(paths.root), NAMES.wg_hub, *NAMES.namespaces]
+    for kind in before:
+        new = {i for i in after[kind] - before[kind] if any(n in i for n in needles)}
+        assert not new, f"down left {kind}: {sorted(new)}"
+    assert not any(ns in after["netns"] for ns in NAMES.namespaces)

@@ -6,79 +6,16 @@ the first run builds the trixie tree from the mirror (~1 min), later runs reuse 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-import mockrun
 from components.firewall.policy import NEVER_PUBLIC, public_ports
-from lab import control, program
-from lab.spec import NAMES, LabSpec, StatePaths
-from lab.ssh import HostShell
-from settings import Settings
+from lab import program
+from lab.spec import NAMES
+from lab.tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
-
-
-@dataclass
-class Lab:
-    paths: StatePaths
-    spec: LabSpec
-    settings: Settings
-    run: mockrun.Run
-    shell: HostShell
-    first_apply: program.ApplyReport
-    before: dict[str, set[str]]
-
-
-def _lines(cmd: list[str]) -> set[str]:
-    return set(subprocess.run(cmd, capture_output=True, check=True, text=True).stdout.splitlines())
-
-
-def snapshot() -> dict[str, set[str]]:
-    """What a lab could leave behind: namespaces, links, mounts, processes."""
-    procs = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            procs.add(f"{entry} {cmd.strip()}")
-    return {
-        "netns": {line.split()[0] for line in _lines(["ip", "netns", "list"]) if line.strip()},
-        "links": {line.split(":")[1].strip() for line in _lines(["ip", "-o", "link"])},
-        "mounts": {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()},
-        "procs": procs,
-    }
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    assert os.geteuid() == 0, "the lab tests need root (namespaces, nspawn): run them through ./run test"
-    assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
-    before = snapshot()
-    root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
-    paths = StatePaths(root)
-    try:
-        keys = program.lab_keys(paths)
-        run = program.lab_run(paths, keys)
-        settings = program.lab_settings(keys)
-        spec = program.spec_from_run(run, settings, keys)
-        report = control.up(spec, paths=paths)
-        print(f"\nlab up: {report.timings}")
-        shell = HostShell.from_state(paths)
-        first = program.apply(run, paths, shell=shell, images=(settings.config.database.image,))
-        yield Lab(paths, spec, settings, run, shell, first, before)
-    finally:
-        control.down(purge=True, paths=paths)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def sh(lab: Lab, command: str) -> str:
@@ -183,23 +120,9 @@ def test_wireguard_up_with_handshake(lab: Lab) -> None:
 def test_steps_applied_and_rerun_is_a_no_op(lab: Lab) -> None:
     names = [s.name for s in program.steps_of(lab.run)]
     assert lab.first_apply.ran == names and lab.first_apply.skipped == []
-    again = program.apply(lab.run, lab.paths, shell=lab.shell)
+    again = program.apply(lab.run, lab.paths, shell=lab.shell, images=lab.images)
     assert again.ran == [] and again.skipped == names
     # and the files are there, with the modes the program asked for
     for domain in lab.settings.mail.domains:
         mode = sh(lab, f"stat -c %a /etc/dkimkeys/{domain.name}/{lab.settings.config.dkim.selector}.private")
         assert mode.strip() == "600"
-
-
-def test_down_leaves_nothing(lab: Lab) -> None:
-    """Runs last in this module (pytest keeps file order): tear down and compare."""
-    removed = control.down(paths=lab.paths)
-    assert any("nspawn" in r for r in removed)
-    assert control.down(paths=lab.paths) == []
-    after = snapshot()
-    # Only what is this lab's: its state dir (tree, nspawn), its hub interface, its namespaces.
-    needles = [str(lab.paths.root), NAMES.wg_hub, *NAMES.namespaces]
-    for kind in lab.before:
-        new = {i for i in after[kind] - lab.before[kind] if any(n in i for n in needles)}
-        assert not new, f"down left {kind}: {sorted(new)}"
-    assert not any(ns in after["netns"] for ns in NAMES.namespaces)
