@@ -86,3 +86,36 @@ def test_bad_specs_are_refused() -> None:
         File("etc/relative", "")
     with pytest.raises(ValueError, match="listed twice"):
         StepSpec("x", files=(File("/a", ""), File("/a", "")))
+
+
+def test_only_watching_services_act_once_each(tmp_path: Path) -> None:
+    """A changed file reloads (or restarts) exactly the units watching it, once, strongest action."""
+    from components.remote.steps import Service
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    root = tmp_path / "host"
+    spec = StepSpec(
+        name="svc",
+        files=(File(f"{root}/etc/a/main.conf", "x\n"), File(f"{root}/etc/b/b.conf", "y\n")),
+        services=(
+            Service("a.service", (f"{root}/etc/a/*",), "reload"),
+            Service("a.service", (f"{root}/etc/a/main.conf",), "restart"),
+            Service("b.service", (f"{root}/etc/b/*",), "reload"),
+            Service("c.service", (f"{root}/etc/c/*",), "reload"),
+        ),
+    )
+    step = stage(spec, tmp_path / "build")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    first = subprocess.run(
+        [sys.executable, str(step / "sams-apply"), str(step)], capture_output=True, text=True, env=env
+    )
+    assert first.returncode == 0, first.stderr
+    assert sorted(calls.read_text().splitlines()) == ["reload b.service", "restart a.service"]
+    calls.unlink()
+    subprocess.run([sys.executable, str(step / "sams-apply"), str(step)], check=True, capture_output=True, env=env)
+    assert not calls.exists(), "nothing changed, nothing restarted"

@@ -80,11 +80,18 @@ def main(step_dir: str) -> int:
         if _install(entry, text.encode()):
             changed.append(entry["path"])
 
-    acted: list[str] = []
+    # One action per unit, the strongest wins: a restart already includes a reload.
+    strength = {"reload": 0, "reload-or-restart": 1, "restart": 2}
+    todo: dict[str, str] = {}
     for svc in manifest["services"]:
         if any(fnmatch.fnmatch(p, w) for p in changed for w in svc["watches"]):
-            subprocess.run(["systemctl", svc["action"], svc["unit"]], check=True)
-            acted.append(f"{svc['action']}:{svc['unit']}")
+            current = todo.get(svc["unit"])
+            if current is None or strength[svc["action"]] > strength[current]:
+                todo[svc["unit"]] = svc["action"]
+    acted: list[str] = []
+    for unit, action in todo.items():
+        subprocess.run(["systemctl", action, unit], check=True)
+        acted.append(f"{action}:{unit}")
 
     ran_script = False
     script = os.path.join(step_dir, "script.sh")
