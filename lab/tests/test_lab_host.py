@@ -126,3 +126,13 @@ def test_steps_applied_and_rerun_is_a_no_op(lab: Lab) -> None:
     for domain in lab.settings.mail.domains:
         mode = sh(lab, f"stat -c %a /etc/dkimkeys/{domain.name}/{lab.settings.config.dkim.selector}.private")
         assert mode.strip() == "600"
+
+
+def test_unattended_upgrades_and_fail2ban_loaded(lab: Lab) -> None:
+    """The files cloud-init wrote are the ones the daemons run with."""
+    apt = sh(lab, "apt-config dump APT::Periodic")
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in apt
+    assert 'APT::Periodic::Update-Package-Lists "1";' in apt
+    jail = sh(lab, "fail2ban-client get sshd ignoreip")
+    assert str(lab.settings.config.wireguard.network) in jail
+    assert "nftables" in sh(lab, "fail2ban-client get sshd actions")
