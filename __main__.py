@@ -14,6 +14,7 @@ from components.keys.resources import HostKeys
 from components.mail import Mail, MailArgs
 from components.mail.clients import client_settings
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from components.users import Users, UsersArgs
 from settings import from_pulumi
 
 # Raises one SettingsError naming file, key and value before any resource is registered.
@@ -53,6 +54,8 @@ mail = Mail(
         after=(database,),
     ),
 )
+# Mailbox passwords in Vault, first-password hashes, offboarding (after the tables and Dovecot exist).
+users = Users("users", UsersArgs(settings, tunnel, after=(mail,)))
 dns = Dns(
     "dns",
     DnsArgs(

@@ -110,6 +110,29 @@ class DnsSettings(_Config):
     ttl: int = Field(default=300, ge=60, le=86400)
 
 
+class VaultSettings(_Config):
+    """Where the mailbox passwords live: KV v2 at <mount>/data/<prefix>/<domain>/<user>.
+
+    The token is the secret `sams:vaultToken` (or VAULT_TOKEN); the address falls back to VAULT_ADDR.
+    """
+
+    address: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(/.*)?$", description="e.g. https://vault.example.org:8200"
+    )
+    mount: str = Field(default="secret", pattern=r"^[A-Za-z0-9_-]+$", description="the KV v2 mount")
+    prefix: str = Field(
+        default="mail/users",
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="path under the mount; one secret per user below <prefix>/<domain>/<user>",
+    )
+
+
+class UsersSettings(_Config):
+    archive_days: int = Field(
+        default=30, gt=0, description="days an offboarded user's archived Maildir is kept before it is purged"
+    )
+
+
 class StackConfig(_Config):
     provider: Literal["vultr", "oci", "existing"] = Field(description="where the host runs; its section is required")
     hostname: DomainName = Field(description="the mail host's FQDN: MX target, HELO, PTR and TLS name")
@@ -127,6 +150,8 @@ class StackConfig(_Config):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dkim: DkimSettings = Field(default_factory=DkimSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    users: UsersSettings = Field(default_factory=UsersSettings)
     mail_list: str | None = Field(default=None, description="defaults to stacks/<stack>/mail_list.yml")
     # Checks that span sections (provider section present, overlapping networks) live in
     # settings.checks so each problem names its own key.

@@ -1,0 +1,175 @@
+#!/usr/bin/python3
+"""sams-users: mailbox passwords and offboarding on the mail host (runs as root, Python stdlib only).
+
+    sams-users sync        stdin {"hashes": {addr: hash}, "removed": [addr]}: set first passwords,
+                           disable removed users, archive their Maildirs, purge old archives
+    sams-users set-hashes  stdin {"hashes": {addr: hash}}: overwrite (the rotation command)
+    sams-users purge       delete archives older than --archive-days (the daily timer)
+
+Common options: --psql "CMD" (a command that runs SQL from stdin as the schema owner),
+--vmail-root, --archive-root, --archive-days. Every action is printed (one JSON line) and
+every archive purge is logged by name: nothing is deleted silently. Hashes never reach stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+DEFAULT_PSQL = "docker exec -i sams-postgres psql -U sams_owner -d sams"
+_ADDRESS = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?@[a-z0-9.-]+$")
+_ARCHIVE_NAME = re.compile(r"^(?P<user>.+)-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?$")
+
+
+def split(address: str) -> tuple[str, str]:
+    if not _ADDRESS.match(address):
+        raise SystemExit(f"sams-users: not a mailbox address: {address!r}")
+    local, _, domain = address.partition("@")
+    return local, domain
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _values(hashes: dict[str, str]) -> str:
+    rows = []
+    for address, hashed in sorted(hashes.items()):
+        local, domain = split(address)
+        rows.append(f"({_lit(local)}, {_lit(domain)}, {_lit(hashed)})")
+    return ", ".join(rows)
+
+
+def sync_sql(hashes: dict[str, str], removed: list[str]) -> str:
+    """First passwords only where none is set (a changed password is never overwritten); removed,
+    already deactivated users lose their hash (their Vault secret is gone: nobody knows it)."""
+    out = ["\\set ON_ERROR_STOP on", "BEGIN;"]
+    if removed:
+        keys = ", ".join(f"({_lit(lp)}, {_lit(d)})" for lp, d in map(split, sorted(removed)))
+        out.append(f"UPDATE users SET password_hash = NULL WHERE NOT active AND (local_part, domain) IN ({keys});")
+    if hashes:
+        out.append(
+            "UPDATE users u SET password_hash = v.hash FROM (VALUES "
+            + _values(hashes)
+            + ") AS v (local_part, domain, hash) WHERE u.local_part = v.local_part AND u.domain = v.domain"
+            " AND u.password_hash IS NULL AND u.active;"
+        )
+    out += ["COMMIT;", ""]
+    return "\n".join(out)
+
+
+def set_hashes_sql(hashes: dict[str, str]) -> str:
+    """Rotation: overwrite. Fails (and changes nothing) unless every address is an active mailbox."""
+    n = len(hashes)
+    return "\n".join(
+        [
+            "\\set ON_ERROR_STOP on",
+            "BEGIN;",
+            "CREATE TEMP TABLE rotate (local_part text, domain text, hash text) ON COMMIT DROP;",
+            "INSERT INTO rotate VALUES " + _values(hashes) + ";",
+            "DO $$ BEGIN IF (SELECT count(*) FROM users u JOIN rotate r USING (local_part, domain) WHERE u.active)"
+            f" <> {n} THEN RAISE EXCEPTION 'sams-users: some addresses are not active mailboxes'; END IF; END $$;",
+            "UPDATE users u SET password_hash = r.hash FROM rotate r"
+            " WHERE u.local_part = r.local_part AND u.domain = r.domain;",
+            "COMMIT;",
+            "",
+        ]
+    )
+
+
+def run_sql(psql: str, sql: str) -> None:
+    cmd = [*shlex.split(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    result = subprocess.run(cmd, input=sql.encode(), capture_output=True, check=False)
+    if result.returncode != 0:
+        # psql's error names the statement, never the hash values (they are in VALUES, not echoed).
+        err = result.stderr.decode(errors="replace")
+        err = re.sub(r"\{[A-Z0-9-]+\}\S+", "{…}", err)
+        raise SystemExit(f"sams-users: psql failed ({result.returncode}): {err.strip()}")
+
+
+def archive(vmail_root: str, archive_root: str, address: str, today: dt.date) -> str | None:
+    """Move <vmail>/<domain>/<user> to <archive>/<domain>/<user>-<date>; None if there is no Maildir."""
+    local, domain = split(address)
+    src = os.path.join(vmail_root, domain, local)
+    if not os.path.isdir(src):
+        return None
+    if shutil.which("doveadm"):  # close open IMAP sessions first; best effort
+        subprocess.run(["doveadm", "kick", address], capture_output=True, check=False)
+    parent = os.path.join(archive_root, domain)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    dest = os.path.join(parent, f"{local}-{today.isoformat()}")
+    n = 1
+    while os.path.exists(dest):
+        dest = os.path.join(parent, f"{local}-{today.isoformat()}.{n}")
+        n += 1
+    shutil.move(src, dest)  # a rename on one filesystem, copy + delete across two
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(vmail_root, domain))  # only if the whole domain is gone
+    return dest
+
+
+def purge(archive_root: str, days: int, today: dt.date) -> list[str]:
+    """Delete archives whose date (in their name) is more than `days` days ago; return them."""
+    gone: list[str] = []
+    if not os.path.isdir(archive_root):
+        return gone
+    for domain in sorted(os.listdir(archive_root)):
+        ddir = os.path.join(archive_root, domain)
+        if not os.path.isdir(ddir):
+            continue
+        for name in sorted(os.listdir(ddir)):
+            m = _ARCHIVE_NAME.match(name)
+            if not m:
+                continue
+            try:
+                when = dt.date.fromisoformat(m.group("date"))
+            except ValueError:
+                continue
+            if (today - when).days > days:
+                path = os.path.join(ddir, name)
+                print(f"sams-users: purging archive {path} ({(today - when).days} days old)", file=sys.stderr)
+                shutil.rmtree(path)
+                gone.append(path)
+    return gone
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sams-users")
+    parser.add_argument("action", choices=("sync", "set-hashes", "purge"))
+    parser.add_argument("--psql", default=DEFAULT_PSQL)
+    parser.add_argument("--vmail-root", default="/var/mail/vmail")
+    parser.add_argument("--archive-root", default="/var/mail/archive")
+    parser.add_argument("--archive-days", type=int, default=30)
+    parser.add_argument("--today", type=dt.date.fromisoformat, default=None, help="for tests")
+    args = parser.parse_args(argv)
+    today = args.today or dt.date.today()
+    summary: dict[str, object] = {"action": args.action}
+    if args.action in ("sync", "set-hashes"):
+        data = json.load(sys.stdin)
+        hashes: dict[str, str] = data.get("hashes") or {}
+        if args.action == "set-hashes":
+            run_sql(args.psql, set_hashes_sql(hashes))
+            summary["rotated"] = sorted(hashes)
+        else:
+            removed: list[str] = sorted(data.get("removed") or [])
+            run_sql(args.psql, sync_sql(hashes, removed))
+            summary["first_passwords"] = len(hashes)
+            summary["disabled"] = removed
+            moved = {a: archive(args.vmail_root, args.archive_root, a, today) for a in removed}
+            summary["archived"] = {a: d for a, d in moved.items() if d}
+    if args.action in ("sync", "purge"):
+        summary["purged"] = purge(args.archive_root, args.archive_days, today)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
