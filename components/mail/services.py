@@ -32,6 +32,8 @@ POSTFIX_SPOOL = "/var/spool/postfix"
 # Relative to the spool: how Postfix's (chrooted) daemons name the sockets.
 LMTP_SOCKET = "private/dovecot-lmtp"
 AUTH_SOCKET = "private/auth"
+# Dovecot's quota policy service: Postfix refuses mail for a full mailbox at RCPT time.
+QUOTA_STATUS_SOCKET = "private/quota-status"
 OPENDKIM_MILTER = "opendkim/opendkim.sock"
 RSPAMD_MILTER = "rspamd/milter.sock"
 PGSQL_DIR = "/etc/postfix/pgsql"
@@ -151,6 +153,7 @@ def postfix_step(settings: Settings) -> StepSpec:
                 pgsql_dir=PGSQL_DIR,
                 lmtp_socket=LMTP_SOCKET,
                 auth_socket=AUTH_SOCKET,
+                quota_status_socket=QUOTA_STATUS_SOCKET,
                 tls_fullchain=TLS_FULLCHAIN,
                 tls_key=TLS_KEY,
                 rspamd_milter=RSPAMD_MILTER,
@@ -159,7 +162,7 @@ def postfix_step(settings: Settings) -> StepSpec:
                 relay_password_file=RELAY_PASSWORD_FILE,
             ),
         ),
-        File("/etc/postfix/master.cf", _render("etc/postfix/master.cf.j2")),
+        File("/etc/postfix/master.cf", _render("etc/postfix/master.cf.j2", quota_status_socket=QUOTA_STATUS_SOCKET)),
         _pgsql_lookup("virtual_mailbox_domains", "the mail domains"),
         _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
         _pgsql_lookup("virtual_alias_maps", "the aliases"),
@@ -211,6 +214,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 postfix_spool=POSTFIX_SPOOL,
                 lmtp_socket=LMTP_SOCKET,
                 auth_socket=AUTH_SOCKET,
+                quota_status_socket=QUOTA_STATUS_SOCKET,
             ),
         ),
         File(

@@ -1,0 +1,693 @@
+"""The mail system, end to end with real clients: what a user and a sending server see.
+
+Clients run in the lab's namespaces: `sams-inet` is the internet (other MTAs, a user's phone),
+`sams-admin` is the admin's laptop behind the WireGuard tunnel. Each client call forks a child
+that enters the namespace (setns) and speaks SMTP, IMAP, POP3 or ManageSieve with Python's
+standard library, verifying the host's certificate against the copy taken from the host.
+
+Users have no passwords until onboarding (the users/Vault issue) sets them: the `mail` fixture
+(`known_passwords`) writes a known ARGON2ID hash per user straight into the database, as the
+superuser, and puts the stored hashes back afterwards; onboarding replaces this. The lab has no
+DNS either: `internet_dns` serves the zone the DNS plan publishes from sams-inet for the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import email.message
+import email.utils
+import imaplib
+import json
+import os
+import pickle
+import poplib
+import select
+import signal
+import smtplib
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dkim
+import pytest
+
+from components.mail import services
+from components.remote.steps import File, StepSpec, apply_command, stage
+from lab import program
+from lab.spec import NAMES
+from lab.tests.conftest import Lab
+
+pytestmark = pytest.mark.lab
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+DOMAIN = "sams.test"
+USERS = ("alice@sams.test", "bob@sams.test", "tiny@sams.test", "carol@other.test")
+# The GTUBE test string (rspamd rejects it like SpamAssassin's; split so this file is no GTUBE).
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+# --- running a client inside a lab namespace ---------------------------------------------------
+
+
+def in_netns(ns: str, hosts: dict[str, str], fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
+    """fn(*args) in a forked child that has entered network namespace `ns`; its exception re-raised.
+
+    `hosts` is the child's /etc/hosts (the lab has no DNS): clients connect to the mail host by
+    name, so SNI and certificate name checks are the real ones. The result (or exception) comes
+    back pickled over a pipe.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(read_end)
+            try:
+                fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {ns}")
+                os.close(fd)
+                _resolve_as(hosts)
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except BaseException as exc:
+                outcome = (False, exc)
+            try:
+                data = pickle.dumps(outcome)
+            except Exception:
+                data = pickle.dumps((False, RuntimeError(repr(outcome[1]))))
+            with os.fdopen(write_end, "wb") as fh:
+                fh.write(data)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_end, "rb") as fh:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fh], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"client in {ns} took more than {timeout} s")
+            chunk = os.read(fh.fileno(), 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(b"".join(chunks))
+    if not ok:
+        raise value
+    return value
+
+
+def _resolve_as(hosts: dict[str, str]) -> None:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *rest: Any, **kw: Any) -> Any:
+        return real(hosts.get(host, host), *rest, **kw)
+
+    socket.getaddrinfo = getaddrinfo
+
+
+def tls_context(cafile: str) -> ssl.SSLContext:
+    """Verify the host's (self-signed, for now) certificate and its name, TLS 1.2 or newer."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def message(sender: str, to: str, subject: str, body: str = "hello\n", size: int = 0) -> bytes:
+    msg = email.message.EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = email.utils.make_msgid(domain=sender.split("@")[-1])
+    if size:
+        # Base64-like lines of printable filler: incompressible enough, no long lines.
+        line = (uuid.uuid4().hex * 2)[:76] + "\n"
+        body = body + line * (size // len(line))
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+# --- clients (run in the child: plain values in and out) ------------------------------------------
+
+
+def submit(host: str, port: int, cafile: str, login: tuple[str, str], sender: str, to: list[str], data: bytes) -> str:
+    """A mail client submitting: 587 with STARTTLS or 465 with implicit TLS, then AUTH; the queue id."""
+    ctx = tls_context(cafile)
+    client = (
+        smtplib.SMTP_SSL(host, port, context=ctx, timeout=30, local_hostname="laptop.example")
+        if port == 465
+        else smtplib.SMTP(host, port, timeout=30, local_hostname="laptop.example")
+    )
+    with client:
+        if port != 465:
+            client.starttls(context=ctx)
+        client.login(*login)
+        client.mail(sender)
+        for rcpt in to:
+            code, text = client.rcpt(rcpt)
+            if code != 250:
+                raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
+        code, text = client.data(data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, text)
+        return text.decode().rsplit(" ", 1)[-1]
+
+
+Reply = tuple[int, str]
+
+
+def dialogue(host: str, port: int, steps: list[tuple[str, str]], cafile: str = "") -> dict[str, Any]:
+    """A raw SMTP dialogue (as an MTA on port 25 speaks it): EHLO, then each (verb, argument).
+
+    Verb "starttls" upgrades with `cafile`; "data" sends the argument as the message. It stops at
+    the first reply of 500 or more after MAIL; returns the EHLO keywords and every reply.
+    """
+    replies: list[Reply] = []
+    with smtplib.SMTP(host, port, timeout=60, local_hostname="mx.sender.example") as client:
+        client.ehlo()
+        features = sorted(client.esmtp_features)
+        for verb, arg in steps:
+            if verb == "starttls":
+                code, text = client.starttls(context=tls_context(cafile))
+                client.ehlo()
+                features = sorted(client.esmtp_features)
+            elif verb == "data":
+                code, text = client.data(arg.encode())
+            else:
+                code, text = client.docmd(verb, arg)
+            replies.append((code, text.decode(errors="replace")))
+    return {"features": features, "replies": replies}
+
+
+def imap_read(host: str, cafile: str, login: tuple[str, str], marker: str, want: int, wait: float) -> list[bytes]:
+    """IMAPS (993): the INBOX messages whose Subject has `marker`, polled until `want` arrived."""
+    deadline = time.monotonic() + wait
+    with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(cafile), timeout=30) as imap:
+        imap.login(*login)
+        while True:
+            imap.select("INBOX")
+            _, data = imap.search(None, "HEADER", "Subject", marker)
+            numbers = data[0].split()
+            if len(numbers) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        found = []
+        for n in numbers:
+            _, parts = imap.fetch(n, "(BODY.PEEK[])")
+            found.append(bytes(parts[0][1]))  # type: ignore[index]
+        return found
+
+
+def pop3_read(host: str, cafile: str, login: tuple[str, str], marker: str) -> list[bytes]:
+    """POP3S (995): every message whose Subject has `marker` (left on the server)."""
+    pop = poplib.POP3_SSL(host, 995, context=tls_context(cafile), timeout=30)
+    try:
+        pop.user(login[0])
+        pop.pass_(login[1])
+        found = []
+        for n in range(1, len(pop.list()[1]) + 1):
+            lines = pop.retr(n)[1]
+            raw = b"\r\n".join(lines)
+            if marker.encode() in raw:
+                found.append(raw)
+        return found
+    finally:
+        pop.quit()
+
+
+def imap_plaintext_login(host: str, login: tuple[str, str]) -> dict[str, Any]:
+    """IMAP on 143 without STARTTLS: the capabilities, and what a LOGIN gets."""
+    with imaplib.IMAP4(host, 143, timeout=30) as imap:
+        caps = sorted(imap.capabilities)
+        try:
+            imap.login(*login)
+            result = "logged in"
+        except imaplib.IMAP4.error as exc:
+            result = str(exc)
+        return {"capabilities": caps, "login": result}
+
+
+def banner(host: str, port: int) -> str:
+    """The first line a server says; 'silent' (connected, no greeting), 'refused' or 'filtered'."""
+    try:
+        sock = socket.create_connection((host, port), timeout=3)
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "filtered"
+    with sock:
+        sock.settimeout(5)
+        try:
+            return sock.recv(200).decode(errors="replace").splitlines()[0]
+        except (OSError, IndexError):
+            return "silent"
+
+
+# --- the internet's DNS ------------------------------------------------------------------------------
+# The lab has no DNS (the host's resolv.conf names a server it cannot reach, so every lookup costs a
+# timeout). The tests serve one from sams-inet: the zone the DNS plan publishes (the Cloudflare
+# records of the program run), reverse names, and a remote sender's domain; anything else is
+# NXDOMAIN at once. Nothing recurses, so no query leaves the lab.
+
+DNS_SERVER = "198.18.0.1"
+SENDER_DOMAIN = "sender.example"  # the remote MTA in sams-inet, with SPF for its address
+
+
+def zone_of_run(lab: Lab) -> dict[tuple[str, str], list[str]]:
+    """(name, type) -> presentation-format values, from the program's DnsRecord resources."""
+    zone: dict[tuple[str, str], list[str]] = {}
+    for record in lab.run.of_type("cloudflare:index/dnsRecord:DnsRecord"):
+        inputs = record.inputs
+        kind = inputs["type"]
+        if kind not in ("A", "AAAA", "MX", "TXT", "CNAME"):
+            continue  # SRV/CAA matter to clients and CAs, not to mail delivery
+        value = inputs["content"]
+        if kind == "MX":
+            value = f"{int(float(inputs['priority']))} {value}."
+        elif kind == "CNAME":
+            value += "."
+        zone.setdefault((inputs["name"].lower(), kind), []).append(value)
+    return zone
+
+
+def lab_zone(lab: Lab) -> dict[tuple[str, str], list[str]]:
+    zone = zone_of_run(lab)
+    public, inet = lab.spec.public_ipv4, lab.spec.inet_ipv4
+    hostname = lab.settings.config.hostname
+    mx = f"mx.{SENDER_DOMAIN}"
+    zone.update(
+        {
+            (".".join(reversed(public.split("."))) + ".in-addr.arpa", "PTR"): [hostname + "."],
+            (".".join(reversed(inet.split("."))) + ".in-addr.arpa", "PTR"): [mx + "."],
+            (SENDER_DOMAIN, "MX"): [f"10 {mx}."],
+            (SENDER_DOMAIN, "TXT"): [f'"v=spf1 ip4:{inet} -all"'],
+            (mx, "A"): [inet],
+        }
+    )
+    return zone
+
+
+def dkim_txt(lab: Lab, name: str) -> bytes | None:
+    """What a resolver returns for `name` TXT, from the published plan (dkimpy's dnsfunc)."""
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    values = zone_of_run(lab).get((name.rstrip(".").lower(), "TXT"))
+    if not values:
+        return None
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, values[0])
+    return b"".join(rdata.strings)  # type: ignore[attr-defined]
+
+
+def serve_dns(zone: dict[tuple[str, str], list[str]], address: str) -> None:
+    """An authoritative-only UDP DNS server for `zone` (runs until killed, in the forked child)."""
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.rcode
+    import dns.rdatatype
+    import dns.rrset
+
+    names = {name for name, _ in zone}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 53))
+    while True:
+        wire, peer = sock.recvfrom(4096)
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:
+            continue
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AA
+        for question in query.question:
+            name = question.name.to_text().rstrip(".").lower()
+            kind = dns.rdatatype.to_text(question.rdtype)
+            if (name, "CNAME") in zone and kind != "CNAME":
+                reply.answer.append(dns.rrset.from_text_list(question.name, 300, "IN", "CNAME", zone[name, "CNAME"]))
+                name = zone[name, "CNAME"][0].rstrip(".")
+            if (name, kind) in zone:
+                owner = dns.name.from_text(name)
+                reply.answer.append(dns.rrset.from_text_list(owner, 300, "IN", kind, zone[name, kind]))
+            elif name not in names:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+        sock.sendto(reply.to_wire(), peer)
+
+
+def start_in_netns(ns: str, fn: Callable[..., Any], *args: Any) -> int:
+    """Run fn(*args) in a forked child inside `ns`, in the background; its pid (kill to stop)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) == 0:
+                fn(*args)
+        finally:
+            os._exit(1)
+    return pid
+
+
+# Rspamd is ready when its normal worker answers and its milter socket listens (milter_default_action
+# is tempfail: a message submitted while it starts gets 451).
+WAIT_RSPAMD = f"""for i in $(seq 300); do
+  ss -Hxl src {services.POSTFIX_SPOOL}/{services.RSPAMD_MILTER} | grep -q . &&
+  python3 -c "import urllib.request as u; u.urlopen('http://{services.RSPAMD_NORMAL_WORKER}/ping', timeout=1)" \\
+    2>/dev/null && exit 0
+  sleep 0.2
+done
+exit 1"""
+RESOLV_FILES = ("/etc/resolv.conf", "/var/spool/postfix/etc/resolv.conf")
+
+
+@contextlib.contextmanager
+def internet_dns(lab: Lab) -> Iterator[None]:
+    """Serve the lab zone from sams-inet and point the host's resolver at it (restored after)."""
+    pid = start_in_netns(NAMES.ns_inet, serve_dns, lab_zone(lab), DNS_SERVER)
+    saved = {f: sh(lab, f"cat {f} 2>/dev/null || true") for f in RESOLV_FILES}
+    # Postfix's chrooted daemons read the spool's copy; reload makes idle smtpd processes exit.
+    # Rspamd reads resolv.conf when it loads its configuration.
+    refresh = f"postfix reload >/dev/null 2>&1; systemctl restart rspamd; {WAIT_RSPAMD}"
+    try:
+        for f in RESOLV_FILES:
+            sh(lab, f"cat > {f}", stdin=f"nameserver {DNS_SERVER}\noptions timeout:1 attempts:1\n")
+        sh(lab, refresh)
+        yield
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for f, text in saved.items():
+            if text:
+                sh(lab, f"cat > {f}", stdin=text)
+        # Rspamd starts slowly with a resolver it cannot reach: it is restarted, not waited for.
+        sh(lab, "postfix reload >/dev/null 2>&1; systemctl restart rspamd", check=False)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+def sh(lab: Lab, command: str, *, check: bool = True, stdin: str | None = None) -> str:
+    return lab.shell.run(["sudo", "-n", "sh", "-c", command], check=check, stdin=stdin).stdout.decode()
+
+
+def password_of(address: str) -> str:
+    return f"{address.split('@')[0]}-E2E-pass-1"
+
+
+PSQL = "docker exec -i sams-postgres psql -q -v ON_ERROR_STOP=1 -U postgres -d sams"
+
+
+def write_hashes(lab: Lab, hashes: dict[str, str | None]) -> None:
+    sql = ["BEGIN;"]
+    for address, digest in hashes.items():
+        local, domain = address.split("@")
+        value = "NULL" if digest is None else f"'{digest}'"
+        sql.append(f"UPDATE users SET password_hash = {value} WHERE local_part = '{local}' AND domain = '{domain}';")
+    sql.append("COMMIT;")
+    sh(lab, PSQL, stdin="\n".join(sql))
+
+
+def stored_hashes(lab: Lab) -> dict[str, str | None]:
+    rows = sh(lab, f"{PSQL} -At", stdin="SELECT local_part || '@' || domain, password_hash FROM users;")
+    found = dict(line.split("|", 1) for line in rows.splitlines() if line)
+    return {a: found.get(a) or None for a in USERS}
+
+
+@contextlib.contextmanager
+def known_passwords(lab: Lab) -> Iterator[dict[str, str]]:
+    """A known password per user while the tests run, the stored hashes back afterwards.
+
+    Onboarding (the users/Vault issue) sets real passwords; this stands in for it here and must
+    not leave its own behind for the modules after this one.
+    """
+    saved = stored_hashes(lab)
+    write_hashes(lab, {a: sh(lab, f"doveadm pw -s ARGON2ID -p '{password_of(a)}'").strip() for a in USERS})
+    try:
+        yield {a: password_of(a) for a in USERS}
+    finally:
+        write_hashes(lab, saved)
+
+
+class World:
+    """The mail host as the internet and the admin's laptop see it."""
+
+    def __init__(self, lab: Lab, cafile: str, passwords: dict[str, str]) -> None:
+        self.lab = lab
+        self.cafile = cafile
+        self.passwords = passwords
+        self.host = lab.settings.config.hostname
+
+    def inet(self, fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
+        return in_netns(NAMES.ns_inet, {self.host: self.lab.spec.public_ipv4}, fn, *args, timeout=timeout)
+
+    def admin(self, fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
+        return in_netns(NAMES.ns_admin, {self.host: self.lab.spec.vpn_host}, fn, *args, timeout=timeout)
+
+    def login(self, address: str) -> tuple[str, str]:
+        return (address, self.passwords[address])
+
+    def submit(self, port: int, user: str, to: list[str], subject: str, sender: str = "", **kw: Any) -> str:
+        sender = sender or user
+        data = message(sender, ", ".join(to), subject, **kw)
+        return self.inet(submit, self.host, port, self.cafile, self.login(user), sender, to, data)
+
+    def read(self, user: str, subject: str, want: int = 1, wait: float = 30) -> list[bytes]:
+        return self.inet(imap_read, self.host, self.cafile, self.login(user), subject, want, wait)
+
+    def mx(self, steps: list[tuple[str, str]]) -> list[Reply]:
+        """A remote MTA (mx.sender.example) talking to port 25."""
+        return self.inet(dialogue, self.host, 25, steps)["replies"]
+
+
+@contextlib.contextmanager
+def world(lab: Lab, directory: Path) -> Iterator[World]:
+    """DNS for the internet, passwords for the users, the host's certificate copied out."""
+    cafile = directory / "fullchain.pem"
+    cafile.write_text(sh(lab, f"cat {services.TLS_FULLCHAIN}"))
+    with internet_dns(lab), known_passwords(lab) as passwords:
+        yield World(lab, str(cafile), passwords)
+
+
+@pytest.fixture(scope="module")
+def mail(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with world(lab, tmp_path_factory.mktemp("mail")) as w:
+        yield w
+
+
+def subject(tag: str) -> str:
+    return f"e2e-{tag}-{uuid.uuid4().hex[:10]}"
+
+
+# --- submission and reading ----------------------------------------------------------------------
+
+
+def test_submit_587_read_over_imaps_and_pop3s(mail: World) -> None:
+    """alice submits on 587 (STARTTLS, AUTH); bob reads it over IMAPS and POP3S, certificate verified."""
+    tag = subject("587")
+    mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag, body="over 587\n")
+    imap = mail.read("bob@sams.test", tag)
+    assert len(imap) == 1 and b"over 587" in imap[0]
+    # The submission hop was TLS, recorded by Postfix (smtpd_tls_received_header).
+    assert b"with ESMTPSA" in imap[0] and b"using TLSv1.3" in imap[0]
+    pop = mail.inet(pop3_read, mail.host, mail.cafile, mail.login("bob@sams.test"), tag)
+    assert len(pop) == 1 and b"over 587" in pop[0]
+
+
+def test_submissions_465_implicit_tls(mail: World) -> None:
+    tag = subject("465")
+    mail.submit(465, "bob@sams.test", ["alice@sams.test"], tag, body="over 465\n")
+    got = mail.read("alice@sams.test", tag)
+    assert len(got) == 1 and b"over 465" in got[0] and b"with ESMTPSA" in got[0]
+
+
+def test_dkim_signature_verifies_against_published_key(mail: World) -> None:
+    """What a receiver does: verify the DKIM-Signature with the s1._domainkey TXT the DNS plan publishes."""
+    tag = subject("dkim")
+    mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag)
+    raw = mail.read("bob@sams.test", tag)[0]
+    signature = dkim.DKIM(raw)
+    selector = mail.lab.settings.config.dkim.selector
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
+        text = name.decode() if isinstance(name, bytes) else name
+        assert text.rstrip(".") == f"{selector}._domainkey.{DOMAIN}"
+        return dkim_txt(mail.lab, text)
+
+    assert signature.verify(dnsfunc=dnsfunc), signature.logger
+    header = raw.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\t", 1)[0].decode()
+    assert f"d={DOMAIN}" in header and f"s={selector}" in header
+
+
+def test_alice_may_send_as_her_alias(mail: World) -> None:
+    """postmaster@ delivers to alice, so she may use it as sender (sender_login_maps)."""
+    tag = subject("alias-sender")
+    mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag, sender="postmaster@sams.test")
+    assert len(mail.read("bob@sams.test", tag)) == 1
+
+
+# --- mail from the internet (port 25) ---------------------------------------------------------------
+
+
+def test_inbound_to_user_and_alias(mail: World) -> None:
+    tag = subject("inbound")
+    data = message(f"someone@{SENDER_DOMAIN}", "team@sams.test, carol@other.test", tag).decode()
+    replies = mail.mx(
+        [("mail", f"FROM:<someone@{SENDER_DOMAIN}>"), ("rcpt", "TO:<team@sams.test>"),
+         ("rcpt", "TO:<carol@other.test>"), ("data", data)]
+    )  # fmt: skip
+    assert [code for code, _ in replies] == [250, 250, 250, 250], replies
+    for user in ("alice@sams.test", "bob@sams.test", "carol@other.test"):
+        got = mail.read(user, tag)
+        assert len(got) == 1, user
+        # Rspamd's verdicts reach the user (milter_headers): SPF passed for the sender's address.
+        assert b"Authentication-Results:" in got[0] and b"spf=pass" in got[0], got[0][:2000]
+
+
+def test_inbound_refusals(mail: World) -> None:
+    """Unknown user 550, relaying 554, GTUBE rejected by Rspamd; nothing is accepted to bounce later."""
+    tag = subject("gtube")
+    replies = mail.mx(
+        [("mail", f"FROM:<someone@{SENDER_DOMAIN}>"), ("rcpt", "TO:<nobody@sams.test>"),
+         ("rcpt", "TO:<victim@elsewhere.example>"), ("rcpt", "TO:<bob@sams.test>"),
+         ("data", message(f"someone@{SENDER_DOMAIN}", "bob@sams.test", tag, body=GTUBE + "\n").decode())]
+    )  # fmt: skip
+    (mail_from, unknown, relay, bob, data) = replies
+    assert mail_from[0] == 250 and bob[0] == 250
+    assert unknown[0] == 550 and unknown[1].startswith("5.1.1"), unknown
+    assert relay[0] in (454, 554) and "Relay access denied" in relay[1], relay
+    assert data[0] == 554 and "Gtube" in data[1], data
+
+
+def test_no_auth_on_port_25(mail: World) -> None:
+    out = mail.inet(dialogue, mail.host, 25, [("starttls", ""), ("auth", "PLAIN AGFsaWNlAHg=")], mail.cafile)
+    assert "auth" not in out["features"] and "starttls" not in out["features"]  # after STARTTLS
+    assert out["replies"][0][0] == 220
+    assert out["replies"][1][0] in (502, 503), out  # "Error: authentication not enabled"
+    plain = mail.inet(dialogue, mail.host, 25, [])
+    assert "auth" not in plain["features"] and "starttls" in plain["features"]
+
+
+def test_submission_refusals(mail: World) -> None:
+    """587: no AUTH before STARTTLS; 553 when alice claims to be bob."""
+    import base64
+
+    token = base64.b64encode(b"\0alice@sams.test\0" + mail.passwords["alice@sams.test"].encode()).decode()
+    out = mail.inet(dialogue, mail.host, 587, [("auth", f"PLAIN {token}"), ("mail", "FROM:<alice@sams.test>")])
+    assert "auth" not in out["features"], out
+    (auth, mail_from) = out["replies"]
+    assert auth[0] == 530 and "STARTTLS" in auth[1], auth
+    assert mail_from[0] == 530, mail_from
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        mail.submit(587, "alice@sams.test", ["carol@other.test"], subject("spoof"), sender="bob@sams.test")
+    code, text = refused.value.recipients["carol@other.test"]
+    assert code == 553 and b"not owned by user" in text, text
+
+
+def test_over_quota(mail: World) -> None:
+    """tiny@ (1M): the message that crosses the quota is accepted (quota_storage_grace); once over,
+    RCPT gets 552 5.2.2 during the SMTP session (Dovecot's quota-status policy), never a later bounce."""
+    lab = mail.lab
+    # Start empty (the test can run again on the same lab).
+    sh(lab, "doveadm expunge -u tiny@sams.test mailbox INBOX all && doveadm quota recalc -u tiny@sams.test")
+    for i in (1, 2):  # 2 x 600 KB: the second one crosses 1 MB
+        tag = subject(f"quota{i}")
+        replies = mail.mx(
+            [("mail", f"FROM:<someone@{SENDER_DOMAIN}>"), ("rcpt", "TO:<tiny@sams.test>"),
+             ("data", message(f"someone@{SENDER_DOMAIN}", "tiny@sams.test", tag, size=600_000).decode())]
+        )  # fmt: skip
+        assert [c for c, _ in replies] == [250, 250, 250], replies
+        assert len(mail.read("tiny@sams.test", tag)) == 1
+    usage = sh(lab, "doveadm -f flow quota get -u tiny@sams.test")
+    assert "Type=MESSAGE Value=2 " in usage, usage
+    assert int(usage.split("Type=STORAGE Value=")[1].split()[0]) > 1024, usage  # over the 1024 KiB limit
+    replies = mail.mx([("mail", f"FROM:<someone@{SENDER_DOMAIN}>"), ("rcpt", "TO:<tiny@sams.test>")])
+    assert replies[1][0] == 552 and replies[1][1].startswith("5.2.2") and "Mailbox full" in replies[1][1], replies
+    # Submission too: alice learns it at once.
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        mail.submit(587, "alice@sams.test", ["tiny@sams.test"], subject("quota3"))
+    assert refused.value.recipients["tiny@sams.test"][0] == 552
+
+
+def test_plaintext_imap_login_refused(mail: World) -> None:
+    out = mail.inet(imap_plaintext_login, mail.host, mail.login("alice@sams.test"))
+    assert "LOGINDISABLED" in out["capabilities"] and "STARTTLS" in out["capabilities"], out
+    assert out["login"] != "logged in", out
+
+
+# --- exposure ----------------------------------------------------------------------------------------
+
+
+def test_internal_services_unreachable_from_the_internet(mail: World) -> None:
+    for port in (5432, 4190, 11334, 11333, 6379):
+        assert mail.inet(banner, mail.lab.spec.public_ipv4, port) == "filtered", port
+
+
+def test_managesieve_through_the_tunnel(mail: World) -> None:
+    first = mail.admin(banner, mail.lab.spec.vpn_host, 4190)
+    assert first.startswith('"IMPLEMENTATION"'), first
+
+
+# --- the daemons' own checks and the reload promise ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["postfix check", "postconf -n", "doveconf -n", "opendkim -n", "rspamadm configtest"],
+)
+def test_daemon_checkers_pass(lab: Lab, command: str) -> None:
+    proc = lab.shell.run(["sudo", "-n", "sh", "-c", command], check=False)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, (command, stderr)
+    assert "warning" not in stderr.lower() and "error" not in stderr.lower(), (command, stderr)
+
+
+UNITS = ("dovecot", "opendkim", "rspamd", "redis-server", "sams-postgres", "postfix")
+
+
+def main_pids(lab: Lab) -> dict[str, str]:
+    out = sh(lab, "for u in " + " ".join(UNITS) + "; do systemctl show -p MainPID --value $u; done")
+    return dict(zip(UNITS, out.split(), strict=True))
+
+
+def run_step(lab: Lab, spec: StepSpec, local: Path, stdin: str | None) -> dict[str, Any]:
+    """Ship a staged step and run sams-apply, as the step's CopyToRemote + Command do."""
+    lab.shell.copy_to(str(local), "/var/lib/sams/stage")
+    out = lab.shell.run(apply_command(spec), stdin=stdin).stdout.decode()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_config_change_reloads_only_postfix(lab: Lab, tmp_path: Path) -> None:
+    """A changed main.cf reloads Postfix and nothing else; every other daemon keeps its process."""
+    original = next(s for s in program.steps_of(lab.run) if s.name == "mail-postfix")
+    stdin = original.command.inputs.get("stdin")
+    spec = services.postfix_step(lab.settings)
+    files = tuple(
+        File(f.path, f.content + "# e2e: a comment-only change\n", f.mode, f.owner, f.group)
+        if f.path == "/etc/postfix/main.cf"
+        else f
+        for f in spec.files
+    )
+    changed = StepSpec(spec.name, files, spec.services, spec.script, spec.late_values, spec.description)
+    before = main_pids(lab)
+    since = sh(lab, "date +%s").strip()
+    try:
+        summary = run_step(lab, changed, stage(changed, tmp_path), stdin)
+        assert summary["changed"] == ["/etc/postfix/main.cf"], summary
+        assert summary["services"] == ["reload:postfix"], summary
+        assert main_pids(lab) == before  # a reload keeps Postfix's master too
+        assert "reload -- version" in sh(lab, f"journalctl -u postfix --since @{since} --no-pager")
+    finally:
+        restored = run_step(lab, spec, Path(original.copy.inputs["source"]["path"]), stdin)
+    assert restored["changed"] == ["/etc/postfix/main.cf"] and restored["services"] == ["reload:postfix"]
+    assert main_pids(lab) == before
