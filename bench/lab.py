@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.record import record
 from lab import control, program, rootfs
+from lab.lock import machine_lock
 from lab.spec import StatePaths
 
 
@@ -24,8 +25,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-fresh-build", action="store_true", help="only the cached figures")
     args = parser.parse_args()
-    if control.status()["running"]:
-        raise SystemExit("a lab is up: `python -m lab down` first")
+    with machine_lock(timeout=1200):
+        control.clear_leftovers()
+        if control.status()["running"]:
+            raise SystemExit("a lab is up: `python -m lab down` first")
+        rows = measure(skip_fresh_build=args.skip_fresh_build)
+    record("Lab (issue 3)", rows)
+
+
+def measure(*, skip_fresh_build: bool) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     root = Path(tempfile.mkdtemp(prefix="samsbench-"))
     paths = StatePaths(root)
@@ -34,7 +42,7 @@ def main() -> None:
         run = program.lab_run(paths, keys)
         settings = program.lab_settings(keys)
         spec = program.spec_from_run(run, settings, keys)
-        if not args.skip_fresh_build:
+        if not skip_fresh_build:
             cache = Path(tempfile.mkdtemp(prefix="samsbench-cache-"))
             try:
                 start = time.monotonic()
@@ -60,7 +68,7 @@ def main() -> None:
     finally:
         control.down(purge=True, paths=paths)
         shutil.rmtree(root, ignore_errors=True)
-    record("Lab (issue 3)", rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.record import record
 from lab import control, program
+from lab.lock import machine_lock
 from lab.spec import StatePaths, state_paths
 from lab.ssh import HostShell
 from lab.tests.conftest import Lab
@@ -372,20 +373,22 @@ def main() -> None:
             with world(lab, tmp) as w:
                 rows = measure(w, paths)
         else:
-            if control.status()["running"]:
-                raise SystemExit("a lab is up: `python -m lab down` first (or --live)")
             paths = StatePaths(tmp / "lab")
-            try:
-                keys = program.lab_keys(paths)
-                run = program.lab_run(paths, keys)
-                settings = program.lab_settings(keys)
-                control.up(program.spec_from_run(run, settings, keys), paths=paths)
-                report = program.apply(run, paths, images=(settings.config.database.image,))
-                lab = lab_object(paths, report)
-                with world(lab, tmp) as w:
-                    rows = measure(w, paths)
-            finally:
-                control.down(purge=True, paths=paths)
+            with machine_lock(timeout=1200):
+                control.clear_leftovers()
+                if control.status()["running"]:
+                    raise SystemExit("a lab is up: `python -m lab down` first (or --live)")
+                try:
+                    keys = program.lab_keys(paths)
+                    run = program.lab_run(paths, keys)
+                    settings = program.lab_settings(keys)
+                    control.up(program.spec_from_run(run, settings, keys), paths=paths)
+                    report = program.apply(run, paths, images=(settings.config.database.image,))
+                    lab = lab_object(paths, report)
+                    with world(lab, tmp) as w:
+                        rows = measure(w, paths)
+                finally:
+                    control.down(purge=True, paths=paths)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     notes = (

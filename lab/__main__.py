@@ -9,9 +9,13 @@ import os
 import sys
 
 from lab.control import down, status, up
+from lab.lock import machine_lock
 from lab.proc import LabError
 from lab.spec import state_paths
 from lab.ssh import HostShell
+
+# Another run (a test session, a second checkout) may hold the one lab of this machine.
+LOCK_WAIT_S = 1200.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.cmd in ("up", "apply"):
-            return _up_or_apply(args.cmd)
+            with machine_lock(timeout=LOCK_WAIT_S):
+                return _up_or_apply(args.cmd)
         if args.cmd == "down":
-            removed = down(purge=args.purge)
+            with machine_lock(timeout=LOCK_WAIT_S):
+                removed = down(purge=args.purge)
             print("removed: " + (", ".join(removed) if removed else "nothing (lab was not up)"))
         elif args.cmd == "status":
             info = status()

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab import host, netns, rootfs, wg
+from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
 from lab.ssh import HostShell, SshTarget, pin_host_keys
@@ -118,6 +119,26 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     if purge and paths.root.exists():
         shutil.rmtree(paths.root)
         removed.append(f"state {paths.root}")
+    return removed
+
+
+def clear_leftovers() -> list[str]:
+    """Remove what a dead lab left behind (namespaces, hub socket); refuse if a lab host runs.
+
+    Call it holding :func:`machine_lock`: then no other run is building or using a lab, so
+    namespaces without a container are a killed run's leftovers, while a running container
+    is someone's lab (``./run lab`` leaves it up on purpose) and is not ours to remove.
+    """
+    running = lab_containers()
+    if running:
+        raise LabError(
+            f"a lab host is running (systemd-nspawn pid {', '.join(map(str, running))}, "
+            "e.g. from `./run lab`): `python -m lab down` first"
+        )
+    removed = netns.destroy(unmount_run_netns=False)
+    removed += wg.cleanup_uapi()
+    for item in removed:
+        log.warning("removed a dead lab's leftover: %s", item)
     return removed
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import mockrun
 from lab import control, program
+from lab.lock import machine_lock
 from lab.spec import NAMES, LabSpec, StatePaths
 from lab.ssh import HostShell
 from settings import Settings
@@ -63,7 +64,19 @@ def snapshot() -> dict[str, set[str]]:
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     assert os.geteuid() == 0, "the lab tests need root (namespaces, nspawn): run them through ./run test"
-    assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
+    # Another run's lab (a second checkout's tests) is waited for, a dead run's leftovers are
+    # cleared, a running `./run lab` host is left alone and named in the error.
+    with machine_lock(timeout=LOCK_WAIT_S):
+        control.clear_leftovers()
+        assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
+        yield from _session_lab()
+
+
+# A whole lab test session takes ~3 min here; wait for one other run, not forever.
+LOCK_WAIT_S = 1200.0
+
+
+def _session_lab() -> Iterator[Lab]:
     before = snapshot()
     root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
     paths = StatePaths(root)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab import host, rootfs, wg
+from lab.lock import machine_lock
+from lab.proc import LabError
 from lab.spec import NAMES, LabSpec, StatePaths
 from lab.ssh import HostShell, SshTarget
 
@@ -85,3 +91,47 @@ def test_ssh_goes_through_the_admin_namespace_key_only(tmp_path: Path) -> None:
     assert argv[:4] == ["ip", "netns", "exec", NAMES.ns_admin]
     assert argv[-1] == SPEC.vpn_host
     assert "StrictHostKeyChecking=yes" in argv and "PasswordAuthentication=no" in argv
+
+
+def test_machine_lock_waits_for_a_holder_and_names_it(tmp_path: Path) -> None:
+    lock = tmp_path / "lab.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from lab.lock import machine_lock\n"
+            f"with machine_lock(timeout=5, path=Path({str(lock)!r})):\n"
+            "    print('held', flush=True); time.sleep(3)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LabError, match=rf"holds {lock} \({holder.pid} "), machine_lock(timeout=0.5, path=lock):
+            pass
+        start = time.monotonic()
+        with machine_lock(timeout=30, path=lock):
+            waited = time.monotonic() - start
+            assert lock.read_text().startswith(f"{os.getpid()} ")
+        assert 1.0 < waited < 10, waited
+    finally:
+        holder.kill()
+        holder.wait()
+    # A holder killed outright does not leave the lock held.
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from lab.lock import machine_lock\n"
+            f"with machine_lock(timeout=5, path=Path({str(lock)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert killed.stdout is not None and killed.stdout.readline().strip() == "held"
+    killed.kill()
+    killed.wait()
+    with machine_lock(timeout=1, path=lock):
+        pass
