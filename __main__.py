@@ -11,9 +11,11 @@ from components.dns import Dns, DnsArgs
 from components.host import Host, HostArgs
 from components.host.ready import READY
 from components.keys.resources import HostKeys
+from components.keys.rotation import dkim_phase, now
 from components.mail import Mail, MailArgs
 from components.mail.clients import client_settings
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from components.tls import Tls, TlsArgs
 from components.users import Users, UsersArgs
 from settings import from_pulumi
 
@@ -22,7 +24,9 @@ settings = from_pulumi(Path(__file__).resolve().parent)
 cfg = settings.config
 secrets = pulumi.Config("sams")
 
-keys = HostKeys("keys", settings)
+# The run's one reading of the clock: keys, DNS and OpenDKIM all follow this DKIM rotation phase.
+dkim = dkim_phase(cfg.dkim, now())
+keys = HostKeys("keys", settings, dkim)
 boot: pulumi.Output[str] = pulumi.Output.secret(
     pulumi.Output.all(keys.wireguard_private_key, keys.ssh_host_private_key, keys.ssh_host_public_key).apply(
         lambda k: user_data(cfg, BootSecrets(k[0], k[1], k[2]))
@@ -52,6 +56,8 @@ mail = Mail(
         database.passwords,
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
         after=(database,),
+        dkim_published=keys.dkim_published,
+        dkim_phase=dkim,
     ),
 )
 # Mailbox passwords in Vault, first-password hashes, offboarding (after the tables and Dovecot exist).
@@ -63,7 +69,21 @@ dns = Dns(
         ipv4=host.public_ipv4,
         ipv6=host.public_ipv6,
         has_ipv6=host.has_ipv6,
-        dkim_public={d: k.public_b64 for d, k in keys.dkim.items()},
+        dkim_public={(d, k.selector): k.public_b64 for d, ks in keys.dkim_published.items() for k in ks},
+        dkim=dkim,
+    ),
+)
+# nginx and certbot once the daemons run on their bootstrap certificate and the names resolve
+# (HTTP-01); the deploy hook switches Postfix, Dovecot and nginx to the ACME certificate.
+tls = Tls(
+    "tls",
+    TlsArgs(
+        settings,
+        tunnel,
+        cloudflare_token=secrets.get_secret("acmeCloudflareToken")
+        if cfg.acme.challenge == "dns-01-cloudflare"
+        else None,
+        after=(mail, dns),
     ),
 )
 
@@ -81,6 +101,8 @@ pulumi.export(
 )
 pulumi.export("publicPorts", host.firewall.public_ports)
 pulumi.export("dnsRecords", dns.table)
+# Which DKIM selectors are published, which one signs, and when a rotation's next phase starts.
+pulumi.export("dkimRotation", dkim.summary())
 pulumi.export("clientSettings", client_settings(settings))
 # Read by the policy pack (backups must be on in prod) and by status checks.
 pulumi.export(

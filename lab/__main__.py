@@ -107,6 +107,13 @@ def _print_status(info: dict[str, object]) -> None:
         print(f"cloud-init: {container['cloud_init']}")
     if info.get("wireguard"):
         print(str(info["wireguard"]).rstrip())
+    for key, what in (
+        ("dns_pid", "lab DNS (NSD)"),
+        ("receiver_pid", "independent receiver"),
+        ("acme_pid", "ACME (Pebble)"),
+    ):
+        if info.get(key):
+            print(f"{what}: pid {info[key]}")
     target = info.get("ssh_target")
     if isinstance(target, dict):
         print(f"ssh: {target['user']}@{target['address']} from netns {target['netns']}")

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab import host, netns, rootfs, wg
+from lab import acme, dns, host, netns, receiver, rootfs, wg
 from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
@@ -57,6 +57,12 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
 
     if netns.create(spec):
         paths.run_netns_marker.write_text("ip netns add created this mount\n")
+    # The internet's services, before the host boots and resolves: DNS, then the receiver.
+    mark = time.monotonic()
+    dns.start(spec, paths)
+    receiver.start(spec, paths, name=f"mx.{dns.RECEIVER_DOMAIN}", domain=dns.RECEIVER_DOMAIN)
+    acme.start(spec, paths)  # Pebble: certbot on the host gets its certificates here
+    t["internet"] = time.monotonic() - mark
 
     mark = time.monotonic()
     host.start(paths)
@@ -109,6 +115,9 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
             HostShell.from_state(paths).close_master()
     removed += wg.down(paths)
     removed += host.stop(paths)
+    removed += acme.stop(paths)
+    removed += receiver.stop(paths)
+    removed += dns.stop(paths)
     removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())
     removed += wg.cleanup_uapi()
     if paths.run.exists():
@@ -164,6 +173,11 @@ def status(paths: StatePaths | None = None) -> dict[str, Any]:
             container["system"] = sr.stdout.decode().strip()
     info["container"] = container
     info["wireguard"] = wg.show() if NAMES.ns_admin in info["namespaces"] else ""
+    info["internet"] = {
+        "dns_pid": dns.running(paths),
+        "receiver_pid": receiver.running(paths),
+        "acme_pid": acme.running(paths),
+    }
     if paths.target.exists():
         info["ssh_target"] = json.loads(paths.target.read_text())
     info["running"] = bool(info["namespaces"] or nspawn_pids)

@@ -78,6 +78,14 @@ datasource_list: [ NoCloud ]
 network: {config: disabled}
 """
 
+# The host's resolver in the lab: only the lab DNS, which answers at once or not at all.
+LAB_RESOLV_CONF = """\
+# SAMS lab: written by lab.host.seed (the lab plays the provider's resolver)
+nameserver {server}
+# A lost UDP answer is retried after 1 s, not 5 s (the glibc default).
+options timeout:1
+"""
+
 
 def nspawn_argv(tree: Path) -> list[str]:
     return ["systemd-nspawn", *NSPAWN_FLAGS, f"--directory={tree}"]
@@ -93,6 +101,11 @@ def seed(tree: Path, spec: LabSpec, instance_id: str) -> None:
     ud.write_text(spec.user_data if spec.user_data.endswith("\n") else spec.user_data + "\n")
     os.chmod(ud, 0o600)
     (tree / "etc/cloud/cloud.cfg.d/90_sams_lab.cfg").write_text(LAB_CLOUD_CFG)
+    if spec.dns_zones:
+        # The provider's resolver, played by the lab DNS (lab/dns.py); real hosts keep their own.
+        resolv = tree / "etc/resolv.conf"
+        resolv.unlink(missing_ok=True)  # the tree's copy of the build machine's, or a symlink
+        resolv.write_text(LAB_RESOLV_CONF.format(server=spec.inet_ipv4))
 
 
 def start(paths: StatePaths) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import mockrun
 from cloudinit import BASE_PACKAGES
 from components.mail.services import MAIL_PACKAGES
+from lab import acme, dns
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
 from lab.ssh import HostShell
@@ -35,6 +36,8 @@ from settings import Settings, load
 STACK = "lab"
 # The lab's own "internet" subnet around the host's public address.
 PUBLIC_PREFIX = 24
+# The independent receiver's host number on the lab's internet (198.18.0.20).
+RECEIVER_HOST = 20
 # The mail stack's packages are baked into the tree (the lab host has no route to a mirror), and
 # Debian's kernels have WireGuard built in but this machine's has not: add the userspace one.
 LAB_PACKAGES = (*MAIL_PACKAGES, "wireguard-go")
@@ -47,6 +50,7 @@ class LabKeys:
     ssh_public_key: str
     hub_private_key: str
     hub_public_key: str
+    acme_server_ca: str = ""  # PEM: the CA of the lab's ACME server (lab/acme.py), sams:acme.serverCa
 
 
 def lab_keys(paths: StatePaths) -> LabKeys:
@@ -72,7 +76,11 @@ def lab_keys(paths: StatePaths) -> LabKeys:
     from components.keys.derive import wireguard_public_key
 
     return LabKeys(
-        ssh_key, (directory / "admin_ed25519.pub").read_text().strip(), private, wireguard_public_key(private)
+        ssh_key,
+        (directory / "admin_ed25519.pub").read_text().strip(),
+        private,
+        wireguard_public_key(private),
+        acme.server_ca(paths),
     )
 
 
@@ -82,6 +90,8 @@ def _config(keys: LabKeys) -> dict[str, str]:
     wireguard["hubPublicKey"] = keys.hub_public_key
     cfg["sams:wireguard"] = json.dumps(wireguard)
     cfg["sams:adminSshKeys"] = json.dumps([keys.ssh_public_key])
+    if keys.acme_server_ca:
+        cfg.update(acme.stack_overrides(cfg, keys.acme_server_ca))
     return cfg
 
 
@@ -97,10 +107,11 @@ def lab_run(paths: StatePaths, keys: LabKeys) -> mockrun.Run:
 def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpec:
     cfg = settings.config
     public = IPv4Network(f"{run.outputs['publicIpv4']}/{PUBLIC_PREFIX}", strict=False)
+    inet, receiver = str(public.network_address + 1), str(public.network_address + RECEIVER_HOST)
     return LabSpec(
         public_ipv4=run.outputs["publicIpv4"],
         public_prefix=PUBLIC_PREFIX,
-        inet_ipv4=str(public.network_address + 1),
+        inet_ipv4=inet,
         admin_public_ipv4=str(public.network_address + 2),
         vpn_prefix=cfg.wireguard.network.prefixlen,
         vpn_host=run.outputs["wireguardAddress"],
@@ -112,6 +123,16 @@ def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpe
         ssh_private_key=keys.ssh_private_key,
         user_data=run.outputs["hostUserData"],
         packages=tuple(sorted(set(BASE_PACKAGES) | set(LAB_PACKAGES))),
+        # The program's published records (its DnsRecord inputs) plus the lab's own zones.
+        dns_zones=dns.zones_for_run(
+            run,
+            hostname=cfg.hostname,
+            public_ipv4=run.outputs["publicIpv4"],
+            prefix=PUBLIC_PREFIX,
+            inet_ipv4=inet,
+            receiver_ipv4=receiver,
+        ),
+        receiver_ipv4=receiver,
     )
 
 

@@ -41,6 +41,10 @@ class LabSpec:
     ssh_private_key: Path  # admin's private key file; its .pub was put into user-data
     user_data: str  # complete cloud-init user-data text (#cloud-config ...)
     packages: tuple[str, ...] = ()  # extra packages for the tree beyond the base set
+    # The lab DNS (lab/dns.py, NSD at inet_ipv4): (zone, zone file text); empty = no DNS server.
+    dns_zones: tuple[tuple[str, str], ...] = ()
+    # The independent receiver's address on the internet bridge (lab/receiver.py); "" = none.
+    receiver_ipv4: str = ""
 
     def __post_init__(self) -> None:
         public = ipaddress.IPv4Network(f"{self.inet_ipv4}/{self.public_prefix}", strict=False)
@@ -60,6 +64,11 @@ class LabSpec:
             raise ValueError(f"VPN network {vpn} overlaps public network {public}")
         if len({self.public_ipv4, self.inet_ipv4, self.admin_public_ipv4}) != 3:
             raise ValueError("public_ipv4, inet_ipv4 and admin_public_ipv4 must differ")
+        if self.receiver_ipv4 and (
+            ipaddress.IPv4Address(self.receiver_ipv4) not in public
+            or self.receiver_ipv4 in (self.public_ipv4, self.inet_ipv4, self.admin_public_ipv4)
+        ):
+            raise ValueError(f"receiver_ipv4={self.receiver_ipv4} must be a free address in {public}")
         if not 0 < self.wg_port < 65536:
             raise ValueError(f"wg_port {self.wg_port} out of range")
         if not self.user_data.startswith("#cloud-config"):

@@ -37,7 +37,10 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # Stand-ins for the secrets `pulumi config set --secret` keeps encrypted in the stack files.
-TEST_SECRETS: dict[str, str] = {"sams:relayPassword": "relay-password-for-tests"}
+TEST_SECRETS: dict[str, str] = {
+    "sams:relayPassword": "relay-password-for-tests",
+    "sams:acmeCloudflareToken": "acme-cloudflare-token-for-tests",
+}
 
 # Addresses the mocks hand out for cloud instances: documentation ranges, never routed here.
 MOCK_IPV4 = "198.51.100.25"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from ipaddress import IPv4Network
 
 from settings.errors import Path
 from settings.mail_list import MailList
-from settings.stack import StackConfig
+from settings.stack import LETS_ENCRYPT, LETS_ENCRYPT_CAA, StackConfig
+from settings.times import format_duration
 
 # Docker creates docker0 on 172.17.0.0/16 even with host networking: a VPN there would lose its route.
 DOCKER_DEFAULT_BRIDGE = IPv4Network("172.17.0.0/16")
@@ -35,8 +37,53 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
         yield ("wireguard", "network"), str(vpn), f"overlaps Docker's bridge network {DOCKER_DEFAULT_BRIDGE}"
     if cfg.existing is not None and cfg.provider == "existing" and cfg.existing.ipv4 in vpn:
         yield ("existing", "ipv4"), str(cfg.existing.ipv4), f"is inside the VPN network {vpn}"
+    if cfg.acme.challenge == "http-01" and not cfg.public_web:
+        yield (
+            ("acme", "challenge"),
+            cfg.acme.challenge,
+            "http-01 needs port 80: set publicWeb, or use dns-01-cloudflare",
+        )
+    if cfg.acme.directory != LETS_ENCRYPT and cfg.acme.caa_issuers == [LETS_ENCRYPT_CAA]:
+        yield (
+            ("acme", "caaIssuers"),
+            cfg.acme.caa_issuers,
+            f"acme.directory {cfg.acme.directory} is not Let's Encrypt, but the CAA records would allow only "
+            "letsencrypt.org: name that CA's CAA domain here",
+        )
     if not cfg.wireguard.network.is_private:
         yield ("wireguard", "network"), str(vpn), "the VPN network must be a private range"
+    yield from check_dkim_rotation(cfg)
+
+
+# The new DKIM record must reach resolvers, negative caches included, before mail is signed with it.
+MIN_DKIM_SWITCH = timedelta(hours=1)
+
+
+def check_dkim_rotation(cfg: StackConfig) -> Iterator[Finding]:
+    rot = cfg.dkim.rotation
+    if rot is None:
+        return
+    path: Path = ("dkim", "rotation")
+    if rot.to == cfg.dkim.selector:
+        yield (
+            path + ("to",),
+            rot.to,
+            f"must differ from dkim.selector ({cfg.dkim.selector}): a rotation needs a new key",
+        )
+    if rot.switch_after < MIN_DKIM_SWITCH:
+        yield (
+            path + ("switchAfter",),
+            format_duration(rot.switch_after),
+            f"must be at least {format_duration(MIN_DKIM_SWITCH)}: receivers must see the {rot.to} record "
+            "before mail is signed with it",
+        )
+    if rot.withdraw_after <= rot.switch_after:
+        yield (
+            path + ("withdrawAfter",),
+            format_duration(rot.withdraw_after),
+            f"must be later than switchAfter ({format_duration(rot.switch_after)}): mail signed with "
+            f"{cfg.dkim.selector} just before the switch is still being verified",
+        )
 
 
 def check_hostname_zone(cfg: StackConfig, mail: MailList) -> Iterator[Finding]:

@@ -29,7 +29,7 @@ from settings.yamlpos import Located, load_located
 NAMESPACE = "sams"
 
 # Secret config keys: read by the Pulumi shell with get_secret(), never part of Settings.
-SECRET_KEYS = frozenset({"sshPrivateKey", "relayPassword", "vaultToken"})
+SECRET_KEYS = frozenset({"sshPrivateKey", "relayPassword", "vaultToken", "acmeCloudflareToken"})
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,15 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
                 ("relayPassword",),
                 MISSING,
                 "required when sams:relay.username is set: pulumi config set --secret sams:relayPassword ...",
+            )
+        )
+
+    if cfg.acme.challenge == "dns-01-cloudflare" and f"{NAMESPACE}:acmeCloudflareToken" not in raw_config:
+        problems.append(
+            cfg_source.problem(
+                ("acmeCloudflareToken",),
+                MISSING,
+                "required by acme.challenge dns-01-cloudflare: pulumi config set --secret sams:acmeCloudflareToken ...",
             )
         )
 

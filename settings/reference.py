@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,10 +13,15 @@ from pydantic.fields import FieldInfo
 from settings.loader import NAMESPACE, SECRET_KEYS
 from settings.mail_list import MailList
 from settings.stack import StackConfig
+from settings.times import format_duration
 
 
 def _type_name(a: Any) -> str:
     origin, args = typing.get_origin(a), typing.get_args(a)
+    if a is timedelta or (origin is typing.Annotated and args[0] is timedelta):
+        return "duration (`48h`, `7d`)"
+    if a is datetime or (origin is typing.Annotated and args[0] is datetime):
+        return "ISO date or date-time"
     if origin is typing.Annotated:
         return _type_name(args[0])
     if origin is typing.Literal:
@@ -32,6 +38,8 @@ def _default(info: FieldInfo) -> str:
         return "**required**"
     if info.default_factory is not None:
         return "(see below)"
+    if isinstance(info.default, timedelta):
+        return f"`{format_duration(info.default)}`"
     return "`" + str(info.default) + "`" if info.default is not None else "none"
 
 

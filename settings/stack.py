@@ -6,6 +6,7 @@ Keys are camelCase, like every Pulumi config key; structured values are set with
 
 from __future__ import annotations
 
+from datetime import timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Literal
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from settings.names import DomainName, SshPublicKey, WireGuardKey
+from settings.times import Duration, Instant
 
 
 class _Config(BaseModel):
@@ -100,8 +102,32 @@ class DatabaseSettings(_Config):
     image: str = "postgres:17-alpine"
 
 
+SELECTOR_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class DkimRotation(_Config):
+    """A key rotation from `selector` to `to`; components/keys/rotation.py turns it into phases."""
+
+    to: str = Field(pattern=SELECTOR_PATTERN, description="the new selector; its key is made when the rotation starts")
+    started: Instant = Field(
+        description="when the new key is published: ISO date (midnight UTC) or date-time with zone; "
+        "set it to the time of the `pulumi up` that starts the rotation, never to a past day"
+    )
+    switch_after: Duration = Field(
+        default=timedelta(hours=48),
+        description="after `started`, sign with the new key (e.g. 48h): the new record has reached resolvers",
+    )
+    withdraw_after: Duration = Field(
+        default=timedelta(days=7),
+        description="after `started`, remove the old key and record (e.g. 7d): its mail has been verified",
+    )
+
+
 class DkimSettings(_Config):
-    selector: str = Field(default="s1", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    selector: str = Field(
+        default="s1", pattern=SELECTOR_PATTERN, description="the selector in use (the old one while a rotation runs)"
+    )
+    rotation: DkimRotation | None = Field(default=None, description="a rotation in progress (docs/runbooks)")
 
 
 class DnsSettings(_Config):
@@ -133,6 +159,38 @@ class UsersSettings(_Config):
     )
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_CAA = "letsencrypt.org"  # the CAA issuer domain Let's Encrypt checks for
+
+
+class AcmeSettings(_Config):
+    """Certificates from an ACME CA through certbot (Let's Encrypt unless `directory` says otherwise)."""
+
+    directory: str = Field(
+        default=LETS_ENCRYPT, pattern=r"^https://\S+$", description="the ACME server's directory URL"
+    )
+    challenge: Literal["http-01", "dns-01-cloudflare"] = Field(
+        default="http-01",
+        description=(
+            "http-01: a webroot nginx serves on port 80 (needs publicWeb); dns-01-cloudflare: TXT records "
+            "made with the secret sams:acmeCloudflareToken (Zone.DNS:Edit on the mail zones)"
+        ),
+    )
+    email: str | None = Field(
+        default=None, pattern=r"^[^@\s]+@[^@\s]+$", description="ACME account contact (expiry notices)"
+    )
+    caa_issuers: list[DomainName] = Field(
+        default_factory=lambda: [LETS_ENCRYPT_CAA],
+        min_length=1,
+        description="CA domains the CAA records allow to issue; must name the CA behind `directory`",
+    )
+    server_ca: str | None = Field(
+        default=None,
+        pattern=r"^-----BEGIN CERTIFICATE-----\n(.|\n)+-----END CERTIFICATE-----\n?$",
+        description="PEM of an extra CA the host trusts for the ACME server's own HTTPS (a private ACME server)",
+    )
+
+
 class StackConfig(_Config):
     provider: Literal["vultr", "oci", "existing"] = Field(description="where the host runs; its section is required")
     hostname: DomainName = Field(description="the mail host's FQDN: MX target, HELO, PTR and TLS name")
@@ -144,6 +202,7 @@ class StackConfig(_Config):
     wireguard: WireGuardSettings = Field(description="the admin tunnel every change rides")
     client_access: ClientAccess = Field(default_factory=ClientAccess)
     public_web: bool = Field(default=True, description="80/443 for ACME HTTP-01 and MTA-STS")
+    acme: AcmeSettings = Field(default_factory=AcmeSettings)
     relay: RelaySettings | None = None
     dmarc: DmarcSettings = Field(default_factory=DmarcSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)

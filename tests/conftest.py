@@ -32,6 +32,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             },
             "sams:clientAccess": {"imap": "vpn", "pop3": "vpn"},
             "sams:publicWeb": False,
+            # No port 80 for HTTP-01: certificates through Cloudflare DNS-01 instead.
+            "sams:acme": {"challenge": "dns-01-cloudflare"},
         },
     ),
 }

@@ -114,6 +114,11 @@ CONFIG_CASES = {
         "sams:existing = None: provider is 'existing' but this section is missing",
     ),
     "bad ssh key": ({"sams:adminSshKeys": ["ssh-rsa"]}, "sams:adminSshKeys[0] = 'ssh-rsa': not an OpenSSH public key"),
+    "private CA without its CAA issuer": (
+        {"sams:acme": {"directory": "https://acme.internal.example/dir"}},
+        "sams:acme.caaIssuers = ['letsencrypt.org']: acme.directory https://acme.internal.example/dir is not "
+        "Let's Encrypt",
+    ),
     "hostname outside domains": (
         {"sams:hostname": "mx.other.example"},
         "sams:hostname = 'mx.other.example': is in none of the mail list's domains",

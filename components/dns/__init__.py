@@ -8,8 +8,9 @@ from typing import Any
 
 import pulumi
 
-from components.dns.plan import Record, Ref, plan, table, txt_content
+from components.dns.plan import Record, Ref, dkim_ref, plan, table, txt_content
 from components.keys.derive import dkim_record_value
+from components.keys.rotation import DkimPhase
 from settings import Settings
 
 
@@ -19,7 +20,8 @@ class DnsArgs:
     ipv4: pulumi.Input[str]
     ipv6: pulumi.Input[str | None]
     has_ipv6: bool
-    dkim_public: Mapping[str, pulumi.Input[str]]  # domain -> base64 public key
+    dkim_public: Mapping[tuple[str, str], pulumi.Input[str]]  # (domain, selector) -> base64 public key
+    dkim: DkimPhase | None = None  # the rotation phase the keys were made for (None: no rotation)
 
 
 def resolve_refs(args: DnsArgs) -> pulumi.Output[dict[str, str]]:
@@ -27,15 +29,15 @@ def resolve_refs(args: DnsArgs) -> pulumi.Output[dict[str, str]]:
     refs: dict[str, Any] = {"ipv4": args.ipv4}
     if args.has_ipv6:
         refs["ipv6"] = args.ipv6
-    for domain, key in args.dkim_public.items():
-        refs[f"dkim:{domain}"] = pulumi.Output.from_input(key).apply(dkim_record_value)
+    for (domain, selector), key in args.dkim_public.items():
+        refs[dkim_ref(domain, selector).key] = pulumi.Output.from_input(key).apply(dkim_record_value)
     return pulumi.Output.all(**refs)
 
 
 class Dns(pulumi.ComponentResource):
     def __init__(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:dns:Dns", name, None, opts)
-        self.records = plan(args.settings, has_ipv6=args.has_ipv6)
+        self.records = plan(args.settings, has_ipv6=args.has_ipv6, dkim=args.dkim)
         resolved = resolve_refs(args)
         self.table: pulumi.Output[str] = resolved.apply(lambda r: table(self.records, r))
         if args.settings.config.dns.provider == "cloudflare":

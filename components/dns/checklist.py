@@ -12,6 +12,7 @@ import sys
 
 import mockrun
 from components.dns.plan import Ref, mta_sts_policy, plan, value_text
+from components.keys.rotation import DkimPhase, dkim_phase, now
 from settings import Settings, load
 
 PLACEHOLDERS = {
@@ -26,8 +27,8 @@ def _placeholder(ref: str) -> str:
     return PLACEHOLDERS[ref]
 
 
-def checklist(settings: Settings, *, has_ipv6: bool) -> str:
-    records = plan(settings, has_ipv6=has_ipv6)
+def checklist(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -> str:
+    records = plan(settings, has_ipv6=has_ipv6, dkim=dkim)
     refs = {r.content.key: _placeholder(r.content.key) for r in records if isinstance(r.content, Ref)}
     cfg = settings.config
     lines = [
@@ -71,7 +72,8 @@ def for_stack(stack: str) -> str:
         (cfg.vultr and cfg.provider == "vultr" and cfg.vultr.enable_ipv6)
         or (cfg.existing and cfg.provider == "existing" and cfg.existing.ipv6)
     )
-    return checklist(settings, has_ipv6=has_ipv6)
+    # A stack in a DKIM rotation: the records to publish today (the record's purpose says until when).
+    return checklist(settings, has_ipv6=has_ipv6, dkim=dkim_phase(cfg.dkim, now()))
 
 
 if __name__ == "__main__":

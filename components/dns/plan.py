@@ -10,14 +10,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+from components.keys.rotation import DkimPhase, phase_without_clock
 from settings import Settings
+from settings.stack import LETS_ENCRYPT_CAA
 
 RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA"]
 
 
 @dataclass(frozen=True)
 class Ref:
-    """A value resolved later: 'ipv4', 'ipv6' or 'dkim:<domain>' (the whole DKIM TXT value)."""
+    """A value resolved later: 'ipv4', 'ipv6' or dkim_ref() (the whole DKIM TXT value of one key)."""
 
     key: str
 
@@ -38,7 +40,10 @@ class Record:
         """A stable resource name: type + name (+ discriminator for multi-valued sets)."""
         extra = ""
         if self.caa:
-            extra = f"-{self.caa[1]}"
+            _, tag, value = self.caa
+            # Let's Encrypt's issue record keeps the name it has always had (stable URN); any other
+            # allowed CA gets its own resource.
+            extra = f"-{tag}" if tag != "issue" or value == LETS_ENCRYPT_CAA else f"-{tag}-{value}"
         elif self.type == "TXT" and isinstance(self.content, str) and self.content.startswith("v=spf1"):
             extra = "-spf"
         return f"{self.type.lower()}-{self.name}{extra}"
@@ -96,8 +101,40 @@ def zone_of(settings: Settings, name: str) -> str:
     raise ValueError(f"{name} is in none of the declared domains")
 
 
-def plan(settings: Settings, *, has_ipv6: bool) -> tuple[Record, ...]:
+def dkim_name(domain: str, selector: str) -> str:
+    return f"{selector}._domainkey.{domain}"
+
+
+def dkim_ref(domain: str, selector: str) -> Ref:
+    """'dkim:<selector>._domainkey.<domain>': one per (domain, selector) key."""
+    return Ref(f"dkim:{dkim_name(domain, selector)}")
+
+
+def _dkim_purpose(selector: str, phase: DkimPhase) -> str:
+    if len(phase.published) == 1:
+        return "DKIM public key"
+    when = f"{phase.next_change:%Y-%m-%d %H:%M} UTC" if phase.next_change else "later"
+    if phase.phase == "publishing":
+        if selector == phase.signing:
+            return f"DKIM public key ({selector}, signing until {when})"
+        return f"DKIM public key ({selector}, new: signs from {when})"
+    if selector == phase.signing:
+        return f"DKIM public key ({selector}, signing)"
+    return f"DKIM public key ({selector}, old: kept for mail signed before the switch, removed at {when})"
+
+
+def dkim_records(domain: str, phase: DkimPhase) -> list[Record]:
+    """One TXT record per published selector (the value: dkim_ref, split into 255-byte strings)."""
+    return [
+        Record(domain, dkim_name(domain, s), "TXT", dkim_ref(domain, s), _dkim_purpose(s, phase))
+        for s in phase.published
+    ]
+
+
+def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -> tuple[Record, ...]:
+    """Every record; `dkim` is the rotation phase (required when sams:dkim.rotation is set)."""
     cfg = settings.config
+    dkim_phase = dkim or phase_without_clock(cfg.dkim)
     host = cfg.hostname
     access = cfg.client_access
     records: list[Record] = []
@@ -111,10 +148,8 @@ def plan(settings: Settings, *, has_ipv6: bool) -> tuple[Record, ...]:
         rec = [
             Record(d, d, "MX", host, "where other servers deliver mail", priority=10),
             Record(d, d, "TXT", spf(settings), "SPF: who may send as this domain"),
-            Record(d, f"{cfg.dkim.selector}._domainkey.{d}", "TXT", Ref(f"dkim:{d}"), "DKIM public key"),
+            *dkim_records(d, dkim_phase),
             Record(d, f"_dmarc.{d}", "TXT", dmarc(settings, d), "DMARC policy and reports"),
-            Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
-            Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
             Record(
                 d,
                 f"_smtp._tls.{d}",
@@ -127,9 +162,19 @@ def plan(settings: Settings, *, has_ipv6: bool) -> tuple[Record, ...]:
             Record(d, f"_autodiscover._tcp.{d}", "SRV", "", "Outlook autodiscover", srv=(0, 0, 443, host)),
             Record(d, f"_submission._tcp.{d}", "SRV", "", "RFC 6186: submission", srv=(0, 1, 587, host)),
             Record(d, f"_submissions._tcp.{d}", "SRV", "", "RFC 8314: implicit-TLS submission", srv=(0, 1, 465, host)),
-            Record(d, d, "CAA", "", "only Let's Encrypt may issue", caa=(0, "issue", "letsencrypt.org")),
+            *(
+                Record(d, d, "CAA", "", f"{ca} may issue (sams:acme.caaIssuers)", caa=(0, "issue", ca))
+                for ca in cfg.acme.caa_issuers
+            ),
             Record(d, d, "CAA", "", "no wildcard certificates", caa=(0, "issuewild", ";")),
         ]
+        if cfg.public_web:
+            # Only when nginx serves the policy: a published id without its HTTPS host only makes
+            # senders fail a fetch on every delivery.
+            rec += [
+                Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
+                Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
+            ]
         if access.imap == "public":
             rec.append(Record(d, f"_imaps._tcp.{d}", "SRV", "", "RFC 6186: IMAP over TLS", srv=(0, 1, 993, host)))
         if access.pop3 == "public":

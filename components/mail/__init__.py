@@ -16,12 +16,13 @@ import pulumi_random as random
 
 from components.database.schema import password_late_name
 from components.keys.resources import DkimKey
+from components.keys.rotation import DkimPhase
 from components.mail.services import (
     DB_DOVECOT_PASSWORD,
     DB_POSTFIX_PASSWORD,
-    DKIM_KEY_DIR,
     RELAY_PASSWORD,
     RSPAMD_CONTROLLER_PASSWORD,
+    dkim_key_path,
     mail_packages_step,
     mail_steps,
 )
@@ -30,26 +31,38 @@ from components.remote.steps import File, StepSpec, late
 from settings import Settings
 
 
-def dkim_late_name(domain: str) -> str:
-    return "dkim_" + domain.replace(".", "_").replace("-", "_")
+def dkim_late_name(domain: str, selector: str | None = None) -> str:
+    """How a DKIM key travels on stdin: `dkim_<domain>` is the key OpenDKIM signs with; a key that
+    is only published (the other half of a rotation) is `dkim_<domain>__<selector>`."""
+    name = "dkim_" + domain.replace(".", "_").replace("-", "_")
+    return name if selector is None else f"{name}__{selector.replace('-', '_')}"
 
 
-def dkim_step(keys: Mapping[str, DkimKey]) -> StepSpec:
-    """OpenDKIM's private keys, one per domain, readable by the opendkim user only."""
+def dkim_keys_to_send(
+    signing: Mapping[str, DkimKey], published: Mapping[str, Sequence[DkimKey]] | None = None
+) -> list[tuple[str, str, DkimKey]]:
+    """(domain, late name, key) for every key the host gets: per domain the signing key, then any
+    other published selector's."""
+    out = []
+    for domain, key in sorted(signing.items()):
+        out.append((domain, dkim_late_name(domain), key))
+        others = (published or {}).get(domain, ())
+        out += [(domain, dkim_late_name(domain, k.selector), k) for k in others if k.selector != key.selector]
+    return out
+
+
+def dkim_step(signing: Mapping[str, DkimKey], published: Mapping[str, Sequence[DkimKey]] | None = None) -> StepSpec:
+    """OpenDKIM's private keys, readable by the opendkim user only: per domain the signing key and,
+    during a rotation, the other published selector's (components/keys/rotation.py)."""
+    keys = dkim_keys_to_send(signing, published)
     files = tuple(
-        File(
-            f"{DKIM_KEY_DIR}/{domain}/{key.selector}.private",
-            late(dkim_late_name(domain)),
-            mode="0600",
-            owner="opendkim",
-            group="opendkim",
-        )
-        for domain, key in sorted(keys.items())
+        File(dkim_key_path(domain, key.selector), late(name), mode="0600", owner="opendkim", group="opendkim")
+        for domain, name, key in keys
     )
     return StepSpec(
         name="dkim-keys",
         files=files,
-        late_values=tuple(dkim_late_name(d) for d in sorted(keys)),
+        late_values=tuple(name for _, name, _ in keys),
         description="DKIM private keys for OpenDKIM",
     )
 
@@ -58,10 +71,13 @@ def dkim_step(keys: Mapping[str, DkimKey]) -> StepSpec:
 class MailArgs:
     settings: Settings
     tunnel: Tunnel
-    dkim: Mapping[str, DkimKey]
+    dkim: Mapping[str, DkimKey]  # the signing key per domain
     db_passwords: Mapping[str, pulumi.Output[str]]
     relay_password: pulumi.Input[str] | None = None
     after: Sequence[pulumi.Resource] = ()
+    # During a DKIM rotation: every published key per domain, and the phase (components/keys/rotation.py).
+    dkim_published: Mapping[str, Sequence[DkimKey]] | None = None
+    dkim_phase: DkimPhase | None = None
 
 
 class Mail(pulumi.ComponentResource):
@@ -74,13 +90,17 @@ class Mail(pulumi.ComponentResource):
             DB_POSTFIX_PASSWORD: args.db_passwords["postfix"],
             DB_DOVECOT_PASSWORD: args.db_passwords["dovecot"],
             RSPAMD_CONTROLLER_PASSWORD: pulumi.Output.secret(controller.result),
-            **{dkim_late_name(d): k.private_pem for d, k in args.dkim.items()},
+            **{name: k.private_pem for _, name, k in dkim_keys_to_send(args.dkim, args.dkim_published)},
         }
         if args.relay_password is not None:
             values[RELAY_PASSWORD] = pulumi.Output.secret(args.relay_password)
         assert password_late_name("postfix") == DB_POSTFIX_PASSWORD
 
-        specs = (mail_packages_step(), dkim_step(args.dkim), *mail_steps(args.settings))
+        specs = (
+            mail_packages_step(),
+            dkim_step(args.dkim, args.dkim_published),
+            *mail_steps(args.settings, args.dkim_phase),
+        )
         previous: Sequence[pulumi.Resource] = tuple(args.after)
         self.steps: list[RemoteStep] = []
         for spec in specs:

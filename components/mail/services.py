@@ -2,7 +2,7 @@
 
 One step per daemon, so a change to Postfix's files reloads Postfix and nothing else:
 
-  mail_base_step  the vmail user, the self-signed certificate, the milter socket directories
+  mail_base_step  the vmail user, the bootstrap certificate, the milter socket directories
   opendkim_step   OpenDKIM: signing for every domain with the dkim-keys step's keys
   rspamd_step     Rspamd (milter, SPF/DKIM/DMARC/ARC checks) and its Redis
   dovecot_step    Dovecot 2.4: IMAP, POP3, LMTP, ManageSieve, SASL for Postfix, SQL users, quota
@@ -19,14 +19,15 @@ token that sams-apply replaces on the host, so no password is ever part of a ren
 from __future__ import annotations
 
 from components.database import schema
+from components.keys.rotation import DkimPhase, phase_without_clock
 from components.remote.steps import File, Service, StepSpec, late
 from components.render import render
+from components.tls import certs
 from settings import Settings
 
 # --- paths shared by the daemons (and by the tests) -------------------------------------------
-TLS_DIR = "/etc/ssl/sams"
-TLS_FULLCHAIN = f"{TLS_DIR}/fullchain.pem"  # self-signed now; the deliverability issue brings ACME
-TLS_KEY = f"{TLS_DIR}/privkey.pem"
+# Stable paths: a bootstrap self-signed pair until certbot's certificate replaces it (components/tls).
+TLS_DIR, TLS_FULLCHAIN, TLS_KEY = certs.TLS_DIR, certs.TLS_FULLCHAIN, certs.TLS_KEY
 
 POSTFIX_SPOOL = "/var/spool/postfix"
 # Relative to the spool: how Postfix's (chrooted) daemons name the sockets.
@@ -79,10 +80,9 @@ def _domains(settings: Settings) -> list[str]:
 def mail_base_step(settings: Settings) -> StepSpec:
     """What the daemons' configs point at: vmail, the certificate, the milter socket directories.
 
-    The certificate is made only when none exists, so the ACME step can replace it later and a
-    re-run never undoes that. Its names are the hostname and every mail domain's mail host.
+    The bootstrap certificate is made only when none exists, so certbot's (the tls-certbot step)
+    replaces it for good and a re-run never undoes that.
     """
-    host = settings.config.hostname
     script = f"""\
 # The one system user that owns every Maildir.
 getent group {VMAIL_USER} >/dev/null || groupadd --system --gid {VMAIL_UID} {VMAIL_USER}
@@ -90,19 +90,7 @@ getent passwd {VMAIL_USER} >/dev/null || useradd --system --uid {VMAIL_UID} --gi
     --home-dir {VMAIL_ROOT} --no-create-home --shell /usr/sbin/nologin {VMAIL_USER}
 install -d -o {VMAIL_USER} -g {VMAIL_USER} -m 0750 {VMAIL_ROOT}
 
-# Self-signed certificate until ACME takes over (never replaces an existing one).
-install -d -o root -g root -m 0755 {TLS_DIR}
-if [ ! -s {TLS_KEY} ] || [ ! -s {TLS_FULLCHAIN} ]; then
-    umask 077
-    openssl req -x509 -newkey rsa:2048 -sha256 -days 825 -nodes -batch \\
-        -subj "/CN={host}" -addext "subjectAltName=DNS:{host}" \\
-        -keyout {TLS_KEY}.new -out {TLS_FULLCHAIN}.new 2>/dev/null
-    chmod 0600 {TLS_KEY}.new
-    chmod 0644 {TLS_FULLCHAIN}.new
-    mv {TLS_KEY}.new {TLS_KEY}
-    mv {TLS_FULLCHAIN}.new {TLS_FULLCHAIN}
-fi
-
+{certs.bootstrap_script(settings)}
 # Milter sockets live in Postfix's spool (its chrooted daemons see nothing else). setgid
 # directories owned by group postfix: the sockets inherit the group, so Postfix's processes
 # (which keep only their primary group) can connect.
@@ -112,7 +100,7 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
     return StepSpec(
         name="mail-base",
         script=script,
-        description="vmail user, self-signed certificate, milter socket directories",
+        description="vmail user, bootstrap certificate, milter socket directories",
     )
 
 
@@ -248,10 +236,20 @@ def dovecot_step(settings: Settings) -> StepSpec:
 # --- OpenDKIM --------------------------------------------------------------------------------------
 
 
-def opendkim_step(settings: Settings) -> StepSpec:
-    """opendkim.conf and its tables: one key per domain, selector from settings."""
+def dkim_key_path(domain: str, selector: str) -> str:
+    return f"{DKIM_KEY_DIR}/{domain}/{selector}.private"
+
+
+def opendkim_step(settings: Settings, dkim: DkimPhase | None = None) -> StepSpec:
+    """opendkim.conf and its tables: one key per domain, the phase's signing selector.
+
+    `dkim` is the rotation phase (components/keys/rotation.py); required when a rotation is set.
+    The key files of every published selector are the dkim-keys step's; this step's script removes
+    the ones no longer published, after OpenDKIM has reloaded tables that no longer name them.
+    """
     cfg = settings.config
-    selector = cfg.dkim.selector
+    phase = dkim or phase_without_clock(cfg.dkim)
+    selector = phase.signing
     domains = _domains(settings)
     key_table = f"{OPENDKIM_DIR}/key.table"
     signing_table = f"{OPENDKIM_DIR}/signing.table"
@@ -263,7 +261,6 @@ def opendkim_step(settings: Settings) -> StepSpec:
                 "etc/opendkim.conf.j2",
                 postfix_spool=POSTFIX_SPOOL,
                 opendkim_milter=OPENDKIM_MILTER,
-                selector=selector,
                 key_table=key_table,
                 signing_table=signing_table,
                 trusted_hosts=trusted_hosts,
@@ -276,6 +273,18 @@ def opendkim_step(settings: Settings) -> StepSpec:
         File(signing_table, _render("etc/opendkim/signing.table.j2", domains=domains)),
         File(trusted_hosts, _render("etc/opendkim/trusted.hosts.j2", hostname=cfg.hostname)),
     )
+    keep = "|".join(dkim_key_path(d, s) for d in domains for s in phase.published)
+    script = f"""\
+opendkim -n
+# Keys of selectors no longer published (a finished rotation, a removed domain). The tables that
+# named them were installed and OpenDKIM reloaded before this script runs.
+for key in {DKIM_KEY_DIR}/*/*.private; do
+    case "$key" in
+        {keep}) ;;
+        *) if [ -e "$key" ]; then rm -f -- "$key"; echo "removed withdrawn DKIM key $key"; fi ;;
+    esac
+done
+"""
     return StepSpec(
         name="opendkim",
         files=files,
@@ -284,7 +293,7 @@ def opendkim_step(settings: Settings) -> StepSpec:
             Service("opendkim", ("/etc/opendkim.conf",), "restart"),
             Service("opendkim", (f"{OPENDKIM_DIR}/*",), "reload"),
         ),
-        script="opendkim -n\n",
+        script=script,
         description="OpenDKIM: DKIM signing for every mail domain",
     )
 
@@ -367,6 +376,8 @@ MAIL_PACKAGES: tuple[str, ...] = (
     "rspamd",
     "redis-server",
     "openssl",
+    # nginx and certbot: the ACME certificate and the MTA-STS policy host (components/tls).
+    *certs.TLS_PACKAGES,
 )
 
 
@@ -388,11 +399,14 @@ fi
     return StepSpec(name="mail-packages", script=script, description="the mail stack's Debian packages")
 
 
-def mail_steps(settings: Settings) -> tuple[StepSpec, ...]:
-    """Every mail step after the packages and DKIM keys, in the order they must be applied."""
+def mail_steps(settings: Settings, dkim: DkimPhase | None = None) -> tuple[StepSpec, ...]:
+    """Every mail step after the packages and DKIM keys, in the order they must be applied.
+
+    `dkim`: the DKIM rotation phase (components/keys/rotation.py), required when one is set.
+    """
     return (
         mail_base_step(settings),
-        opendkim_step(settings),
+        opendkim_step(settings, dkim),
         rspamd_step(settings),
         dovecot_step(settings),
         postfix_step(settings),

@@ -7,8 +7,8 @@ standard library, verifying the host's certificate against the copy taken from t
 
 Users have no passwords until onboarding (the users/Vault issue) sets them: the `mail` fixture
 (`known_passwords`) writes a known ARGON2ID hash per user straight into the database, as the
-superuser, and puts the stored hashes back afterwards; onboarding replaces this. The lab has no
-DNS either: `internet_dns` serves the zone the DNS plan publishes from sams-inet for the session.
+superuser, and puts the stored hashes back afterwards; onboarding replaces this. Names resolve
+through the lab DNS (lab/dns.py), which serves the zones the program publishes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import pytest
 
 from components.mail import services
 from components.remote.steps import File, StepSpec, apply_command, stage
-from lab import program
+from lab import acme, program
+from lab.dns import SENDER_DOMAIN  # the remote MTA in sams-inet, with SPF for its address
 from lab.spec import NAMES
 from lab.tests.conftest import Lab
 
@@ -58,9 +59,9 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.3
 def in_netns(ns: str, hosts: dict[str, str], fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
     """fn(*args) in a forked child that has entered network namespace `ns`; its exception re-raised.
 
-    `hosts` is the child's /etc/hosts (the lab has no DNS): clients connect to the mail host by
-    name, so SNI and certificate name checks are the real ones. The result (or exception) comes
-    back pickled over a pipe.
+    `hosts` is the child's /etc/hosts (its resolver is this machine's, not the lab DNS): clients
+    connect to the mail host by name, so SNI and certificate name checks are the real ones. The
+    result (or exception) comes back pickled over a pipe.
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -118,7 +119,7 @@ def _resolve_as(hosts: dict[str, str]) -> None:
 
 
 def tls_context(cafile: str) -> ssl.SSLContext:
-    """Verify the host's (self-signed, for now) certificate and its name, TLS 1.2 or newer."""
+    """Verify the host's certificate (from the lab's ACME CA) and its name, TLS 1.2 or newer."""
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
@@ -256,107 +257,27 @@ def banner(host: str, port: int) -> str:
 
 
 # --- the internet's DNS ------------------------------------------------------------------------------
-# The lab has no DNS (the host's resolv.conf names a server it cannot reach, so every lookup costs a
-# timeout). The tests serve one from sams-inet: the zone the DNS plan publishes (the Cloudflare
-# records of the program run), reverse names, and a remote sender's domain; anything else is
-# NXDOMAIN at once. Nothing recurses, so no query leaves the lab.
-
-DNS_SERVER = "198.18.0.1"
-SENDER_DOMAIN = "sender.example"  # the remote MTA in sams-inet, with SPF for its address
+# The lab DNS (lab/dns.py: NSD in sams-inet) serves the zones the program publishes, reverse names, a
+# remote sender's domain and the receiver's; the host resolves through it from its first boot.
 
 
-def zone_of_run(lab: Lab) -> dict[tuple[str, str], list[str]]:
-    """(name, type) -> presentation-format values, from the program's DnsRecord resources."""
-    zone: dict[tuple[str, str], list[str]] = {}
-    for record in lab.run.of_type("cloudflare:index/dnsRecord:DnsRecord"):
-        inputs = record.inputs
-        kind = inputs["type"]
-        if kind not in ("A", "AAAA", "MX", "TXT", "CNAME"):
-            continue  # SRV/CAA matter to clients and CAs, not to mail delivery
-        value = inputs["content"]
-        if kind == "MX":
-            value = f"{int(float(inputs['priority']))} {value}."
-        elif kind == "CNAME":
-            value += "."
-        zone.setdefault((inputs["name"].lower(), kind), []).append(value)
-    return zone
+def resolver_for(server: str) -> Any:
+    """A dnspython resolver that asks only the lab DNS (installed as the child's default)."""
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [server]
+    resolver.lifetime = 5.0
+    dns.resolver.default_resolver = resolver
+    return resolver
 
 
-def lab_zone(lab: Lab) -> dict[tuple[str, str], list[str]]:
-    zone = zone_of_run(lab)
-    public, inet = lab.spec.public_ipv4, lab.spec.inet_ipv4
-    hostname = lab.settings.config.hostname
-    mx = f"mx.{SENDER_DOMAIN}"
-    zone.update(
-        {
-            (".".join(reversed(public.split("."))) + ".in-addr.arpa", "PTR"): [hostname + "."],
-            (".".join(reversed(inet.split("."))) + ".in-addr.arpa", "PTR"): [mx + "."],
-            (SENDER_DOMAIN, "MX"): [f"10 {mx}."],
-            (SENDER_DOMAIN, "TXT"): [f'"v=spf1 ip4:{inet} -all"'],
-            (mx, "A"): [inet],
-        }
-    )
-    return zone
-
-
-def dkim_txt(lab: Lab, name: str) -> bytes | None:
-    """What a resolver returns for `name` TXT, from the published plan (dkimpy's dnsfunc)."""
-    import dns.rdata
-    import dns.rdataclass
-    import dns.rdatatype
-
-    values = zone_of_run(lab).get((name.rstrip(".").lower(), "TXT"))
-    if not values:
-        return None
-    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, values[0])
-    return b"".join(rdata.strings)  # type: ignore[attr-defined]
-
-
-def serve_dns(zone: dict[tuple[str, str], list[str]], address: str) -> None:
-    """An authoritative-only UDP DNS server for `zone` (runs until killed, in the forked child)."""
-    import dns.flags
-    import dns.message
-    import dns.name
-    import dns.rcode
-    import dns.rdatatype
-    import dns.rrset
-
-    names = {name for name, _ in zone}
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, 53))
-    while True:
-        wire, peer = sock.recvfrom(4096)
-        try:
-            query = dns.message.from_wire(wire)
-        except Exception:
-            continue
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.AA
-        for question in query.question:
-            name = question.name.to_text().rstrip(".").lower()
-            kind = dns.rdatatype.to_text(question.rdtype)
-            if (name, "CNAME") in zone and kind != "CNAME":
-                reply.answer.append(dns.rrset.from_text_list(question.name, 300, "IN", "CNAME", zone[name, "CNAME"]))
-                name = zone[name, "CNAME"][0].rstrip(".")
-            if (name, kind) in zone:
-                owner = dns.name.from_text(name)
-                reply.answer.append(dns.rrset.from_text_list(owner, 300, "IN", kind, zone[name, kind]))
-            elif name not in names:
-                reply.set_rcode(dns.rcode.NXDOMAIN)
-        sock.sendto(reply.to_wire(), peer)
-
-
-def start_in_netns(ns: str, fn: Callable[..., Any], *args: Any) -> int:
-    """Run fn(*args) in a forked child inside `ns`, in the background; its pid (kill to stop)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) == 0:
-                fn(*args)
-        finally:
-            os._exit(1)
-    return pid
+def verify_dkim(raw: bytes, server: str) -> dict[str, Any]:
+    """What a receiver does (in sams-inet): verify the DKIM-Signature with the key in the lab DNS."""
+    resolver_for(server)
+    signature = dkim.DKIM(raw)
+    ok = signature.verify()
+    return {"ok": ok, "d": (signature.domain or b"").decode(), "s": (signature.selector or b"").decode()}
 
 
 # Rspamd is ready when its normal worker answers and its milter socket listens (milter_default_action
@@ -368,32 +289,6 @@ WAIT_RSPAMD = f"""for i in $(seq 300); do
   sleep 0.2
 done
 exit 1"""
-RESOLV_FILES = ("/etc/resolv.conf", "/var/spool/postfix/etc/resolv.conf")
-
-
-@contextlib.contextmanager
-def internet_dns(lab: Lab) -> Iterator[None]:
-    """Serve the lab zone from sams-inet and point the host's resolver at it (restored after)."""
-    pid = start_in_netns(NAMES.ns_inet, serve_dns, lab_zone(lab), DNS_SERVER)
-    saved = {f: sh(lab, f"cat {f} 2>/dev/null || true") for f in RESOLV_FILES}
-    # Postfix's chrooted daemons read the spool's copy; reload makes idle smtpd processes exit.
-    # Rspamd reads resolv.conf when it loads its configuration.
-    refresh = f"postfix reload >/dev/null 2>&1; systemctl restart rspamd; {WAIT_RSPAMD}"
-    try:
-        for f in RESOLV_FILES:
-            sh(lab, f"cat > {f}", stdin=f"nameserver {DNS_SERVER}\noptions timeout:1 attempts:1\n")
-        sh(lab, refresh)
-        yield
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        for f, text in saved.items():
-            if text:
-                sh(lab, f"cat > {f}", stdin=text)
-        # Rspamd starts slowly with a resolver it cannot reach: it is restarted, not waited for.
-        sh(lab, "postfix reload >/dev/null 2>&1; systemctl restart rspamd", check=False)
-
-
 # --- fixtures -------------------------------------------------------------------------------------
 
 
@@ -472,10 +367,12 @@ class World:
 
 @contextlib.contextmanager
 def world(lab: Lab, directory: Path) -> Iterator[World]:
-    """DNS for the internet, passwords for the users, the host's certificate copied out."""
-    cafile = directory / "fullchain.pem"
-    cafile.write_text(sh(lab, f"cat {services.TLS_FULLCHAIN}"))
-    with internet_dns(lab), known_passwords(lab) as passwords:
+    """Passwords for the users; clients trust Pebble's issuing root and intermediate (lab/acme.py)."""
+    cafile = directory / "pebble-issuers.pem"
+    cafile.write_text(acme.issuer_pems(lab.paths, lab.spec.inet_ipv4))
+    # The mail steps have just (re)started Rspamd: wait for its milter, or the first message gets 451.
+    sh(lab, WAIT_RSPAMD)
+    with known_passwords(lab) as passwords:
         yield World(lab, str(cafile), passwords)
 
 
@@ -512,19 +409,13 @@ def test_submissions_465_implicit_tls(mail: World) -> None:
 
 
 def test_dkim_signature_verifies_against_published_key(mail: World) -> None:
-    """What a receiver does: verify the DKIM-Signature with the s1._domainkey TXT the DNS plan publishes."""
+    """What a receiver does: verify the DKIM-Signature with the s1._domainkey TXT the lab DNS serves."""
     tag = subject("dkim")
     mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag)
     raw = mail.read("bob@sams.test", tag)[0]
-    signature = dkim.DKIM(raw)
     selector = mail.lab.settings.config.dkim.selector
-
-    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
-        text = name.decode() if isinstance(name, bytes) else name
-        assert text.rstrip(".") == f"{selector}._domainkey.{DOMAIN}"
-        return dkim_txt(mail.lab, text)
-
-    assert signature.verify(dnsfunc=dnsfunc), signature.logger
+    verdict = mail.inet(verify_dkim, raw, mail.lab.spec.inet_ipv4)
+    assert verdict == {"ok": True, "d": DOMAIN, "s": selector}, verdict
     header = raw.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\t", 1)[0].decode()
     assert f"d={DOMAIN}" in header and f"s={selector}" in header
 

@@ -1,0 +1,75 @@
+"""Runs ON the mail host (shipped over SSH as `python3 - ARGS`; standard library only).
+
+Prints one JSON object of facts: the host's clock, free space of the given paths' filesystems,
+memory, the backup stamp's time, and whether TCP connections to the given targets open. It changes
+nothing. ARGS is one JSON object: {"paths": [...], "stamp": "...", "outbound": [[host, port], ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+
+def disks(paths: list[str]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        st = os.statvfs(path)
+        key = os.stat(path).st_dev
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"path": path, "size": st.f_blocks * st.f_frsize, "available": st.f_bavail * st.f_frsize})
+    return out
+
+
+def memory() -> dict[str, int]:
+    info = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0]) * 1024
+    return {"mem_total": info["MemTotal"], "mem_available": info["MemAvailable"]}
+
+
+def connect(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    result = {"target": host, "port": port}
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return {**result, "result": "unresolved", "detail": str(exc)}
+    try:
+        with socket.create_connection((str(infos[0][4][0]), port), timeout=timeout):
+            return {**result, "result": "open", "detail": str(infos[0][4][0])}
+    except ConnectionRefusedError as exc:
+        return {**result, "result": "closed", "detail": str(exc)}
+    except TimeoutError:
+        return {**result, "result": "timeout", "detail": f"no answer in {timeout:.0f} s"}
+    except OSError as exc:
+        return {**result, "result": "error", "detail": str(exc)}
+
+
+def facts(args: dict[str, Any]) -> dict[str, Any]:
+    stamp = args["stamp"]
+    try:
+        last: float | None = os.stat(stamp).st_mtime
+    except FileNotFoundError:
+        last = None
+    return {
+        "taken_at": time.time(),
+        "disks": disks(args["paths"]),
+        **memory(),
+        "backup_stamp": stamp,
+        "backup_last": last,
+        "outbound": [connect(h, int(p)) for h, p in args["outbound"]],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(facts(json.loads(sys.argv[1]))))

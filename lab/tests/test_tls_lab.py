@@ -1,0 +1,151 @@
+"""TLS in the lab: certbot on the host got its certificate from Pebble (lab/acme.py) over HTTP-01,
+every public TLS port serves it, renewal reloads Postfix, Dovecot and nginx without restarting
+them, and a sender's MTA-STS resolver fetches a valid policy for the lab domain.
+
+Clients run in `sams-inet` (the internet) and verify against Pebble's issuing root and
+intermediate, fetched from Pebble's management interface: no self-signed certificate is trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.dns.plan import mta_sts_id, mta_sts_policy
+from components.tls import certs
+from lab import acme
+from lab.proc import netns_exec
+from lab.spec import NAMES
+from lab.tests.conftest import Lab
+
+pytestmark = pytest.mark.lab
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def issuers(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("acme") / "pebble-issuers.pem"
+    path.write_text(acme.issuer_pems(lab.paths, lab.spec.inet_ipv4))
+    yield path
+
+
+def sh(lab: Lab, command: str) -> str:
+    return lab.shell.run(["sudo", "-n", "sh", "-c", command]).stdout.decode()
+
+
+# Runs in sams-inet: the certificate each port serves (after STARTTLS on 25/587), verified against
+# Pebble's roots and the name a client would use.
+_HANDSHAKES = r"""
+import json, smtplib, socket, ssl, sys
+address, cafile, checks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ctx = ssl.create_default_context(cafile=cafile)
+out = {}
+for port, name in checks:
+    if port in (25, 587):
+        smtp = smtplib.SMTP(address, port, timeout=20)
+        smtp._host = name
+        smtp.starttls(context=ctx)
+        der = smtp.sock.getpeercert(binary_form=True)
+        smtp.quit()
+    else:
+        with ctx.wrap_socket(socket.create_connection((address, port), timeout=20), server_hostname=name) as s:
+            der = s.getpeercert(binary_form=True)
+    out[f"{port}/{name}"] = der.hex()
+print(json.dumps(out))
+"""
+
+
+def served(lab: Lab, issuers: Path, checks: list[tuple[int, str]]) -> dict[str, str]:
+    """port/name -> the DER (hex) of the certificate served there, each handshake verified."""
+    result = subprocess.run(
+        netns_exec(
+            NAMES.ns_inet, [sys.executable, "-c", _HANDSHAKES, lab.spec.public_ipv4, str(issuers), json.dumps(checks)]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def checks_for(lab: Lab) -> list[tuple[int, str]]:
+    host = lab.settings.config.hostname
+    mail = [(port, host) for port in (25, 465, 587, 993, 995)]
+    return [*mail, *((443, name) for name in certs.mta_sts_hosts(lab.settings))]
+
+
+def test_every_tls_port_serves_the_pebble_certificate(lab: Lab, issuers: Path) -> None:
+    got = served(lab, issuers, checks_for(lab))
+    assert len(set(got.values())) == 1, "every port serves the one certificate"
+    # The stable paths lead to certbot's lineage; the bootstrap pair is gone.
+    assert sh(lab, f"readlink -f {certs.TLS_FULLCHAIN}").startswith("/etc/letsencrypt/archive/sams/")
+    assert sh(lab, f"readlink -f {certs.TLS_KEY}").startswith("/etc/letsencrypt/archive/sams/")
+    assert sh(lab, f"test -e {certs.BOOTSTRAP_DIR} && echo present || echo gone").strip() == "gone"
+    text = sh(lab, f"openssl x509 -in {certs.TLS_FULLCHAIN} -noout -issuer -subject -ext subjectAltName")
+    issuer = re.search(r"^issuer=(.*)$", text, re.M)
+    assert issuer is not None and "Pebble Intermediate" in issuer.group(1)
+    assert sorted(re.findall(r"DNS:([^,\s]+)", text)) == sorted(certs.certificate_names(lab.settings))
+
+
+def test_no_self_signed_certificate_remains(lab: Lab) -> None:
+    # Every certificate file SAMS or certbot keeps: none is its own issuer.
+    files = sh(lab, "find /etc/ssl/sams /etc/letsencrypt/archive -name '*.pem' ! -name 'privkey*'").split()
+    assert files
+    for path in files:
+        text = sh(lab, f"openssl x509 -in {path} -noout -issuer -subject")
+        issuer, subject = (ln.split("=", 1)[1].strip() for ln in text.splitlines()[:2])
+        assert issuer != subject, f"{path} is self-signed"
+
+
+def _pids(lab: Lab) -> dict[str, str]:
+    master = sh(lab, "cat /var/spool/postfix/pid/master.pid").strip()
+    dovecot = sh(lab, "systemctl show -p MainPID --value dovecot").strip()
+    nginx = sh(lab, "systemctl show -p MainPID --value nginx").strip()
+    return {"postfix": master, "dovecot": dovecot, "nginx": nginx}
+
+
+def test_renewal_reloads_without_restarting(lab: Lab, issuers: Path) -> None:
+    before_pids = _pids(lab)
+    assert all(p.isdigit() and p != "0" for p in before_pids.values()), before_pids
+    before = served(lab, issuers, checks_for(lab))
+    since = sh(lab, "date '+%Y-%m-%d %H:%M:%S'").strip()
+    out = sh(lab, "certbot renew --force-renewal --no-random-sleep-on-renew 2>&1")
+    assert "Congratulations, all renewals succeeded" in out, out
+    after = served(lab, issuers, checks_for(lab))
+    assert len(set(after.values())) == 1
+    assert set(after.values()).isdisjoint(before.values()), "a port still serves the old certificate"
+    assert _pids(lab) == before_pids, "a daemon was restarted"
+    journal = sh(lab, f"journalctl --since '{since}' -u postfix -u postfix@- -u dovecot -u nginx -o cat")
+    for unit in ("postfix", "dovecot", "nginx"):
+        assert re.search(rf"Reload(ing|ed) .*{unit}", journal, re.I), f"no reload of {unit}:\n{journal}"
+    assert not re.search(r"Start(ing|ed) ", journal), journal
+
+
+def test_mta_sts_query_fetches_a_valid_policy(lab: Lab, issuers: Path, tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {lab.spec.inet_ipv4}\n")
+    domain = lab.settings.mail.domains[0].name
+    # A private mount namespace: the query's resolver reads the lab DNS, this machine's stays.
+    script = f"mount --bind {resolv} /etc/resolv.conf && exec {VENV_BIN}/mta-sts-query {domain}"
+    result = subprocess.run(
+        netns_exec(NAMES.ns_inet, ["unshare", "--mount", "sh", "-c", script]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"SSL_CERT_FILE": str(issuers), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "STSFetchResult.VALID" in out, out + result.stderr
+    assert f"'{mta_sts_id(lab.settings)}'" in out
+    policy = dict(line.split(": ", 1) for line in mta_sts_policy(lab.settings).splitlines())
+    assert f"'mode': '{policy['mode']}'" in out
+    assert f"'mx': ['{lab.settings.config.hostname}']" in out

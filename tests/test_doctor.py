@@ -1,0 +1,516 @@
+"""doctor: each check with good and bad observations (pure), the plan it checks against, the report
+and docs/doctor.md, and the probes that can run here (the host script, a TLS handshake, DNS values)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mockrun
+from components.dns.plan import table
+from doctor import checks, probe, report
+from doctor.expect import expected, table_rows, unquote_txt
+from doctor.model import (
+    Disk,
+    DnsAnswer,
+    Expected,
+    Finding,
+    HostFacts,
+    Observations,
+    Outbound,
+    PortSpec,
+    PortState,
+    PortStateName,
+    SmtpProbe,
+    TlsEndpoint,
+    TlsProbe,
+    host_facts,
+)
+from tests.conftest import VARIANTS, run_variant
+
+PROJECT = Path(__file__).resolve().parents[1]
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def settings_of(variant: str) -> Any:
+    from settings import load
+
+    stack, overrides = VARIANTS[variant]
+    cfg = {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}
+    cfg.update({k: mockrun.encode_config(v) for k, v in overrides.items()})
+    return load(stack, cfg, PROJECT)
+
+
+def plan_of(variant: str, **changes: Any) -> Expected:
+    e = expected(VARIANTS[variant][0], settings_of(variant), run_variant(variant).outputs)
+    return dataclasses.replace(e, **changes)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Expected:
+    return plan_of("lab")
+
+
+def healthy(e: Expected) -> Observations:
+    """What a host exactly as planned looks like from outside and inside."""
+    rrsets: dict[tuple[str, str], list[str]] = {}
+    for r in e.records:
+        rrsets.setdefault((r.name, r.type), []).append(str(r.value))
+    dns = [DnsAnswer(n, k, "ok", tuple(sorted(v))) for (n, k), v in rrsets.items()]  # type: ignore[arg-type]
+    dns += [DnsAnswer(checks.reverse_name(a), "PTR", "ok", (e.hostname,)) for a in (e.ipv4, e.ipv6) if a]
+    ports = [PortState(p.number, p.proto, "open" if p.proto == "tcp" else "unprobed") for p in e.public_ports]
+    ports += [PortState(p.number, p.proto, "filtered") for p in e.private_ports]
+    tls = [
+        TlsProbe(
+            t.port,
+            t.mode,
+            True,
+            verified=True,
+            not_after=NOW + dt.timedelta(days=60),
+            names=(e.hostname,),
+            version="TLSv1.3",
+        )
+        for t in e.tls
+    ]
+    smtp = SmtpProbe(
+        True,
+        banner=f"{e.hostname} ESMTP",
+        ehlo=e.hostname,
+        relay_rcpt="x@example.com",
+        relay_reply=(554, "5.7.1 <x@example.com>: Relay access denied"),
+    )
+    target = f"{e.relay[0]}" if e.relay else probe.DEFAULT_OUTBOUND
+    host = HostFacts(
+        taken_at=NOW.timestamp(),
+        disks=(Disk("/", 50 * 2**30, 30 * 2**30),),
+        mem_total=4 * 2**30,
+        mem_available=2 * 2**30,
+        backup_stamp=checks.BACKUP_STAMP,
+        backup_last=NOW.timestamp() - 3600,
+        outbound=(Outbound(target, e.relay[1] if e.relay else 25, "open"),),
+    )
+    return Observations(tuple(dns), tuple(ports), tuple(tls), smtp, host)
+
+
+def only(findings: list[Finding], check: str, subject: str = "") -> Finding:
+    """The one finding of `check` whose subject is `subject` (or, failing that, contains it)."""
+    mine = [f for f in findings if f.check == check and f.subject == subject]
+    mine = mine or [f for f in findings if f.check == check and subject in f.subject]
+    assert len(mine) == 1, mine
+    return mine[0]
+
+
+def replace_dns(obs: Observations, name: str, kind: str, answer: DnsAnswer) -> Observations:
+    rest = tuple(a for a in obs.dns if (a.name, a.type) != (name, kind))
+    return dataclasses.replace(obs, dns=(*rest, answer))
+
+
+# --- the plan --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_planned_value_is_known_from_the_outputs(variant: str) -> None:
+    e = plan_of(variant)
+    assert e.records and all(r.value is not None and r.zone_line for r in e.records)
+    dkim = [r for r in e.records if "._domainkey." in r.name]
+    assert dkim and all(r.value and r.value.startswith("v=DKIM1; k=rsa; p=") for r in dkim)
+    assert {22, 5432, 11334, 6379} <= {p.number for p in e.private_ports}
+    assert not {p.number for p in e.private_ports} & {p.number for p in e.public_ports}
+
+
+def test_dns_records_table_parses_back(lab: Expected) -> None:
+    out = run_variant("lab").outputs["dnsRecords"]
+    rows = table_rows(out)
+    assert len(rows) == len(lab.records)
+    dkim = next(v for n, k, v, _ in rows if n.startswith("s1._domainkey."))
+    assert unquote_txt(dkim).startswith("v=DKIM1;") and '"' not in unquote_txt(dkim)
+    assert table_rows(table((), {})) == []
+
+
+def test_tls_endpoints_follow_the_policy() -> None:
+    assert [t.port for t in plan_of("prod").tls] == [25, 443, 465, 587, 993, 995]
+    # No public web, IMAP and POP3 through the tunnel: only Postfix's ports are probed.
+    bastion = plan_of("prod-bastion")
+    assert [t.port for t in bastion.tls] == [25, 465, 587]
+    assert {993, 995, 143} <= {p.number for p in bastion.private_ports}
+    assert plan_of("dev").relay is not None and plan_of("prod").ipv6 == "2001:db8::25"
+
+
+# --- all well ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_healthy_host_has_no_failure(variant: str) -> None:
+    e = plan_of(variant)
+    findings = checks.evaluate(e, healthy(e), NOW)
+    bad = [f for f in findings if f.status not in ("ok", "unchecked")]
+    if e.backup_enabled:
+        assert bad == []
+    else:  # backups off is worth a warning, nothing else
+        assert [(f.check, f.status) for f in bad] == [("backup", "warn")]
+    assert checks.exit_code(findings) == 0
+    assert {f.check for f in findings} == set(checks.CHECKS)
+    # Only UDP (WireGuard) cannot be looked at from outside.
+    assert [f.subject for f in findings if f.status == "unchecked"] == [
+        f"port {p.number}/udp (wireguard)" for p in e.public_ports if p.proto == "udp"
+    ]
+
+
+# --- DNS --------------------------------------------------------------------------------------------
+
+
+def test_dkim_record_different_from_the_plan_fails_naming_record_and_value(lab: Expected) -> None:
+    dkim = next(r for r in lab.records if "._domainkey." in r.name)
+    assert dkim.value
+    other = dkim.value[:-12] + "AAAAAAAAAAA="
+    obs = replace_dns(healthy(lab), dkim.name, "TXT", DnsAnswer(dkim.name, "TXT", "ok", (other,)))
+    findings = checks.evaluate(lab, obs, NOW)
+    f = only(findings, "dns", f"{dkim.name} TXT")
+    assert f.status == "fail" and dkim.name in f.message and "differs" in f.message
+    assert dkim.zone_line in f.fix and "pulumi up" in f.fix
+    assert checks.exit_code(findings) == 1
+
+
+def test_missing_record_fails_with_the_record_to_add(lab: Expected) -> None:
+    dmarc = next(r for r in lab.records if r.name.startswith("_dmarc."))
+    obs = replace_dns(healthy(lab), dmarc.name, "TXT", DnsAnswer(dmarc.name, "TXT", "nxdomain"))
+    f = only(checks.check_dns(lab, obs), "dns", f"{dmarc.name} TXT")
+    assert f.status == "fail" and "missing" in f.message and "NXDOMAIN" in f.message
+    assert f.fix.startswith("Add: ") and dmarc.zone_line in f.fix
+
+
+def test_manual_dns_says_where_to_enter_it(lab: Expected) -> None:
+    manual = dataclasses.replace(lab, dns_provider="manual")
+    a = lab.records[0]
+    obs = replace_dns(healthy(lab), a.name, a.type, DnsAnswer(a.name, a.type, "nodata"))
+    f = only(checks.check_dns(manual, obs), "dns", f"{a.name} {a.type}")
+    assert f.status == "fail" and "docs/dns_checklist.md" in f.fix and "pulumi up" not in f.fix
+
+
+def test_address_record_must_be_exactly_the_host(lab: Expected) -> None:
+    a = next(r for r in lab.records if r.type == "A")
+    obs = replace_dns(healthy(lab), a.name, "A", DnsAnswer(a.name, "A", "ok", (str(a.value), "198.18.0.99")))
+    f = only(checks.check_dns(lab, obs), "dns", f"{a.name} A")
+    assert f.status == "fail" and "198.18.0.99" in f.message
+
+
+def test_two_spf_records_fail(lab: Expected) -> None:
+    spf = next(r for r in lab.records if r.value and r.value.startswith("v=spf1"))
+    obs = replace_dns(
+        healthy(lab), spf.name, "TXT", DnsAnswer(spf.name, "TXT", "ok", (str(spf.value), "v=spf1 a -all"))
+    )
+    f = only(checks.check_dns(lab, obs), "dns", f"{spf.name} TXT")
+    assert f.status == "fail" and "2 SPF records" in f.message
+    # Another kind of TXT beside it (a site verification) is fine.
+    obs = replace_dns(
+        healthy(lab), spf.name, "TXT", DnsAnswer(spf.name, "TXT", "ok", (str(spf.value), "google-site-verification=x"))
+    )
+    assert only(checks.check_dns(lab, obs), "dns", f"{spf.name} TXT").status == "ok"
+
+
+def test_foreign_mx_warns_and_unanswered_query_is_unchecked(lab: Expected) -> None:
+    mx = next(r for r in lab.records if r.type == "MX")
+    obs = replace_dns(
+        healthy(lab), mx.name, "MX", DnsAnswer(mx.name, "MX", "ok", (str(mx.value), "20 mx.elsewhere.example"))
+    )
+    assert only(checks.check_dns(lab, obs), "dns", f"{mx.name} MX").status == "warn"
+    obs = replace_dns(healthy(lab), mx.name, "MX", DnsAnswer(mx.name, "MX", "error", error="Timeout"))
+    f = only(checks.check_dns(lab, obs), "dns", f"{mx.name} MX")
+    assert f.status == "unchecked" and "Timeout" in f.message
+
+
+def test_unknown_planned_value_only_checks_presence(lab: Expected) -> None:
+    r = dataclasses.replace(lab.records[0], value=None, zone_line="")
+    e = dataclasses.replace(lab, records=(r,))
+    f = checks.check_dns(e, healthy(lab))[0]
+    assert f.status == "unchecked" and "present" in f.message
+
+
+# --- PTR and HELO -------------------------------------------------------------------------------------
+
+
+def test_ptr_missing_or_wrong_fails_with_the_providers_fix() -> None:
+    for variant, words in (("prod", "pulumi up"), ("dev", "support request"), ("lab", "Ask whoever runs")):
+        e = plan_of(variant)
+        name = checks.reverse_name(e.ipv4)
+        missing = replace_dns(healthy(e), name, "PTR", DnsAnswer(name, "PTR", "nxdomain"))
+        f = only(checks.check_ptr(e, missing), "ptr", e.ipv4)
+        assert f.status == "fail" and "no PTR" in f.message and words in f.fix and e.hostname in f.fix
+        wrong = replace_dns(healthy(e), name, "PTR", DnsAnswer(name, "PTR", "ok", ("vps-1234.provider.example",)))
+        f = only(checks.check_ptr(e, wrong), "ptr", e.ipv4)
+        assert f.status == "fail" and "vps-1234.provider.example" in f.message
+    prod = plan_of("prod")
+    assert [f.status for f in checks.check_ptr(prod, healthy(prod))] == ["ok", "ok"]  # IPv4 and IPv6
+
+
+def test_helo_must_name_the_host(lab: Expected) -> None:
+    obs = dataclasses.replace(healthy(lab), smtp=SmtpProbe(True, banner="localhost ESMTP Postfix", ehlo=lab.hostname))
+    greeting, ehlo = checks.check_helo(lab, obs)
+    assert greeting.status == "fail" and "localhost" in greeting.message and "myhostname" in greeting.fix
+    assert ehlo.status == "ok"
+    down = dataclasses.replace(healthy(lab), smtp=SmtpProbe(False, "ConnectionRefusedError"))
+    assert [f.status for f in checks.check_helo(lab, down)] == ["unchecked"]
+
+
+# --- TLS ------------------------------------------------------------------------------------------------
+
+
+def tls_finding(e: Expected, port: int, **probe_fields: Any) -> Finding:
+    ep = next(t for t in e.tls if t.port == port)
+    base = TlsProbe(port, ep.mode, True, verified=True, not_after=NOW + dt.timedelta(days=60), names=(e.hostname,))
+    return checks.check_tls_endpoint(e, ep, dataclasses.replace(base, **probe_fields), NOW)
+
+
+def test_certificate_expiring_in_10_days_fails(lab: Expected) -> None:
+    f = tls_finding(lab, 993, not_after=NOW + dt.timedelta(days=10))
+    assert f.status == "fail" and "expires in 10 days" in f.message and "certbot renew" in f.fix
+    assert tls_finding(lab, 993, not_after=NOW + dt.timedelta(days=20)).status == "ok"
+    assert "expired" in tls_finding(lab, 465, not_after=NOW - dt.timedelta(days=1)).message
+
+
+def test_untrusted_or_wrong_name_certificate_fails(lab: Expected) -> None:
+    f = tls_finding(lab, 25, verified=False, verify_error="self-signed certificate", self_signed=True)
+    assert f.status == "fail" and "self-signed" in f.message and "STARTTLS" in f.subject
+    f = tls_finding(lab, 587, names=("other.example",))
+    assert f.status == "fail" and "not mail.sams.test" in f.message
+    wildcard = "*." + lab.hostname.split(".", 1)[1]
+    assert tls_finding(lab, 587, names=(wildcard,)).status == "ok"
+    assert tls_finding(lab, 587, names=("*.test",)).status == "fail"  # one label only
+
+
+def test_no_tls_on_a_port_fails(lab: Expected) -> None:
+    f = tls_finding(lab, 443, connected=False, error="ConnectionRefusedError")
+    assert f.status == "fail" and "nginx" in f.fix
+
+
+# --- ports, relay, outbound ------------------------------------------------------------------------------
+
+
+def with_port(obs: Observations, number: int, state: PortStateName) -> Observations:
+    ports = tuple(dataclasses.replace(p, state=state) if p.number == number else p for p in obs.ports)
+    return dataclasses.replace(obs, ports=ports)
+
+
+def test_private_port_open_fails(lab: Expected) -> None:
+    f = only(checks.check_ports(lab, with_port(healthy(lab), 5432, "open")), "ports", "port 5432/")
+    assert f.status == "fail" and "postgresql" in f.subject and "WireGuard" in f.message and "pulumi up" in f.fix
+    assert only(checks.check_ports(lab, healthy(lab)), "ports", "port 5432/").status == "ok"
+
+
+def test_public_port_closed_fails(lab: Expected) -> None:
+    states: tuple[PortStateName, ...] = ("closed", "filtered")
+    for state in states:
+        f = only(checks.check_ports(lab, with_port(healthy(lab), 587, state)), "ports", "port 587/")
+        assert f.status == "fail" and state in f.message and "nft list ruleset" in f.fix
+
+
+def test_open_relay_fails(lab: Expected) -> None:
+    def relay(code: int, text: str) -> Finding:
+        smtp = SmtpProbe(
+            True, banner=lab.hostname, ehlo=lab.hostname, relay_rcpt="x@example.com", relay_reply=(code, text)
+        )
+        return checks.check_relay(lab, dataclasses.replace(healthy(lab), smtp=smtp))[0]
+
+    f = relay(250, "2.1.5 Ok")
+    assert f.status == "fail" and "OPEN RELAY" in f.message and "reject_unauth_destination" in f.fix
+    assert relay(554, "5.7.1 <x@example.com>: Relay access denied").status == "ok"
+    assert relay(454, "4.7.1 <x@example.com>: Relay access denied").status == "ok"
+    assert relay(450, "4.1.2 <x@example.com>: Recipient address rejected: Domain not found").status == "warn"
+
+
+def test_outbound(lab: Expected) -> None:
+    def outbound(e: Expected, result: Any) -> Finding:
+        host = healthy(e).host
+        assert host
+        o = dataclasses.replace(host.outbound[0], result=result, detail="x")
+        return checks.check_outbound(e, dataclasses.replace(healthy(e), host=dataclasses.replace(host, outbound=(o,))))[
+            0
+        ]
+
+    f = outbound(lab, "timeout")
+    assert f.status == "fail" and "blocks outbound" in f.message and "sams:relay" in f.fix
+    f = outbound(lab, "unresolved")
+    assert f.status == "unchecked" and "could not look up" in f.message
+    dev = plan_of("dev")
+    assert dev.relay
+    assert outbound(dev, "open").status == "ok" and "relay" in outbound(dev, "open").subject
+    assert "cannot reach its relay" in outbound(dev, "closed").message
+    no_host = checks.check_outbound(lab, dataclasses.replace(healthy(lab), host=None, host_error="ssh: timeout"))
+    assert no_host[0].status == "unchecked" and "ssh: timeout" in no_host[0].message
+
+
+# --- host facts ---------------------------------------------------------------------------------------
+
+
+def test_backups(lab: Expected) -> None:
+    on = dataclasses.replace(lab, backup_enabled=True, backup_target="s3://bucket")
+    obs = healthy(lab)
+    assert obs.host
+    assert checks.check_backup(on, obs)[0].status == "ok"
+    stale = dataclasses.replace(obs.host, backup_last=NOW.timestamp() - 3 * 86400)
+    f = checks.check_backup(on, dataclasses.replace(obs, host=stale))[0]
+    assert f.status == "fail" and "72 hours ago" in f.message
+    never = dataclasses.replace(obs.host, backup_last=None)
+    f = checks.check_backup(on, dataclasses.replace(obs, host=never))[0]
+    assert f.status == "fail" and checks.BACKUP_STAMP in f.message
+    assert checks.check_backup(on, dataclasses.replace(obs, host=None))[0].status == "unchecked"
+    off = checks.check_backup(lab, obs)[0]
+    assert off.status == "warn" and "sams:backup.enabled" in off.fix
+
+
+def test_disk_and_memory_headroom(lab: Expected) -> None:
+    obs = healthy(lab)
+    assert obs.host
+    for free, status in ((0.10, "fail"), (0.20, "warn"), (0.50, "ok")):
+        disks = (Disk("/", 100 * 2**30, int(free * 100 * 2**30)),)
+        f = checks.check_disk(lab, dataclasses.replace(obs, host=dataclasses.replace(obs.host, disks=disks)))[0]
+        assert f.status == status and f"{free:.0%}" in f.message
+    for free, status in ((0.05, "fail"), (0.15, "warn"), (0.50, "ok")):
+        host = dataclasses.replace(obs.host, mem_total=8 * 2**30, mem_available=int(free * 8 * 2**30))
+        assert checks.check_memory(lab, dataclasses.replace(obs, host=host))[0].status == status
+
+
+# --- the report and the docs ------------------------------------------------------------------------------
+
+
+def test_report_shows_problems_with_their_fix(lab: Expected) -> None:
+    findings = checks.evaluate(lab, with_port(healthy(lab), 5432, "open"), NOW)
+    out = report.text(findings)
+    assert "[FAIL] port 5432/tcp (postgresql)" in out and "fix: `pulumi up` restores the firewall" in out
+    assert "[ok  ]" not in out and "[ok  ]" in report.text(findings, verbose=True)
+    assert report.from_json(report.to_json(findings)) == findings
+
+
+def test_docs_doctor_md_is_generated_from_the_checks() -> None:
+    text = (PROJECT / "docs" / "doctor.md").read_text()
+    assert text == report.markdown(), "docs/doctor.md is out of date: python -m doctor docs"
+    assert all(f"(`{c}`)" in text for c in checks.CHECKS)
+
+
+# --- probes that run here ------------------------------------------------------------------------------------
+
+
+def test_probe_normal_form_matches_the_plans(lab: Expected) -> None:
+    """Each planned record, parsed from its zone line as a DNS server would serve it, reads back as planned."""
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    for r in lab.records:
+        text = r.zone_line.split(f" IN {r.type} ", 1)[1]
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(r.type), text)
+        assert probe._rdata_value(r.type, rdata) == r.value, r
+
+
+def test_host_script_reports_facts(tmp_path: Path) -> None:
+    stamp = tmp_path / "last-success"
+    stamp.touch()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        closed_port = listener.getsockname()[1]  # bound, never listening: refused
+        args = {
+            "paths": ["/", str(tmp_path)],
+            "stamp": str(stamp),
+            "outbound": [["127.0.0.1", closed_port], ["no-such-host.invalid", 25]],
+        }
+        out = subprocess.run(
+            [sys.executable, "-", json.dumps(args)],
+            input=probe.HOST_SCRIPT.read_text(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    facts = host_facts(json.loads(out))
+    assert facts.disks and facts.disks[0].path == "/" and 0 < facts.disks[0].available <= facts.disks[0].size
+    assert 0 < facts.mem_available <= facts.mem_total
+    assert facts.backup_last == pytest.approx(stamp.stat().st_mtime)
+    assert [o.result for o in facts.outbound] == ["closed", "unresolved"]
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, dt.datetime]]:
+    """An implicit-TLS server on 127.0.0.1 with a self-signed certificate for mail.sams.test, 10 days left."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.sams.test")])
+    now = dt.datetime.now(dt.UTC)
+    not_after = (now + dt.timedelta(days=10)).replace(microsecond=0)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mail.sams.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile = tmp_path / "key.pem"
+    keyfile.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem, keyfile)
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass  # the client refused our certificate: its first handshake
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], pem, not_after
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_tls_probe_reads_trust_and_expiry(tls_server: tuple[int, Path, dt.datetime]) -> None:
+    port, pem, not_after = tls_server
+    ep = TlsEndpoint(port, "implicit", "dovecot")
+    trusted = probe.tls_probe(ep, "mail.sams.test", probe.ProbeOptions("127.0.0.1", cafile=str(pem)))
+    assert trusted.connected and trusted.verified and trusted.not_after == not_after
+    assert trusted.names == ("mail.sams.test",) and trusted.version.startswith("TLSv1.")
+    stranger = probe.tls_probe(ep, "mail.sams.test", probe.ProbeOptions("127.0.0.1"))
+    assert stranger.connected and not stranger.verified and stranger.self_signed
+    assert "self-signed" in stranger.verify_error and stranger.not_after == not_after
+    e = dataclasses.replace(plan_of("lab"), tls=(ep,))
+    f = checks.check_tls_endpoint(e, ep, trusted, dt.datetime.now(dt.UTC))
+    assert f.status == "fail" and "expires in 9 days" in f.message
+
+
+def test_tcp_state_closed_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        state = probe.tcp_state("127.0.0.1", PortSpec(port, "tcp", "x"), 2.0)
+    assert state.state == "closed"
