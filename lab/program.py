@@ -99,9 +99,12 @@ def lab_settings(keys: LabKeys) -> Settings:
     return load(STACK, _config(keys), mockrun.PROJECT_DIR)
 
 
-def lab_run(paths: StatePaths, keys: LabKeys) -> mockrun.Run:
+def lab_run(paths: StatePaths, keys: LabKeys, overrides: dict[str, Any] | None = None) -> mockrun.Run:
+    """`overrides` patch the lab's config (values as in YAML), e.g. a `sams:dkim` rotation."""
     store = mockrun.KeyStore(paths.root / "keystore.json")
-    return mockrun.run(STACK, config=_config(keys), store=store)
+    cfg = _config(keys)
+    cfg.update({k: mockrun.encode_config(v) for k, v in (overrides or {}).items()})
+    return mockrun.run(STACK, config=cfg, store=store)
 
 
 def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpec:
