@@ -104,7 +104,18 @@ def lab_run(paths: StatePaths, keys: LabKeys, overrides: dict[str, Any] | None =
     store = mockrun.KeyStore(paths.root / "keystore.json")
     cfg = _config(keys)
     cfg.update({k: mockrun.encode_config(v) for k, v in (overrides or {}).items()})
-    return mockrun.run(STACK, config=cfg, store=store)
+    # Steps are staged in this lab's own state directory, not the checkout's .sams/build/lab: a
+    # test or preview of the lab stack running meanwhile in the checkout restages that one with
+    # other values (no ACME server CA, other keys), and the apply would ship its files.
+    previous = os.environ.get("SAMS_BUILD_DIR")
+    os.environ["SAMS_BUILD_DIR"] = str(paths.root / "build")
+    try:
+        return mockrun.run(STACK, config=cfg, store=store)
+    finally:
+        if previous is None:
+            del os.environ["SAMS_BUILD_DIR"]
+        else:
+            os.environ["SAMS_BUILD_DIR"] = previous
 
 
 def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpec:

@@ -184,3 +184,23 @@ def split_user_addresses(raw: object) -> Iterator[Finding]:
                 user["name"] = lp
             else:
                 domain["users"][ui] = lp
+
+
+# Let's Encrypt's limit of names on one certificate (the program asks for one certificate).
+MAX_CERT_NAMES = 100
+# With publicWeb, each domain adds mta-sts, autoconfig and autodiscover to the hostname's certificate.
+WEB_NAMES_PER_DOMAIN = 3
+
+
+def check_certificate_names(cfg: StackConfig, mail: MailList) -> Iterator[Finding]:
+    if not cfg.public_web:
+        return
+    names = 1 + WEB_NAMES_PER_DOMAIN * len(mail.domains)
+    if names > MAX_CERT_NAMES:
+        yield (
+            ("publicWeb",),
+            cfg.public_web,
+            f"{len(mail.domains)} domains need {names} names on the one certificate, more than the ACME "
+            f"limit of {MAX_CERT_NAMES}: at most {(MAX_CERT_NAMES - 1) // WEB_NAMES_PER_DOMAIN} domains per stack "
+            "with publicWeb (split the domains across stacks, or set publicWeb: false)",
+        )

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from settings.checks import (
     Finding,
+    check_certificate_names,
     check_hostname_zone,
     check_mail_list,
     check_stack,
@@ -134,6 +135,7 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
     mail: MailList = _validate(MailList, located_mail.data, mail_source)
     problems += mail_source.findings(check_mail_list(mail))
     problems += cfg_source.findings(check_hostname_zone(cfg, mail))
+    problems += cfg_source.findings(check_certificate_names(cfg, mail))
     if problems:
         raise SettingsError(problems)
     return Settings(stack, cfg, mail, config_file, mail_rel)

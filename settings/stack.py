@@ -201,7 +201,7 @@ class StackConfig(_Config):
     existing: ExistingSettings | None = None
     wireguard: WireGuardSettings = Field(description="the admin tunnel every change rides")
     client_access: ClientAccess = Field(default_factory=ClientAccess)
-    public_web: bool = Field(default=True, description="80/443 for ACME HTTP-01 and MTA-STS")
+    public_web: bool = Field(default=True, description="80/443 for ACME HTTP-01, MTA-STS and client autoconfiguration")
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
     relay: RelaySettings | None = None
     dmarc: DmarcSettings = Field(default_factory=DmarcSettings)

@@ -313,15 +313,16 @@ def test_mx_spf_dmarc(run: mockrun.Run, variant: str) -> None:
         assert r["proxied"] is False, "mail records are never proxied"
 
 
-def test_caa_names_the_acme_ca_and_mta_sts_only_with_its_web_host(run: mockrun.Run, variant: str) -> None:
+def test_caa_names_the_acme_ca_and_web_records_only_with_the_web_host(run: mockrun.Run, variant: str) -> None:
     s = settings_of(variant)
     records = dns_records(run)
     for domain in s.mail.domains:
         d = domain.name
         caa = sorted((r["data"]["tag"], r["data"]["value"]) for r in records if r["type"] == "CAA" and r["name"] == d)
         assert caa == sorted([("issuewild", ";"), *(("issue", ca) for ca in s.config.acme.caa_issuers)])
-        mta_sts = sorted(r["name"] for r in records if r["name"] in (f"mta-sts.{d}", f"_mta-sts.{d}"))
-        assert mta_sts == ([f"_mta-sts.{d}", f"mta-sts.{d}"] if s.config.public_web else [])
+        web = [f"_autodiscover._tcp.{d}", f"_mta-sts.{d}", f"autoconfig.{d}", f"autodiscover.{d}", f"mta-sts.{d}"]
+        served = sorted(r["name"] for r in records if r["name"] in web)
+        assert served == (web if s.config.public_web else [])
     # The lab names Pebble; the real stacks keep Let's Encrypt.
     assert s.config.acme.caa_issuers == (["pebble.lab.example"] if variant == "lab" else ["letsencrypt.org"])
 

@@ -134,6 +134,16 @@ def test_bad_config(tmp_path: Path, case: str) -> None:
     assert expected in _problem(exc)
 
 
+def test_too_many_domains_for_one_certificate(tmp_path: Path) -> None:
+    many = "domains:\n" + "".join(f"  - name: d{i}.example.org\n    users: [u]\n" for i in range(34))
+    project = _project(tmp_path, many + "  - name: example.org\n    users: [admin]\n")
+    with pytest.raises(SettingsError) as exc:
+        _load(project)
+    assert "sams:publicWeb = True: 35 domains need 106 names on the one certificate" in _problem(exc)
+    # Without web hosts (certificates by DNS-01) the same list is fine.
+    _load(project, {"sams:publicWeb": False, "sams:acme": {"challenge": "dns-01-cloudflare"}})
+
+
 def test_relay_user_needs_a_password(tmp_path: Path) -> None:
     cfg = mockrun.stack_config("prod", PROJECT)  # relay with a username, and no secret set
     with pytest.raises(SettingsError) as exc:

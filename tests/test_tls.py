@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import mockrun
 from components.dns.plan import mta_sts_id, mta_sts_policy, txt_content
 from components.firewall.policy import nftables_conf, public_ports
 from components.remote.steps import StepSpec, digest
-from components.tls import certs
+from components.tls import autoconfig, certs
 from settings import SettingsError, load
 from tests.conftest import VARIANTS
 from tests.test_program import settings_of
@@ -109,7 +110,9 @@ def test_nginx_serves_exactly_the_published_mta_sts_policy(runner: Any) -> None:
     settings = settings_of("prod")
     files = staged(run, "prod", "web")
     conf = files[certs.NGINX_SITE]
-    plain, https = _server_blocks(conf)
+    plain, https, local, *clients = _server_blocks(conf)
+    assert f"listen {autoconfig.AUTODISCOVER_LOCAL};" in local
+    assert len(clients) == len(settings.mail.domains)  # one autoconfig/autodiscover server each
     assert "listen 80 default_server;" in plain and "listen 443 ssl default_server;" in https
     names = re.search(r"server_name (.*);", https)
     assert names is not None
@@ -151,16 +154,172 @@ def test_web_step_enables_the_site_and_drops_debian_default(runner: Any) -> None
     assert text.index("nginx -t") < text.index("systemctl reload-or-restart nginx")
 
 
+# --- client autoconfiguration (Thunderbird, Outlook) ----------------------------------------------------
+
+TB = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}"
+SECURITY_WORDS = {"SSL/TLS": ("SSL", "SSL"), "STARTTLS": ("STARTTLS", "TLS")}  # (Thunderbird, Outlook)
+
+
+def thunderbird_servers(text: str, domain: str) -> list[tuple[str, str, int, str, str]]:
+    root = ET.fromstring(text.encode())
+    assert root.tag == "clientConfig" and root.get("version") == "1.1"
+    (provider,) = root.findall("emailProvider")
+    assert provider.get("id") == domain and [d.text for d in provider.findall("domain")] == [domain]
+    out = []
+    for el in provider:
+        if el.tag in ("incomingServer", "outgoingServer"):
+            assert el.findtext("authentication") == "password-cleartext"
+            out.append(
+                (
+                    str(el.get("type")),
+                    str(el.findtext("hostname")),
+                    int(str(el.findtext("port"))),
+                    str(el.findtext("socketType")),
+                    str(el.findtext("username")),
+                )
+            )
+    return out
+
+
+def outlook_protocols(text: str) -> list[tuple[str, str, int, str]]:
+    root = ET.fromstring(text.encode())
+    assert root.tag == "{http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006}Autodiscover"
+    (account,) = root.findall(f"{TB}Response/{TB}Account")
+    assert account.findtext(f"{TB}AccountType") == "email" and account.findtext(f"{TB}Action") == "settings"
+    out = []
+    for p in account.findall(f"{TB}Protocol"):
+        assert p.findtext(f"{TB}SSL") == "on" and p.findtext(f"{TB}AuthRequired") == "on"
+        assert p.findtext(f"{TB}SPA") == "off"
+        # The login name is the full address: nginx puts the requested one in place of the marker.
+        assert p.findtext(f"{TB}LoginName") == autoconfig.ADDRESS == "%EMAILADDRESS%"
+        out.append(
+            (
+                str(p.findtext(f"{TB}Type")),
+                str(p.findtext(f"{TB}Server")),
+                int(str(p.findtext(f"{TB}Port"))),
+                str(p.findtext(f"{TB}Encryption")),
+            )
+        )
+    return out
+
+
+def expected_servers(client: dict[str, Any], public: set[int]) -> list[tuple[str, dict[str, Any]]]:
+    """From the clientSettings output: what is reachable from the internet, IMAP first."""
+    listed = [("imap", client["imap"]), ("pop3", client["pop3"]), *(("smtp", s) for s in client["smtp"])]
+    return [(kind, e) for kind, e in listed if e["port"] in public]
+
+
+def check_documents(thunderbird: str, outlook: str, domain: str, client: dict[str, Any], public: set[int]) -> None:
+    """Both documents say exactly what clientSettings says, for the public servers only."""
+    want = expected_servers(client, public)
+    assert thunderbird_servers(thunderbird, domain) == [
+        (kind, e["host"], e["port"], SECURITY_WORDS[e["security"]][0], "%EMAILADDRESS%") for kind, e in want
+    ]
+    first: dict[str, dict[str, Any]] = {}
+    for kind, e in want:
+        first.setdefault(kind, e)
+    assert outlook_protocols(outlook) == [
+        (kind.upper(), e["host"], e["port"], SECURITY_WORDS[e["security"]][1]) for kind, e in first.items()
+    ]
+
+
+def test_client_documents_follow_client_settings(run: mockrun.Run, variant: str) -> None:
+    settings = settings_of(variant)
+    public = {p.number for p in public_ports(settings.config) if p.proto == "tcp"}
+    for d in settings.mail.domains:
+        client = run.outputs["clientSettings"][d.name]
+        thunderbird = autoconfig.thunderbird_config(d.name, client, public)
+        outlook = autoconfig.outlook_autodiscover(d.name, client, public)
+        check_documents(thunderbird, outlook, d.name, client, public)
+        # Submission on 465 and 587 is always offered, implicit TLS first (RFC 8314).
+        smtp = [s[2] for s in thunderbird_servers(thunderbird, d.name) if s[0] == "smtp"]
+        assert smtp == [465, 587]
+        assert ("SMTP", settings.config.hostname, 465, "SSL") in outlook_protocols(outlook)
+
+
+@pytest.mark.parametrize(
+    ("access", "offered"),
+    [
+        ({"imap": "public", "pop3": "public"}, {"imap", "pop3"}),
+        ({"imap": "public", "pop3": "vpn"}, {"imap"}),
+        ({"imap": "vpn", "pop3": "public"}, {"pop3"}),
+        ({"imap": "vpn", "pop3": "vpn"}, set()),
+    ],
+)
+def test_vpn_only_protocols_are_not_advertised(access: dict[str, str], offered: set[str]) -> None:
+    settings = _load("prod", {"sams:clientAccess": access})
+    files = {f.path: f.content for f in autoconfig.client_files(settings)}
+    for d in settings.mail.domains:
+        root = f"{autoconfig.CLIENTS_ROOT}/{d.name}"
+        tb = thunderbird_servers(files[f"{root}/mail/config-v1.1.xml"], d.name)
+        ol = outlook_protocols(files[f"{root}/autodiscover/autodiscover.xml"])
+        assert {s[0] for s in tb} - {"smtp"} == offered
+        assert {p[0].lower() for p in ol} - {"smtp"} == offered
+        vpn_ports = {993: "imap", 995: "pop3", 143: "imap"}
+        for port, proto in vpn_ports.items():
+            if proto not in offered:
+                assert port not in {s[2] for s in tb} | {p[2] for p in ol}
+
+
+def test_web_step_ships_the_rendered_client_documents(run: mockrun.Run, variant: str) -> None:
+    settings = settings_of(variant)
+    if not settings.config.public_web:
+        assert "tls-tls-web-copy" not in {r.name for r in run.of_type("command:remote:CopyToRemote")}
+        return
+    files = staged(run, variant, "web")
+    public = {p.number for p in public_ports(settings.config) if p.proto == "tcp"}
+    conf = files[certs.NGINX_SITE]
+    blocks = _server_blocks(conf)
+    local = next(b for b in blocks if f"listen {autoconfig.AUTODISCOVER_LOCAL};" in b)
+    local_root = re.search(r"^    root (\S+);", local, re.M)
+    assert local_root is not None and "listen 443" not in local and "listen 80" not in local
+    assert f'sub_filter "{autoconfig.ADDRESS}" "$http_x_sams_address";' in local
+    for d in settings.mail.domains:
+        client = run.outputs["clientSettings"][d.name]
+        block = next(b for b in blocks if f"server_name autoconfig.{d.name} autodiscover.{d.name};" in b)
+        root = re.search(r"^    root (\S+);", block, re.M)
+        assert root is not None
+        assert "location = /mail/config-v1.1.xml" in block
+        assert "location ~* ^/autodiscover/autodiscover\\.xml$" in block
+        thunderbird = files[f"{root.group(1)}/mail/config-v1.1.xml"]
+        # Outlook's answer comes from the local server (the address put in): its root plus the rewrite.
+        rewrite = re.search(r"rewrite \^ (\S+) break;", block)
+        assert rewrite is not None
+        outlook = files[f"{local_root.group(1)}{rewrite.group(1)}"]
+        assert outlook == files[f"{root.group(1)}/autodiscover/autodiscover.xml"]
+        assert thunderbird == autoconfig.thunderbird_config(d.name, client, public)
+        assert outlook == autoconfig.outlook_autodiscover(d.name, client, public)
+        check_documents(thunderbird, outlook, d.name, client, public)
+        assert f"proxy_pass http://{autoconfig.AUTODISCOVER_LOCAL};" in block
+        assert "listen 443 ssl;" in block and f"ssl_certificate {certs.TLS_FULLCHAIN};" in block
+
+
 # --- certbot -----------------------------------------------------------------------------------------
 
 
-def test_certificate_names_are_the_hostname_and_every_mta_sts_host(runner: Any) -> None:
+def test_certificate_names_are_the_hostname_and_every_web_host(runner: Any) -> None:
     settings = settings_of("lab")
     text = script(runner("lab"), "lab", "certbot")
     line = next(ln for ln in text.splitlines() if ln.startswith("certbot certonly"))
-    assert re.findall(r"-d (\S+)", line) == ["mail.sams.test", "mta-sts.sams.test", "mta-sts.other.test"]
+    assert re.findall(r"-d (\S+)", line) == [
+        "mail.sams.test",
+        "mta-sts.sams.test",
+        "autoconfig.sams.test",
+        "autodiscover.sams.test",
+        "mta-sts.other.test",
+        "autoconfig.other.test",
+        "autodiscover.other.test",
+    ]
     assert f"--cert-name {certs.CERT_NAME}" in line
     assert certs.certificate_names(settings)[0] == settings.config.hostname
+
+
+def test_certificate_covers_the_web_hosts_only_when_nginx_serves_them(variant: str) -> None:
+    settings = settings_of(variant)
+    names = set(certs.certificate_names(settings))
+    web = {f"{p}.{d.name}" for d in settings.mail.domains for p in ("mta-sts", "autoconfig", "autodiscover")}
+    assert (web <= names) == settings.config.public_web
+    assert names - web == {settings.config.hostname}
 
 
 def test_http01_cli_ini(runner: Any) -> None:

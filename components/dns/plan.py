@@ -157,9 +157,6 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
                 f"v=TLSRPTv1; rua=mailto:{cfg.dmarc.rua or 'postmaster@' + d}",
                 "TLS-RPT: where senders report TLS failures",
             ),
-            Record(d, f"autoconfig.{d}", "CNAME", host, "Thunderbird autoconfig"),
-            Record(d, f"autodiscover.{d}", "CNAME", host, "Outlook autodiscover"),
-            Record(d, f"_autodiscover._tcp.{d}", "SRV", "", "Outlook autodiscover", srv=(0, 0, 443, host)),
             Record(d, f"_submission._tcp.{d}", "SRV", "", "RFC 6186: submission", srv=(0, 1, 587, host)),
             Record(d, f"_submissions._tcp.{d}", "SRV", "", "RFC 8314: implicit-TLS submission", srv=(0, 1, 465, host)),
             *(
@@ -169,9 +166,13 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
             Record(d, d, "CAA", "", "no wildcard certificates", caa=(0, "issuewild", ";")),
         ]
         if cfg.public_web:
-            # Only when nginx serves the policy: a published id without its HTTPS host only makes
-            # senders fail a fetch on every delivery.
+            # Only when nginx serves them (components/tls): a published MTA-STS id without its HTTPS
+            # host makes senders fail a fetch on every delivery, and clients would ask a host that
+            # does not answer for their settings.
             rec += [
+                Record(d, f"autoconfig.{d}", "CNAME", host, "Thunderbird autoconfig"),
+                Record(d, f"autodiscover.{d}", "CNAME", host, "Outlook autodiscover"),
+                Record(d, f"_autodiscover._tcp.{d}", "SRV", "", "Outlook autodiscover", srv=(0, 0, 443, host)),
                 Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
                 Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
             ]

@@ -5,12 +5,13 @@ TLS_FULLCHAIN and TLS_KEY, which are symlinks:
 
   first boot     mail-base (bootstrap_script) makes a self-signed pair under BOOTSTRAP_DIR and
                  links the stable paths to it, so every daemon starts before any certificate exists;
-  tls-web        nginx answers ACME HTTP-01 challenges on port 80 and serves the MTA-STS policy;
+  tls-web        nginx answers ACME HTTP-01 challenges on port 80 and serves the MTA-STS policy and
+                 the mail clients' autoconfiguration (components/tls/autoconfig.py);
   tls-certbot    certbot gets one certificate (lineage CERT_NAME) for the hostname and every
-                 mta-sts.<domain>; the deploy hook points the stable paths at certbot's live files,
-                 deletes the bootstrap pair (no self-signed certificate remains) and reloads, never
-                 restarts, Postfix, Dovecot and nginx. Debian's certbot.timer renews; the same hook
-                 runs after every renewal.
+                 mta-sts.<domain>, autoconfig.<domain> and autodiscover.<domain>; the deploy hook
+                 points the stable paths at certbot's live files, deletes the bootstrap pair (no
+                 self-signed certificate remains) and reloads, never restarts, Postfix, Dovecot and nginx.
+                 Debian's certbot.timer renews; the same hook runs after every renewal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shlex
 from components.dns.plan import mta_sts_policy
 from components.remote.steps import File, StepSpec, late
 from components.render import render
+from components.tls.autoconfig import ADDRESS, AUTODISCOVER_LOCAL, CLIENTS_ROOT, client_files
 from settings import Settings
 
 # Debian 13 packages (installed with the mail stack's, so the lab bakes them into its tree).
@@ -62,11 +64,17 @@ def mta_sts_hosts(settings: Settings) -> list[str]:
     return [f"mta-sts.{d.name}" for d in settings.mail.domains]
 
 
+def web_hosts(settings: Settings) -> list[str]:
+    """Every name nginx answers on 443, per domain: the MTA-STS policy host, Thunderbird's
+    autoconfig host and Outlook's autodiscover host."""
+    return [f"{prefix}.{d.name}" for d in settings.mail.domains for prefix in ("mta-sts", "autoconfig", "autodiscover")]
+
+
 def certificate_names(settings: Settings) -> list[str]:
-    """The hostname first (the certificate's subject), then mta-sts.<domain> when nginx serves them."""
+    """The hostname first (the certificate's subject), then the web hosts when nginx serves them."""
     names = [settings.config.hostname]
     if settings.config.public_web:
-        names += [n for n in mta_sts_hosts(settings) if n not in names]
+        names += [n for n in web_hosts(settings) if n not in names]
     return names
 
 
@@ -132,17 +140,24 @@ def nginx_site(settings: Settings) -> str:
         mta_sts_hosts=mta_sts_hosts(settings),
         acme_webroot=ACME_WEBROOT,
         mta_sts_root=MTA_STS_ROOT,
+        client_domains=[d.name for d in settings.mail.domains],
+        clients_root=CLIENTS_ROOT,
+        address_placeholder=ADDRESS,
+        autodiscover_local=AUTODISCOVER_LOCAL,
         tls_fullchain=TLS_FULLCHAIN,
         tls_key=TLS_KEY,
     )
 
 
 def web_step(settings: Settings) -> StepSpec:
-    """nginx: the ACME webroot on port 80, https://mta-sts.<domain>/.well-known/mta-sts.txt on 443."""
+    """nginx: the ACME webroot on port 80; on 443 https://mta-sts.<domain>/.well-known/mta-sts.txt
+    and the mail clients' autoconfig.<domain> and autodiscover.<domain> documents."""
     files = (
         File(NGINX_SITE, nginx_site(settings)),
         # Exactly the policy whose id the _mta-sts TXT record carries (components/dns/plan.py).
         File(MTA_STS_FILE, mta_sts_policy(settings)),
+        # Static files nginx reads per request: a change needs no reload.
+        *client_files(settings),
     )
     # The enabled link and Debian's default site (it claims default_server on port 80 too) are
     # handled here rather than by a Service watch: the reload must come after the link exists.
@@ -170,7 +185,7 @@ fi
         name="tls-web",
         files=files,
         script=script,
-        description="nginx: ACME webroot on 80, MTA-STS policy on 443",
+        description="nginx: ACME webroot on 80, MTA-STS policy and client autoconfiguration on 443",
     )
 
 
@@ -223,9 +238,10 @@ def certbot_step(settings: Settings) -> StepSpec:
         late_values = (CLOUDFLARE_TOKEN,)
     if acme.server_ca:
         files.append(File(SERVER_CA, acme.server_ca if acme.server_ca.endswith("\n") else acme.server_ca + "\n"))
-        trust = f"""\
-# The ACME server's private CA (sams:acme.serverCa) joins the system store certbot reads.
-case "$SAMS_CHANGED" in *{SERVER_CA}*) update-ca-certificates >/dev/null ;; esac
+        trust = """\
+# The ACME server's private CA (sams:acme.serverCa) joins the system store certbot reads. Every
+# run, not only when the file changed: idempotent, and it repairs a run interrupted after the copy.
+update-ca-certificates >/dev/null
 """
     else:
         trust = f"""\
@@ -250,7 +266,7 @@ fi
         files=tuple(files),
         script=script,
         late_values=late_values,
-        description="certbot: the ACME certificate for the hostname and mta-sts.<domain>, renewal hook",
+        description="certbot: the ACME certificate for the hostname and the web hosts, renewal hook",
     )
 
 

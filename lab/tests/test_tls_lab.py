@@ -1,6 +1,7 @@
 """TLS in the lab: certbot on the host got its certificate from Pebble (lab/acme.py) over HTTP-01,
 every public TLS port serves it, renewal reloads Postfix, Dovecot and nginx without restarting
-them, and a sender's MTA-STS resolver fetches a valid policy for the lab domain.
+them, a sender's MTA-STS resolver fetches a valid policy for the lab domain, and Thunderbird's and
+Outlook's autoconfiguration documents are served for every domain.
 
 Clients run in `sams-inet` (the internet) and verify against Pebble's issuing root and
 intermediate, fetched from Pebble's management interface: no self-signed certificate is trusted.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from components.dns.plan import mta_sts_id, mta_sts_policy
-from components.tls import certs
+from components.tls import autoconfig, certs
 from lab import acme
 from lab.proc import netns_exec
 from lab.spec import NAMES
@@ -79,7 +80,7 @@ def served(lab: Lab, issuers: Path, checks: list[tuple[int, str]]) -> dict[str, 
 def checks_for(lab: Lab) -> list[tuple[int, str]]:
     host = lab.settings.config.hostname
     mail = [(port, host) for port in (25, 465, 587, 993, 995)]
-    return [*mail, *((443, name) for name in certs.mta_sts_hosts(lab.settings))]
+    return [*mail, *((443, name) for name in certs.web_hosts(lab.settings))]
 
 
 def test_every_tls_port_serves_the_pebble_certificate(lab: Lab, issuers: Path) -> None:
@@ -92,7 +93,10 @@ def test_every_tls_port_serves_the_pebble_certificate(lab: Lab, issuers: Path) -
     text = sh(lab, f"openssl x509 -in {certs.TLS_FULLCHAIN} -noout -issuer -subject -ext subjectAltName")
     issuer = re.search(r"^issuer=(.*)$", text, re.M)
     assert issuer is not None and "Pebble Intermediate" in issuer.group(1)
-    assert sorted(re.findall(r"DNS:([^,\s]+)", text)) == sorted(certs.certificate_names(lab.settings))
+    sans = re.findall(r"DNS:([^,\s]+)", text)
+    assert sorted(sans) == sorted(certs.certificate_names(lab.settings))
+    for d in lab.settings.mail.domains:
+        assert {f"autoconfig.{d.name}", f"autodiscover.{d.name}"} <= set(sans)
 
 
 def test_no_self_signed_certificate_remains(lab: Lab) -> None:
@@ -149,3 +153,55 @@ def test_mta_sts_query_fetches_a_valid_policy(lab: Lab, issuers: Path, tmp_path:
     policy = dict(line.split(": ", 1) for line in mta_sts_policy(lab.settings).splitlines())
     assert f"'mode': '{policy['mode']}'" in out
     assert f"'mx': ['{lab.settings.config.hostname}']" in out
+
+
+# Runs in sams-inet with the lab DNS as resolver: what Thunderbird (GET) and Outlook (POST) fetch
+# for an address, over HTTPS verified against Pebble's roots and the name asked.
+_CLIENT_FETCH = r"""
+import json, ssl, sys, urllib.request
+cafile, domains = sys.argv[1], json.loads(sys.argv[2])
+ctx = ssl.create_default_context(cafile=cafile)
+out = {}
+for d in domains:
+    address = "alice@" + d
+    thunderbird = urllib.request.urlopen(
+        f"https://autoconfig.{d}/mail/config-v1.1.xml?emailaddress=alice%40{d}", context=ctx, timeout=20
+    )
+    request = (
+        '<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/'
+        'autodiscover/outlook/requestschema/2006"><Request><EMailAddress>' + address + '</EMailAddress>'
+        '<AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/'
+        '2006a</AcceptableResponseSchema></Request></Autodiscover>'
+    ).encode()
+    url = f"https://autodiscover.{d}/autodiscover/autodiscover.xml"
+    post = urllib.request.Request(url, data=request, headers={"Content-Type": "text/xml"})
+    outlook = urllib.request.urlopen(post, context=ctx, timeout=20)
+    out[d] = {"thunderbird": thunderbird.read().decode(), "outlook": outlook.read().decode()}
+print(json.dumps(out))
+"""
+
+
+def test_mail_clients_fetch_their_autoconfiguration(lab: Lab, issuers: Path, tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {lab.spec.inet_ipv4}\n")
+    fetch = tmp_path / "fetch.py"
+    fetch.write_text(_CLIENT_FETCH)
+    domains = [d.name for d in lab.settings.mail.domains]
+    fetch_cmd = f"exec {sys.executable} {fetch} {issuers} '{json.dumps(domains)}'"
+    script = f"mount --bind {resolv} /etc/resolv.conf && {fetch_cmd}"
+    result = subprocess.run(
+        netns_exec(NAMES.ns_inet, ["unshare", "--mount", "sh", "-c", script]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    files = {f.path: f.content for f in autoconfig.client_files(lab.settings)}
+    for d in domains:
+        root = f"{autoconfig.CLIENTS_ROOT}/{d}"
+        # What the program rendered from clientSettings, the address Outlook asked about as its login.
+        assert got[d]["thunderbird"] == files[f"{root}{autoconfig.THUNDERBIRD_PATH}"]
+        assert got[d]["outlook"] == files[f"{root}{autoconfig.OUTLOOK_PATH}"].replace(autoconfig.ADDRESS, f"alice@{d}")
+        assert f"<LoginName>alice@{d}</LoginName>" in got[d]["outlook"]
+        assert f"<hostname>{lab.settings.config.hostname}</hostname>" in got[d]["thunderbird"]

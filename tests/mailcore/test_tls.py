@@ -1,6 +1,6 @@
-"""TLS with the real daemons in a Debian 13 tree: nginx serving the MTA-STS policy and the ACME
-webroot, certbot reading its configuration, and the deploy hook switching every daemon from the
-bootstrap certificate to certbot's lineage.
+"""TLS with the real daemons in a Debian 13 tree: nginx serving the MTA-STS policy, the mail clients'
+autoconfiguration and the ACME webroot, certbot reading its configuration, and the deploy hook
+switching every daemon from the bootstrap certificate to certbot's lineage.
 
 The mail steps are installed first (conftest `mail_root`: mail-base makes the bootstrap pair), then
 the TLS steps' files; the tls-web script runs (systemctl is the recording stub). nginx runs in a
@@ -20,7 +20,7 @@ import pytest
 
 import settings
 from components.dns.plan import mta_sts_policy
-from components.tls import certs
+from components.tls import autoconfig, certs
 from lab.trixie_chroot import run_in
 from tests.mailcore.conftest import DUMMY_LATE, SYSTEMCTL_LOG, install_step, run_step_script
 
@@ -150,6 +150,100 @@ def test_nginx_serves_the_policy_and_the_acme_webroot(tls_root: Path, lab_settin
     assert got["acme"]["status"] == 200 and got["acme"]["body"] == "token.keyauth"
     assert got["redirect"]["status"] == 301
     assert got["redirect"]["location"] == f"https://{hosts[0]}/.well-known/mta-sts.txt"
+
+
+# Thunderbird GETs its document (with the address as a query), Outlook POSTs its request (either
+# spelling of the path); every answer verified against the bootstrap certificate for the name asked.
+_CLIENT_PROBE = r"""
+import http.client, json, socket, ssl, sys, time
+domains, cafile = json.loads(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+
+def request(address):
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/'
+        'autodiscover/outlook/requestschema/2006"><Request><EMailAddress>' + address + '</EMailAddress>'
+        '<AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/'
+        '2006a</AcceptableResponseSchema></Request></Autodiscover>'
+    ).encode()
+
+def ask(method, host, path, body=b""):
+    try:
+        return _ask(method, host, path, body)
+    except OSError as e:  # one failing request names itself instead of hiding the others
+        return {"status": 0, "type": "", "body": repr(e)}
+
+def _ask(method, host, path, body):
+    for _ in range(50):
+        try:
+            raw = socket.create_connection(("127.0.0.1", 443), timeout=5)
+            break
+        except OSError:
+            time.sleep(0.1)
+    conn = http.client.HTTPConnection(host)
+    conn.sock = ctx.wrap_socket(raw, server_hostname=host)  # SNI and verification for the name asked
+    headers = {"Content-Type": "text/xml"} if method == "POST" else {}
+    conn.request(method, path, body=body or None, headers=headers)
+    answer = conn.getresponse()
+    return {"status": answer.status, "type": answer.getheader("content-type", ""), "body": answer.read().decode()}
+
+out = {}
+for d in domains:
+    out[d] = {
+        "thunderbird": ask("GET", f"autoconfig.{d}", f"/mail/config-v1.1.xml?emailaddress=alice%40{d}"),
+        "outlook-post": ask("POST", f"autodiscover.{d}", "/autodiscover/autodiscover.xml", request(f"alice@{d}")),
+        "outlook-post-caps": ask(
+            "POST", f"autodiscover.{d}", "/Autodiscover/Autodiscover.xml", request(f"bob.x+y@{d}")
+        ),
+        "outlook-post-markup": ask(
+            "POST", f"autodiscover.{d}", "/autodiscover/autodiscover.xml", request(f"a</LoginName><x>@{d}")
+        ),
+        "outlook-get": ask("GET", f"autodiscover.{d}", "/autodiscover/autodiscover.xml"),
+        "other-path": ask("GET", f"autoconfig.{d}", "/"),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_nginx_serves_the_client_autoconfiguration(tls_root: Path, lab_settings) -> None:
+    import json
+
+    (tls_root / "tmp/client_probe.py").write_text(_CLIENT_PROBE)
+    domains = [d.name for d in lab_settings.mail.domains]
+    script = textwrap.dedent(f"""\
+        ip link set lo up
+        nginx -g 'daemon off;' &
+        pid=$!
+        rc=0
+        python3 /tmp/client_probe.py '{json.dumps(domains)}' {certs.TLS_FULLCHAIN} || rc=$?
+        kill "$pid"
+        wait "$pid" || true
+        cat /var/log/nginx/error.log >&2
+        exit "$rc"
+        """)
+    result = run_in(tls_root, ["unshare", "--net", "/bin/sh", "-eu", "-c", script])
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    files = {f.path: f.content for f in autoconfig.client_files(lab_settings)}
+    for d in domains:
+        root = f"{autoconfig.CLIENTS_ROOT}/{d}"
+        thunderbird, outlook = files[f"{root}/mail/config-v1.1.xml"], files[f"{root}/autodiscover/autodiscover.xml"]
+        answers = got[d]
+        assert answers["thunderbird"]["status"] == 200
+        assert answers["thunderbird"]["body"] == thunderbird
+        # Outlook's answer names the address it asked about as the login name; nothing else changes.
+        logins = {
+            "outlook-post": f"alice@{d}",
+            "outlook-post-caps": f"bob.x+y@{d}",
+            "outlook-post-markup": "",  # not plainly an address: nothing of it is echoed
+            "outlook-get": "",  # no request body, no address
+        }
+        for name, login in logins.items():
+            assert answers[name]["status"] == 200, (name, answers[name])
+            assert answers[name]["body"] == outlook.replace(autoconfig.ADDRESS, login), name
+        for name in ("thunderbird", "outlook-post", "outlook-get"):
+            assert answers[name]["type"] == "text/xml", (name, answers[name]["type"])
+        assert answers["other-path"]["status"] == 404
 
 
 # --- certbot ---------------------------------------------------------------------------------------
