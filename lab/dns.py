@@ -3,8 +3,11 @@
 It serves the zones the program publishes through Cloudflare (its ``DnsRecord`` inputs, rendered by
 :mod:`components.dns.zonefile`) plus the lab's own world: the reverse zone of the lab's /24 (the
 host's PTR is its hostname, as the provider's rDNS would say), a remote sender's domain and the
-independent receiver's domain (:mod:`lab.receiver`). Nothing recurses: a name outside these zones
-gets REFUSED at once, and no query leaves the lab.
+independent receiver's domain (:mod:`lab.receiver`), and an empty root zone. Nothing recurses and
+no query leaves the lab: every other name gets an authoritative NXDOMAIN, which is what the real
+internet answers for a name that does not exist or an address no blocklist lists (RBL lookups by
+Rspamd). REFUSED instead made every such lookup a resolver error that Rspamd retries and counts
+against its only upstream, so the lab's mail path measured that, not the mail system.
 
 Why NSD: authoritative-only by design (no resolver to switch off), one short config file, zones in
 memory, ~5 MB resident, and ``nsd-checkzone`` for the unit tests. Knot would do as well; BIND is a
@@ -82,6 +85,20 @@ def lab_records(*, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv
     ]
 
 
+ROOT = "."
+# The empty root: SOA and NS only, so every name outside the lab's zones is NXDOMAIN.
+ROOT_ZONE = f"""\
+$ORIGIN .
+$TTL {TTL}
+@ IN SOA {NAMESERVER}. hostmaster.{LAB_ZONE}. 1 3600 600 86400 {TTL}
+@ IN NS {NAMESERVER}.
+"""
+
+
+def zone_file_name(zone: str) -> str:
+    return "root.zone" if zone == ROOT else f"{zone}.zone"
+
+
 def zones_for_run(
     run: mockrun.Run, *, hostname: str, public_ipv4: str, prefix: int, inet_ipv4: str, receiver_ipv4: str
 ) -> tuple[tuple[str, str], ...]:
@@ -92,7 +109,7 @@ def zones_for_run(
     extra = lab_records(hostname=hostname, public_ipv4=public_ipv4, inet_ipv4=inet_ipv4, receiver_ipv4=receiver_ipv4)
     zones = [*program_zones, LAB_ZONE, SENDER_DOMAIN, RECEIVER_DOMAIN, reverse_zone(public_ipv4, prefix)]
     files = zonefile.zone_files([*published, *extra], zones, nameservers=[NAMESERVER])
-    return tuple(sorted(files.items()))
+    return tuple(sorted({**files, ROOT: ROOT_ZONE}.items()))
 
 
 def nsd_conf(directory: Path, address: str, zones: Iterable[str]) -> str:
@@ -123,7 +140,7 @@ def nsd_conf(directory: Path, address: str, zones: Iterable[str]) -> str:
         "    control-enable: no",
     ]
     for zone in zones:
-        lines += ["zone:", f"    name: {zone}", f"    zonefile: {zone}.zone"]
+        lines += ["zone:", f"    name: {zone}", f"    zonefile: {zone_file_name(zone)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +161,7 @@ def start(spec: LabSpec, paths: StatePaths, timeout: float = 15.0) -> int | None
     d = directory(paths)
     d.mkdir(parents=True, exist_ok=True)
     for zone, text in spec.dns_zones:
-        (d / f"{zone}.zone").write_text(text)
+        (d / zone_file_name(zone)).write_text(text)
     conf = d / "nsd.conf"
     conf.write_text(nsd_conf(d, spec.inet_ipv4, [zone for zone, _ in spec.dns_zones]))
     run(["nsd-checkconf", str(conf)])

@@ -45,11 +45,13 @@ def origin(zone: dns.zone.Zone) -> dns.name.Name:
 
 def rdatas(parsed: dict[str, dns.zone.Zone], name: str, kind: str) -> set[str]:
     owner = dns.name.from_text(name)
-    for zone in parsed.values():
-        if owner.is_subdomain(origin(zone)):
-            found = zone.get_rdataset(owner, kind)
-            return {r.to_text() for r in found} if found else set()
-    return set()
+    # The most specific zone answers, as on the wire (the lab also serves the root).
+    holders = [z for z in parsed.values() if owner.is_subdomain(origin(z))]
+    if not holders:
+        return set()
+    zone = max(holders, key=lambda z: len(origin(z)))
+    found = zone.get_rdataset(owner, kind)
+    return {r.to_text() for r in found} if found else set()
 
 
 def expected_rdata(inputs: dict[str, object]) -> str:
@@ -184,6 +186,9 @@ def test_lab_serves_the_program_zones_and_its_own(runner: Callable[[str], mockru
     assert rdatas(parsed, "receiver.example", "MX") == {"10 mx.receiver.example."}
     assert rdatas(parsed, "mx.receiver.example", "A") == {"198.18.0.20"}
     assert rdatas(parsed, "ns.lab.example", "A") == {"198.18.0.1"}
+    # The empty root: SOA and NS only, so every other name is an authoritative NXDOMAIN.
+    root = parsed["."]
+    assert [str(n) for n in root.nodes] == ["."] and rdatas({".": root}, ".", "NS") == {"ns.lab.example."}
     for zone, text in zones.items():
         proc = nsd_checkzone(zone, text, tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
