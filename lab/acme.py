@@ -12,18 +12,16 @@ intermediate from its management interface for the clients.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from lab.proc import LabError, alive, kill_pids, netns_exec, read_pid, run, tail, wait_gone
+from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
 from lab.spec import NAMES, LabSpec, StatePaths
 
 log = logging.getLogger("lab.acme")
@@ -214,26 +212,9 @@ def issuer_pems(paths: StatePaths, inet_ipv4: str) -> str:
 
 
 def running(paths: StatePaths) -> int | None:
-    pid = read_pid(directory(paths) / "pebble.run-pid")
-    return pid if pid is not None and alive(pid) and _is_pebble(pid) else None
+    return daemon_pid(directory(paths) / "pebble.run-pid", b"pebble\0-config\0")
 
 
 def stop(paths: StatePaths) -> list[str]:
     """Stop Pebble (SIGTERM, then SIGKILL); its files go with run/."""
-    pid = running(paths)
-    if pid is None:
-        return []
-    kill_pids([pid], signal.SIGTERM)
-    left = wait_gone([pid], 5.0)
-    kill_pids(left, signal.SIGKILL)
-    wait_gone(left, 5.0)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # our child when a test session started it: no zombie
-    return [f"pebble {pid}"]
-
-
-def _is_pebble(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"pebble")
-    except OSError:
-        return False
+    return stop_daemon(running(paths), "pebble")

@@ -19,11 +19,8 @@ run); :func:`start` writes them with ``nsd.conf`` into ``run/dns`` and starts ``
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -32,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from components.dns import zonefile
 from components.dns.zonefile import ZoneRecord
-from lab.proc import LabError, alive, kill_pids, netns_exec, read_pid, run, tail, wait_gone
+from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
 from lab.spec import NAMES, LabSpec, StatePaths
 
 if TYPE_CHECKING:
@@ -213,26 +210,9 @@ def wait_answering(server: str, zones: Sequence[str], timeout: float, proc: subp
 
 def running(paths: StatePaths) -> int | None:
     """NSD's pid if the lab's NSD runs."""
-    pid = read_pid(directory(paths) / "nsd.run-pid")
-    return pid if pid is not None and alive(pid) and _is_nsd(pid) else None
+    return daemon_pid(directory(paths) / "nsd.run-pid", b"nsd\0-d\0")
 
 
 def stop(paths: StatePaths) -> list[str]:
     """Stop NSD (SIGTERM, then SIGKILL); its files go with run/."""
-    pid = running(paths)
-    if pid is None:
-        return []
-    kill_pids([pid], signal.SIGTERM)
-    left = wait_gone([pid], 5.0)
-    kill_pids(left, signal.SIGKILL)
-    wait_gone(left, 5.0)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # our child when a test session started it: no zombie
-    return [f"nsd {pid}"]
-
-
-def _is_nsd(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"nsd")
-    except OSError:
-        return False
+    return stop_daemon(running(paths), "nsd")

@@ -119,6 +119,32 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
+def daemon_pid(pid_file: Path, needle: bytes) -> int | None:
+    """The pid in *pid_file* if that process is alive and its command line contains *needle*
+    (a reused pid of some other program is not ours to signal)."""
+    pid = read_pid(pid_file)
+    if pid is None or not alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if needle in cmdline else None
+
+
+def stop_daemon(pid: int | None, what: str) -> list[str]:
+    """SIGTERM, then SIGKILL after 5 s; reaped if it is our child. Returns what was stopped."""
+    if pid is None:
+        return []
+    kill_pids([pid], signal.SIGTERM)
+    left = wait_gone([pid], 5.0)
+    kill_pids(left, signal.SIGKILL)
+    wait_gone(left, 5.0)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our child when a test session started it: no zombie
+    return [f"{what} {pid}"]
+
+
 def tail(path: Path, lines: int = 40) -> str:
     """Last *lines* lines of a text file (for error messages)."""
     try:

@@ -17,7 +17,6 @@ namespace it is started in); :func:`start` / :func:`stop` run it for the lab.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.utils
 import logging
 import os
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.proc import LabError, alive, kill_pids, netns_exec, read_pid, run, tail, wait_gone
+from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
 from lab.spec import NAMES, LabSpec, StatePaths
 
 log = logging.getLogger("lab.receiver")
@@ -235,25 +234,11 @@ def start(spec: LabSpec, paths: StatePaths, *, name: str, domain: str, timeout: 
 
 def running(paths: StatePaths) -> int | None:
     """The receiver's pid if it runs."""
-    pid = read_pid(directory(paths) / "receiver.pid")
-    if pid is None or not alive(pid):
-        return None
-    try:
-        return pid if b"lab.receiver" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
-    except OSError:
-        return None
+    return daemon_pid(directory(paths) / "receiver.pid", b"lab.receiver")
 
 
 def stop(paths: StatePaths) -> list[str]:
-    pid = running(paths)
-    if pid is None:
-        return []
-    kill_pids([pid], signal.SIGTERM)
-    kill_pids(wait_gone([pid], 5.0), signal.SIGKILL)
-    wait_gone([pid], 5.0)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return [f"receiver {pid}"]
+    return stop_daemon(running(paths), "receiver")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from components.mail.services import (
     mail_packages_step,
     mail_steps,
 )
-from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from components.remote import RemoteStep, Tunnel, chain
 from components.remote.steps import File, StepSpec, late
 from settings import Settings
 
@@ -101,17 +101,5 @@ class Mail(pulumi.ComponentResource):
             dkim_step(args.dkim, args.dkim_published),
             *mail_steps(args.settings, args.dkim_phase),
         )
-        previous: Sequence[pulumi.Resource] = tuple(args.after)
-        self.steps: list[RemoteStep] = []
-        for spec in specs:
-            missing = set(spec.late_values) - set(values)
-            if missing:
-                raise ValueError(f"step {spec.name} needs late values nobody provides: {sorted(missing)}")
-            step = RemoteStep(
-                f"{name}-{spec.name}",
-                RemoteStepArgs(spec, args.tunnel, late={k: values[k] for k in spec.late_values}, after=previous),
-                pulumi.ResourceOptions(parent=self),
-            )
-            self.steps.append(step)
-            previous = (step,)
+        self.steps: list[RemoteStep] = chain(name, specs, args.tunnel, values, after=args.after, parent=self)
         self.register_outputs({"steps": [s.name for s in specs]})

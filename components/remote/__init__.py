@@ -110,3 +110,30 @@ class RemoteStep(pulumi.ComponentResource):
         self.digest = content
         self.summary = self.command.stdout
         self.register_outputs({"digest": content, "summary": self.command.stdout})
+
+
+def chain(
+    name: str,
+    specs: Sequence[StepSpec],
+    tunnel: Tunnel,
+    values: Mapping[str, pulumi.Input[str]],
+    *,
+    after: Sequence[pulumi.Resource],
+    parent: pulumi.Resource,
+) -> list[RemoteStep]:
+    """RemoteSteps for `specs` in order, each after the one before (the first after `after`),
+    each given the late values it declares from `values`."""
+    steps: list[RemoteStep] = []
+    previous: Sequence[pulumi.Resource] = tuple(after)
+    for spec in specs:
+        missing = set(spec.late_values) - set(values)
+        if missing:
+            raise ValueError(f"step {spec.name} needs late values nobody provides: {sorted(missing)}")
+        step = RemoteStep(
+            f"{name}-{spec.name}",
+            RemoteStepArgs(spec, tunnel, late={k: values[k] for k in spec.late_values}, after=previous),
+            pulumi.ResourceOptions(parent=parent),
+        )
+        steps.append(step)
+        previous = (step,)
+    return steps

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from components.remote import RemoteStep, Tunnel, chain
 from components.tls.certs import CLOUDFLARE_TOKEN, tls_steps
 from settings import Settings
 
@@ -32,18 +32,6 @@ class Tls(pulumi.ComponentResource):
         values: dict[str, pulumi.Input[str]] = {}
         if args.cloudflare_token is not None:
             values[CLOUDFLARE_TOKEN] = pulumi.Output.secret(args.cloudflare_token)
-        previous: Sequence[pulumi.Resource] = tuple(args.after)
         specs = tls_steps(args.settings)
-        self.steps: list[RemoteStep] = []
-        for spec in specs:
-            missing = set(spec.late_values) - set(values)
-            if missing:
-                raise ValueError(f"step {spec.name} needs late values nobody provides: {sorted(missing)}")
-            step = RemoteStep(
-                f"{name}-{spec.name}",
-                RemoteStepArgs(spec, args.tunnel, late={k: values[k] for k in spec.late_values}, after=previous),
-                pulumi.ResourceOptions(parent=self),
-            )
-            self.steps.append(step)
-            previous = (step,)
+        self.steps: list[RemoteStep] = chain(name, specs, args.tunnel, values, after=args.after, parent=self)
         self.register_outputs({"steps": [s.name for s in specs]})

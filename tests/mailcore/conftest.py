@@ -120,9 +120,9 @@ def mail_root(
 ) -> Iterator[Path]:
     """A scratch trixie tree with every mail step installed and its script run, in order."""
     if os.geteuid() != 0:
-        pytest.skip("the chroot tests need root (mount, chroot)")
+        pytest.fail("the chroot tests need root (mount, chroot): run them through ./run test")
     if not shutil.which("mmdebstrap") and not _tree_cached():
-        pytest.skip("mmdebstrap is not installed and no cached tree exists")
+        pytest.fail("mmdebstrap is not installed and no cached tree exists: run ./run setup")
     from lab.trixie_chroot import mounted, scratch
 
     with scratch(tmp_path_factory.mktemp("mailcore")) as root, mounted(root):

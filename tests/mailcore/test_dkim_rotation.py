@@ -269,7 +269,7 @@ def verifies(message: bytes, txt: dict[str, bytes]) -> bool:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     if os.geteuid() != 0:
-        pytest.skip("the chroot tests need root (mount, chroot)")
+        pytest.fail("the chroot tests need root (mount, chroot): run them through ./run test")
     from lab.trixie_chroot import mounted, scratch
 
     lab = stack(ROTATION)
