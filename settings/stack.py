@@ -153,9 +153,21 @@ class VaultSettings(_Config):
     )
 
 
+# How new mailbox passwords are hashed (components/users/hashing.py has the trade-off).
+PasswordScheme = Literal["SHA512-CRYPT", "ARGON2ID"]
+
+
 class UsersSettings(_Config):
     archive_days: int = Field(
         default=30, gt=0, description="days an offboarded user's archived Maildir is kept before it is purged"
+    )
+    password_scheme: PasswordScheme = Field(
+        default="SHA512-CRYPT",
+        description=(
+            "hash scheme of new passwords (first passwords and rotations; Dovecot keeps verifying older hashes "
+            "by their own prefix): SHA512-CRYPT (~2 ms a login) or ARGON2ID (64 MiB, ~250 ms and 64 MiB of "
+            "memory a login); see components/users/hashing.py"
+        ),
     )
 
 

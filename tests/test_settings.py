@@ -113,6 +113,10 @@ CONFIG_CASES = {
         {"sams:provider": "existing"},
         "sams:existing = None: provider is 'existing' but this section is missing",
     ),
+    "unknown password scheme": (
+        {"sams:users": {"passwordScheme": "MD5-CRYPT"}},
+        "sams:users.passwordScheme = 'MD5-CRYPT': Input should be 'SHA512-CRYPT' or 'ARGON2ID'",
+    ),
     "bad ssh key": ({"sams:adminSshKeys": ["ssh-rsa"]}, "sams:adminSshKeys[0] = 'ssh-rsa': not an OpenSSH public key"),
     "private CA without its CAA issuer": (
         {"sams:acme": {"directory": "https://acme.internal.example/dir"}},

@@ -196,6 +196,10 @@ def test_lab_serves_the_program_zones_and_its_own(runner: Callable[[str], mockru
     conf.write_text(labdns.nsd_conf(tmp_path, "198.18.0.1", zones))
     check = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
+    # No response rate limiting: under it a busy host's RBL lookups got TC answers, Rspamd moved
+    # to DNS over TCP and its resolver then spun on the idle connection (a core at 100 %).
+    rrl = subprocess.run(["nsd-checkconf", "-o", "rrl-ratelimit", str(conf)], capture_output=True, text=True)
+    assert rrl.stdout.strip() == "0", rrl.stdout + rrl.stderr
 
 
 def test_reverse_zone_needs_an_octet_boundary() -> None:

@@ -32,6 +32,8 @@ TLS_DIR, TLS_FULLCHAIN, TLS_KEY = certs.TLS_DIR, certs.TLS_FULLCHAIN, certs.TLS_
 POSTFIX_SPOOL = "/var/spool/postfix"
 # Relative to the spool: how Postfix's (chrooted) daemons name the sockets.
 LMTP_SOCKET = "private/dovecot-lmtp"
+# Concurrent LMTP deliveries: Postfix's limit for the socket and Dovecot's per-user limit, one number.
+LMTP_CONCURRENCY = 20
 AUTH_SOCKET = "private/auth"
 # Dovecot's quota policy service: Postfix refuses mail for a full mailbox at RCPT time.
 QUOTA_STATUS_SOCKET = "private/quota-status"
@@ -54,7 +56,6 @@ OPENDKIM_DIR = "/etc/opendkim"
 RSPAMD_LOCAL = "/etc/rspamd"
 # Outside local.d/override.d so Rspamd never includes it on its own; written by the step script.
 RSPAMD_PASSWORD_INC = "sams/controller-password.inc"
-RSPAMD_NORMAL_WORKER = "127.0.0.1:11333"
 RSPAMD_CONTROLLER = "127.0.0.1:11334"
 REDIS = "127.0.0.1:6379"
 REDIS_MAXMEMORY = "256mb"
@@ -140,6 +141,7 @@ def postfix_step(settings: Settings) -> StepSpec:
                 hostname=cfg.hostname,
                 pgsql_dir=PGSQL_DIR,
                 lmtp_socket=LMTP_SOCKET,
+                lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 tls_fullchain=TLS_FULLCHAIN,
@@ -201,6 +203,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 vmail_root=VMAIL_ROOT,
                 postfix_spool=POSTFIX_SPOOL,
                 lmtp_socket=LMTP_SOCKET,
+                lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
                 quota_status_socket=QUOTA_STATUS_SOCKET,
             ),
@@ -312,12 +315,11 @@ def rspamd_step(settings: Settings) -> StepSpec:
             "override.d/worker-proxy.inc",
             postfix_spool=POSTFIX_SPOOL,
             rspamd_milter=RSPAMD_MILTER,
-            normal_worker=RSPAMD_NORMAL_WORKER,
         ),
         rspamd_file(
             "override.d/worker-controller.inc", controller=RSPAMD_CONTROLLER, password_file=RSPAMD_PASSWORD_INC
         ),
-        rspamd_file("override.d/worker-normal.inc", normal_worker=RSPAMD_NORMAL_WORKER),
+        rspamd_file("override.d/worker-normal.inc"),
         rspamd_file("local.d/redis.conf", redis=REDIS),
         rspamd_file("local.d/greylist.conf"),
         rspamd_file("local.d/dkim_signing.conf"),

@@ -94,6 +94,7 @@ class Users(pulumi.ComponentResource):
             {
                 "mailboxes": mailboxes(settings),
                 "vault": {"address": resolve_address(vault.address), "mount": vault.mount, "prefix": vault.prefix},
+                "scheme": settings.config.users.password_scheme,
                 "token": pulumi.Output.secret(token) if token else None,
             },
             pulumi.ResourceOptions(parent=self),

@@ -19,8 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.users.hashing import hash_password
 from components.users.steps import TOOL, TOOL_SOURCE
-from components.users.vault import Store, VaultTarget, generate_password, hash_password, parallel, resolve_address
+from components.users.vault import Store, VaultTarget, generate_password, parallel, resolve_address
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     old = dict(zip(targets, parallel(store.read, targets), strict=True))
     new = {a: generate_password() for a in targets}
-    hashes = dict(zip(targets, parallel(lambda a: hash_password(new[a]), targets), strict=True))
+    scheme = settings.config.users.password_scheme
+    hashes = dict(zip(targets, parallel(lambda a: hash_password(new[a], scheme), targets), strict=True))
     parallel(lambda a: store.write(a, new[a]), targets)
 
     if args.psql:

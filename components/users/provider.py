@@ -10,7 +10,9 @@ support preview updates), and neither touches Vault: writes happen in create/upd
 On create/update, for the mailboxes in the list:
   * a mailbox without a hash in state gets a random password written with cas=0 (only if no
     secret exists: an existing, possibly changed, password is read instead, never overwritten),
-    and its Argon2id hash is kept in the `hashes` output (a secret);
+    and its hash (scheme: the `scheme` input, sams:users.passwordScheme) is kept in the `hashes`
+    output (a secret); a scheme change alone changes nothing: it applies to the next new or rotated
+    password, and Dovecot keeps verifying every stored hash by its own prefix;
   * a mailbox that left the list loses its secret, every version and the metadata, and is named
     in `removed` so the users step disables it and archives its Maildir.
 Delete (the resource leaving the program, or a stack destroy) does NOT delete the secrets:
@@ -19,11 +21,15 @@ offboarding is removing users from the list, never a side effect of tearing down
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components.users.hashing import SCHEMES, Scheme
 from components.users.vault import Store, VaultTarget, onboard, parallel
+
+# The program always sets the input; this covers a state written before the input existed.
+DEFAULT_SCHEME: Scheme = "SHA512-CRYPT"
 
 RESOURCE_ID = "sams-mailbox-secrets"
 
@@ -58,6 +64,8 @@ class MailboxSecretsProvider(ResourceProvider):
         failures = []
         if not isinstance(news.get("mailboxes"), dict):
             failures.append(CheckFailure("mailboxes", "must be a map of domain -> list of local parts"))
+        if news.get("scheme", DEFAULT_SCHEME) not in SCHEMES:
+            failures.append(CheckFailure("scheme", f"must be one of {', '.join(SCHEMES)}, not {news.get('scheme')!r}"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -79,7 +87,8 @@ class MailboxSecretsProvider(ResourceProvider):
         to_onboard, to_offboard = plan(olds, news)
         store = Store(target(news))
         parallel(store.delete, to_offboard)
-        fresh = dict(zip(to_onboard, parallel(lambda a: onboard(store, a), to_onboard), strict=True))
+        scheme = cast(Scheme, news.get("scheme", DEFAULT_SCHEME))
+        fresh = dict(zip(to_onboard, parallel(lambda a: onboard(store, a, scheme), to_onboard), strict=True))
         listed = addresses(news.get("mailboxes"))
         kept = {a: h for a, h in (olds.get("hashes") or {}).items() if a in listed}
         return {**news, "hashes": {**kept, **fresh}, "removed": to_offboard}

@@ -15,27 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from components.users.hashing import Scheme, hash_password
+
 PASSWORD_LENGTH = 16
 # Letters and digits only: nothing a mail client, shell or URL could mangle; 16 of 62 ≈ 95 bits.
 ALPHABET = string.ascii_letters + string.digits
-# Argon2id, single lane: Dovecot 2.4 verifies {ARGON2ID} through libsodium, whose verifier needs
-# p=1. 64 MiB / 3 passes is libsodium's "moderate"-class cost and ~50 ms a hash here.
-ARGON2_TIME_COST = 3
-ARGON2_MEMORY_KIB = 65536
-ARGON2_PARALLELISM = 1
-WORKERS = 8  # argon2-cffi and hvac's HTTP both release the GIL
+WORKERS = 8  # argon2-cffi and hvac's HTTP release the GIL (SHA512-CRYPT's rounds mostly do not)
 
 
 def generate_password() -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(PASSWORD_LENGTH))
-
-
-def hash_password(password: str) -> str:
-    """Dovecot's "{ARGON2ID}$argon2id$v=19$m=…,t=…,p=1$salt$hash" form (the schema's CHECK accepts it)."""
-    from argon2 import PasswordHasher
-
-    ph = PasswordHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM)
-    return "{ARGON2ID}" + ph.hash(password)
 
 
 def parallel(fn: Any, items: Iterable[Any]) -> list[Any]:
@@ -137,7 +126,7 @@ class Store:
         return sorted(out)
 
 
-def onboard(store: Store, address: str) -> str:
+def onboard(store: Store, address: str, scheme: Scheme) -> str:
     """The hash of the mailbox's password: a new random one if it has no secret yet, else the stored one."""
     password = generate_password()
     if not store.create_if_absent(address, password):
@@ -145,4 +134,4 @@ def onboard(store: Store, address: str) -> str:
         if existing is None:
             raise RuntimeError(f"Vault secret for {address} exists but holds no password")
         password = existing
-    return hash_password(password)
+    return hash_password(password, scheme)

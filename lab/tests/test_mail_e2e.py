@@ -280,11 +280,11 @@ def verify_dkim(raw: bytes, server: str) -> dict[str, Any]:
     return {"ok": ok, "d": (signature.domain or b"").decode(), "s": (signature.selector or b"").decode()}
 
 
-# Rspamd is ready when its normal worker answers and its milter socket listens (milter_default_action
+# Rspamd is ready when its controller answers and its milter socket listens (milter_default_action
 # is tempfail: a message submitted while it starts gets 451).
 WAIT_RSPAMD = f"""for i in $(seq 300); do
   ss -Hxl src {services.POSTFIX_SPOOL}/{services.RSPAMD_MILTER} | grep -q . &&
-  python3 -c "import urllib.request as u; u.urlopen('http://{services.RSPAMD_NORMAL_WORKER}/ping', timeout=1)" \\
+  python3 -c "import urllib.request as u; u.urlopen('http://{services.RSPAMD_CONTROLLER}/ping', timeout=1)" \\
     2>/dev/null && exit 0
   sleep 0.2
 done
@@ -327,7 +327,8 @@ def known_passwords(lab: Lab) -> Iterator[dict[str, str]]:
     not leave its own behind for the modules after this one.
     """
     saved = stored_hashes(lab)
-    write_hashes(lab, {a: sh(lab, f"doveadm pw -s ARGON2ID -p '{password_of(a)}'").strip() for a in USERS})
+    scheme = lab.settings.config.users.password_scheme  # what onboarding would have written
+    write_hashes(lab, {a: sh(lab, f"doveadm pw -s {scheme} -p '{password_of(a)}'").strip() for a in USERS})
     try:
         yield {a: password_of(a) for a in USERS}
     finally:

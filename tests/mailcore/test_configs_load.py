@@ -122,6 +122,15 @@ def test_dovecot_tls_floor_and_sockets(mail_root: Path) -> None:
     assert "unix_listener /var/spool/postfix/private/auth" in out
 
 
+def test_dovecot_takes_every_lmtp_session_postfix_opens(mail_root: Path) -> None:
+    """Dovecot's per-user LMTP limit is not below Postfix's concurrency (else bursts are deferred)."""
+    dovecot = int(_ok(mail_root, "doveconf", "-h", "lmtp_user_concurrency_limit"))
+    postfix = int(_ok(mail_root, "postconf", "-h", "lmtp_destination_concurrency_limit"))
+    assert dovecot >= postfix == services.LMTP_CONCURRENCY
+    # 2.4 files maildir_* settings under the `maildir` filter (applied where mail_driver = maildir).
+    assert re.search(r"^maildir \{\n(  .*\n)*  very_dirty_syncs = yes$", _ok(mail_root, "doveconf", "-n"), re.M)
+
+
 def test_dovecot_sql_conf_is_root_only_and_has_the_password(mail_root: Path) -> None:
     path = mail_root / services.DOVECOT_SQL_CONF.lstrip("/")
     assert path.stat().st_mode & 0o077 == 0
@@ -155,6 +164,9 @@ def test_rspamd_effective_config(mail_root: Path) -> None:
     dump = _ok(mail_root, "rspamadm", "configdump", "-c", "/etc/rspamd/rspamd.conf", "worker")
     assert services.POSTFIX_SPOOL + "/" + services.RSPAMD_MILTER in dump
     assert "localhost:11332" not in dump  # the default TCP proxy socket was replaced, not extended
+    # The proxy scans by itself; the normal worker (and its port 11333) is off.
+    assert re.search(r"rspamd_proxy \{.*?self_scan = true;", dump, re.S), dump
+    assert re.search(r"normal \{[^}]*enabled = false;", dump, re.S), dump
     assert '"127.0.0.1:11334"' in dump or "127.0.0.1:11334" in dump
     assert re.search(r'password = "\$2\$', dump), "controller password is not a rspamadm pw hash"
     assert DUMMY_LATE["rspamd_controller_password"] not in dump

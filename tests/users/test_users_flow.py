@@ -7,6 +7,8 @@ Each test builds on the previous one (module order), like successive `pulumi up`
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
 import json
 import logging
@@ -23,6 +25,7 @@ from argon2 import PasswordHasher
 
 import mockrun
 from components.database import schema
+from components.users.hashing import SCHEMES, hash_password
 from components.users.steps import TOOL_SOURCE
 from settings import load
 from tests.users.conftest import Bao, Postgres
@@ -99,10 +102,20 @@ def _encoded(values: dict[str, Any]) -> dict[str, str]:
 
 
 def verifies(hashed: str, password: str) -> bool:
+    """Checked by implementations other than the program's: libxcrypt's crypt(3) and argon2-cffi."""
+    if hashed.startswith("{SHA512-CRYPT}"):
+        crypted = hashed.removeprefix("{SHA512-CRYPT}")
+        return libcrypt(password, crypted) == crypted
     try:
         return bool(PasswordHasher().verify(hashed.removeprefix("{ARGON2ID}"), password))
     except Exception:
         return False
+
+
+def libcrypt(password: str, setting: str) -> str:
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt.restype = ctypes.c_char_p
+    return (lib.crypt(password.encode(), setting.encode()) or b"").decode()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +135,8 @@ def test_onboarding_two_domains_three_users(world: World) -> None:
         pw = world.password(address)
         assert re.fullmatch(r"[A-Za-z0-9]{16}", pw), address
         hashed = world.hash_of(address)
-        assert hashed and hashed.startswith("{ARGON2ID}$argon2id$") and ",p=1$" in hashed
+        # The stack's default scheme (sams:users.passwordScheme), crypt(3)'s standard 5,000 rounds.
+        assert hashed and re.fullmatch(r"\{SHA512-CRYPT\}\$6\$[./0-9A-Za-z]{16}\$[./0-9A-Za-z]{86}", hashed), hashed
         assert verifies(hashed, pw)
     assert len({world.password(a) for a in ALL}) == 6
 
@@ -138,6 +152,19 @@ def test_dovecot_verifies_the_hash(world: World) -> None:
     assert ok.returncode == 0 and "verified" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
     bad = run_in(world.pg.root, ["doveadm", "pw", "-t", hashed, "-p", pw + "x"])
     assert bad.returncode != 0
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_dovecot_verifies_every_scheme_the_setting_offers(world: World, scheme: str) -> None:
+    from lab.trixie_chroot import run_in
+
+    for password in ("Short1", "a much longer passphrase with spaces and ünïcödé, past 64 bytes " * 2):
+        hashed = hash_password(password, scheme)  # type: ignore[arg-type]
+        assert hashed.startswith("{" + scheme + "}")
+        ok = run_in(world.pg.root, ["doveadm", "pw", "-t", hashed, "-p", password])
+        assert ok.returncode == 0 and "verified" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
+        bad = run_in(world.pg.root, ["doveadm", "pw", "-t", hashed, "-p", password[:-1]])
+        assert bad.returncode != 0
 
 
 def test_a_changed_password_survives_a_rerun(world: World) -> None:

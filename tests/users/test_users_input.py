@@ -60,6 +60,13 @@ def test_diff_and_check_never_reach_vault() -> None:
     diff = provider.diff("id", olds, news)
     assert diff.changes and diff.replaces == []
     assert plan(olds, news) == (["z@a.test"], ["y@a.test"])
+    # A scheme change alone re-hashes nobody: it applies to the next new or rotated password.
+    rescheme = {**olds, "scheme": "ARGON2ID"}
+    assert not provider.diff("id", {**olds, "scheme": "SHA512-CRYPT"}, rescheme).changes
+    bad = provider.check(olds, {**news, "scheme": "MD5-CRYPT"}).failures
+    assert [(f.property, f.reason) for f in bad] == [
+        ("scheme", "must be one of SHA512-CRYPT, ARGON2ID, not 'MD5-CRYPT'")
+    ]
     same = {**olds, "token": "t"}
     assert not provider.diff("id", olds, same).changes
     provider.delete("id", olds)  # leaves secrets alone: no Vault call either
@@ -81,9 +88,9 @@ def test_the_shipped_policy_is_enough_and_no_more(bao: Bao) -> None:
     token = root.auth.token.create(policies=["sams"], no_default_policy=True, ttl="10m")["auth"]["client_token"]
     root.secrets.kv.v2.create_or_update_secret(path="other/thing", secret={"x": "y"}, mount_point="secret")
     store = Store(VaultTarget(bao.address, token, "secret", "mail/users"))
-    first = onboard(store, "policy@check.test")
-    assert first.startswith("{ARGON2ID}")
-    assert onboard(store, "policy@check.test") != first  # read back, same password, new salt
+    first = onboard(store, "policy@check.test", "SHA512-CRYPT")
+    assert first.startswith("{SHA512-CRYPT}$6$")
+    assert onboard(store, "policy@check.test", "SHA512-CRYPT") != first  # read back, same password, new salt
     before = store.read("policy@check.test")
     store.write("policy@check.test", "rotated-password")
     assert store.read("policy@check.test") == "rotated-password" != before
