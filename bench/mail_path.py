@@ -112,11 +112,12 @@ def _unit_name(cgroup: str) -> str:
     return "postgres (container)" if cgroup.startswith("docker-") and cgroup.endswith(".scope") else cgroup
 
 
-# The units that are the mail stack (the rest of the host: systemd, journald, sshd, fail2ban,
-# unattended-upgrades, nginx for MTA-STS, and the lab's wireguard-go, which a VPS runs in its kernel).
+# The units that are the mail stack, Rspamd's resolver included (the rest of the host: systemd,
+# journald, sshd, fail2ban, unattended-upgrades, nginx for MTA-STS, and the lab's wireguard-go,
+# which a VPS runs in its kernel).
 STACK = (
     "postfix.service", "dovecot.service", "opendkim.service", "rspamd.service", "redis-server.service",
-    "postgres (container)", "docker.service", "containerd.service", "sams-postgres.service",
+    "postgres (container)", "docker.service", "containerd.service", "sams-postgres.service", "unbound.service",
 )  # fmt: skip
 
 

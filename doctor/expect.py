@@ -32,6 +32,7 @@ from settings import Settings
 
 # Services behind ports that are never in the policy but must never answer from outside either.
 _NEVER_PUBLIC_SERVICES = {
+    53: "unbound (the host's resolver)",
     6379: "redis",
     8891: "opendkim milter",
     11332: "rspamd proxy",

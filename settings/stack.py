@@ -136,6 +136,22 @@ class DnsSettings(_Config):
     ttl: int = Field(default=300, ge=60, le=86400)
 
 
+class ResolverSettings(_Config):
+    """The host's own caching resolver (Unbound on loopback), which Rspamd asks.
+
+    DNS blocklists refuse queries that reach them through large shared resolvers (a provider's),
+    so a mail host resolves for itself: from the root, validating DNSSEC, unless told otherwise.
+    """
+
+    forwarders: list[IPv4Address] = Field(
+        default_factory=list,
+        description="send every query to these resolvers instead of resolving from the root (empty: from the root)",
+    )
+    dnssec: bool = Field(
+        default=True, description="validate DNSSEC; off only where the zones above cannot be validated (the lab)"
+    )
+
+
 class VaultSettings(_Config):
     """Where the mailbox passwords live: KV v2 at <mount>/data/<prefix>/<domain>/<user>.
 
@@ -221,6 +237,7 @@ class StackConfig(_Config):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dkim: DkimSettings = Field(default_factory=DkimSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
+    resolver: ResolverSettings = Field(default_factory=ResolverSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     users: UsersSettings = Field(default_factory=UsersSettings)
     mail_list: str | None = Field(default=None, description="defaults to stacks/<stack>/mail_list.yml")

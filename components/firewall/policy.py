@@ -15,7 +15,7 @@ Proto = Literal["tcp", "udp"]
 Exposure = Literal["public", "vpn"]
 
 # Never on the public address, whatever the settings say (asserted by tests and the policy pack).
-NEVER_PUBLIC: frozenset[int] = frozenset({22, 5432, 6379, 8891, 11332, 11333, 11334})
+NEVER_PUBLIC: frozenset[int] = frozenset({22, 53, 5432, 6379, 8891, 11332, 11333, 11334})
 
 
 @dataclass(frozen=True, order=True)

@@ -58,6 +58,9 @@ RSPAMD_LOCAL = "/etc/rspamd"
 RSPAMD_PASSWORD_INC = "sams/controller-password.inc"
 RSPAMD_CONTROLLER = "127.0.0.1:11334"
 REDIS = "127.0.0.1:6379"
+# The host's caching resolver (Unbound, loopback only), for Rspamd's DNS.
+RESOLVER = "127.0.0.1:53"
+UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
 
 # Late values (arrive on stdin at apply time).
@@ -321,6 +324,15 @@ def rspamd_step(settings: Settings) -> StepSpec:
         ),
         rspamd_file("override.d/worker-normal.inc"),
         rspamd_file("local.d/redis.conf", redis=REDIS),
+        rspamd_file("local.d/options.inc", resolver=RESOLVER),
+        File(
+            UNBOUND_CONF,
+            _render(
+                "etc/unbound/unbound.conf.d/sams.conf.j2",
+                forwarders=[str(a) for a in settings.config.resolver.forwarders],
+                dnssec=settings.config.resolver.dnssec,
+            ),
+        ),
         rspamd_file("local.d/greylist.conf"),
         rspamd_file("local.d/dkim_signing.conf"),
         rspamd_file("local.d/arc.conf"),
@@ -345,6 +357,10 @@ umask 027
 printf 'password = "%s";\\n' "$hash" > {password_file}.new
 chgrp _rspamd {password_file}.new
 mv {password_file}.new {password_file}
+# Debian's unit copies the DNSSEC root anchor into place when Unbound starts; do it first so the
+# check below sees a complete configuration wherever Unbound has not started yet.
+/usr/libexec/unbound-helper root_trust_anchor_update >/dev/null
+unbound-checkconf >/dev/null
 rspamadm configtest -q
 systemctl reload rspamd
 """
@@ -352,6 +368,7 @@ systemctl reload rspamd
         name="rspamd",
         files=files,
         services=(
+            Service("unbound", (UNBOUND_CONF,), "restart"),
             # Listening sockets are bound at start: worker changes restart, the rest reloads.
             Service("rspamd", (f"{RSPAMD_LOCAL}/override.d/worker-*",), "restart"),
             Service("rspamd", (f"{RSPAMD_LOCAL}/local.d/*",), "reload"),
@@ -359,7 +376,7 @@ systemctl reload rspamd
         ),
         script=script,
         late_values=(RSPAMD_CONTROLLER_PASSWORD,),
-        description="Rspamd milter (spam, SPF/DKIM/DMARC/ARC) and its Redis",
+        description="Rspamd milter (spam, SPF/DKIM/DMARC/ARC), its Redis and its resolver (Unbound)",
     )
 
 
@@ -377,6 +394,7 @@ MAIL_PACKAGES: tuple[str, ...] = (
     "opendkim-tools",
     "rspamd",
     "redis-server",
+    "unbound",
     "openssl",
     # nginx and certbot: the ACME certificate and the MTA-STS policy host (components/tls).
     *certs.TLS_PACKAGES,

@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import poplib
+import re
 import select
 import signal
 import smtplib
@@ -39,7 +40,7 @@ import pytest
 from components.mail import services
 from components.remote.steps import File, StepSpec, apply_command, stage
 from lab import acme, program
-from lab.dns import SENDER_DOMAIN  # the remote MTA in sams-inet, with SPF for its address
+from lab.dns import RECEIVER_DOMAIN, SENDER_DOMAIN  # remote MTAs in sams-inet (SPF for the sender)
 from lab.spec import NAMES
 from lab.tests.conftest import Lab
 
@@ -238,6 +239,23 @@ def imap_plaintext_login(host: str, login: tuple[str, str]) -> dict[str, Any]:
         except imaplib.IMAP4.error as exc:
             result = str(exc)
         return {"capabilities": caps, "login": result}
+
+
+def dns_query(server: str, name: str, timeout: float = 2.0) -> str:
+    """One A query over UDP: "NOERROR 198.18.0.20", another rcode name, or "timeout"."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    query = dns.message.make_query(name, "A")
+    try:
+        answer = dns.query.udp(query, server, timeout=timeout)
+    except dns.exception.Timeout:
+        return "timeout"
+    addresses = sorted(str(r) for rrset in answer.answer for r in rrset if rrset.rdtype == dns.rdatatype.A)
+    return " ".join([dns.rcode.to_text(answer.rcode()), *addresses])
 
 
 def banner(host: str, port: int) -> str:
@@ -521,8 +539,30 @@ def test_plaintext_imap_login_refused(mail: World) -> None:
 
 
 def test_internal_services_unreachable_from_the_internet(mail: World) -> None:
-    for port in (5432, 4190, 11334, 11333, 6379):
+    for port in (5432, 4190, 11334, 11333, 6379, 53):
         assert mail.inet(banner, mail.lab.spec.public_ipv4, port) == "filtered", port
+    # The host's resolver is no open resolver: UDP 53 on the public address is silent too.
+    assert mail.inet(dns_query, mail.lab.spec.public_ipv4, f"mx.{RECEIVER_DOMAIN}") == "timeout"
+
+
+def test_rspamd_asks_the_hosts_own_resolver(mail: World) -> None:
+    """Unbound on loopback answers (forwarding to the lab DNS here) and is what Rspamd is told to ask."""
+    listening = sh(mail.lab, "ss -Hlnup 'sport = :53' | awk '{print $4}'").split()
+    assert listening == ["127.0.0.1:53"], listening
+    # A raw A query with the host's own python3 (no DNS tools on the host): rcode, answers, address.
+    probe = f"""
+import socket, struct
+name = b"".join(bytes([len(p)]) + p.encode() for p in "mx.{RECEIVER_DOMAIN}".split("."))
+query = struct.pack(">HHHHHH", 0x5353, 0x0100, 1, 0, 0, 0) + name + b"\\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(query, ("127.0.0.1", 53))
+reply = s.recv(4096)
+print(reply[3] & 15, struct.unpack(">H", reply[6:8])[0], socket.inet_aton("{mail.lab.spec.receiver_ipv4}") in reply)
+"""
+    assert sh(mail.lab, "python3", stdin=probe).split() == ["0", "1", "True"]
+    options = sh(mail.lab, "rspamadm configdump options 2>/dev/null")
+    assert re.search(r'nameserver \[\s*"127\.0\.0\.1:53",?\s*\]', options), options
 
 
 def test_managesieve_through_the_tunnel(mail: World) -> None:

@@ -244,3 +244,37 @@ def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
         assert _ok(root, "postconf", "-h", "relayhost").strip() == f"[{relay.host}]:{relay.port}"
         found = _ok(root, "postmap", "-q", f"[{relay.host}]:{relay.port}", f"texthash:{services.RELAY_PASSWORD_FILE}")
         assert found.strip() == f"{relay.username}:{DUMMY_LATE['relay_password']}"
+
+
+def _unbound_conf(stack: str) -> str:
+    import mockrun
+    import settings
+    from tests.mailcore.conftest import PROJECT
+
+    loaded = settings.load(stack, {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}, PROJECT)
+    (conf,) = [f for f in services.rspamd_step(loaded).files if f.path == services.UNBOUND_CONF]
+    return conf.content
+
+
+def test_unbound_accepts_the_lab_config(mail_root: Path) -> None:
+    """The lab's variant: forward everything to the lab DNS, no DNSSEC validation (unsigned zones)."""
+    assert "no errors" in _ok(mail_root, "unbound-checkconf")
+    conf = (mail_root / services.UNBOUND_CONF.lstrip("/")).read_text()
+    assert re.search(r'^forward-zone:\n    name: "\."\n    forward-addr: 198\.18\.0\.1$', conf, re.M), conf
+    assert _ok(mail_root, "unbound-checkconf", "-o", "module-config").strip() == "iterator"
+    assert _ok(mail_root, "unbound-checkconf", "-o", "interface").strip() == "127.0.0.1"
+
+
+def test_unbound_accepts_the_production_config(tmp_path: Path) -> None:
+    """prod: resolve from the root and validate DNSSEC (Debian's root trust anchor stays in force)."""
+    from lab.trixie_chroot import mounted, scratch
+
+    conf = _unbound_conf("prod")
+    assert "forward-zone" not in conf and "module-config" not in conf
+    with scratch(tmp_path / "unbound") as root, mounted(root):
+        (root / services.UNBOUND_CONF.lstrip("/")).write_text(conf)
+        # What the rspamd step does before its check: Debian's root anchor in place (dns-root-data).
+        _ok(root, "/usr/libexec/unbound-helper", "root_trust_anchor_update")
+        assert "no errors" in _ok(root, "unbound-checkconf")
+        assert "validator" in _ok(root, "unbound-checkconf", "-o", "module-config")
+        assert _ok(root, "unbound-checkconf", "-o", "interface").strip() == "127.0.0.1"
