@@ -8,6 +8,8 @@ in tests/mailcore).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import socket
@@ -148,3 +150,10 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
             run_in(
                 root, ["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", PG_DATA, "-m", "fast", "-w", "stop"]
             )
+
+
+def libcrypt(password: str, setting: str) -> str:
+    """libxcrypt's crypt(3), the implementation Dovecot verifies "{SHA512-CRYPT}" hashes with."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt.restype = ctypes.c_char_p
+    return (lib.crypt(password.encode(), setting.encode()) or b"").decode()

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import random
 import re
 
 import pytest
 
 from components.users.hashing import SHA512_ROUNDS_DEFAULT, hash_password, sha512_crypt
-
-
-def libcrypt(password: str, setting: str) -> str:
-    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
-    lib.crypt.restype = ctypes.c_char_p
-    return (lib.crypt(password.encode(), setting.encode()) or b"").decode()
+from tests.users.conftest import libcrypt
 
 
 def test_the_specification_vectors() -> None:

@@ -7,8 +7,6 @@ Each test builds on the previous one (module order), like successive `pulumi up`
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as dt
 import json
 import logging
@@ -28,7 +26,7 @@ from components.database import schema
 from components.users.hashing import SCHEMES, hash_password
 from components.users.steps import TOOL_SOURCE
 from settings import load
-from tests.users.conftest import Bao, Postgres
+from tests.users.conftest import Bao, Postgres, libcrypt
 
 pytestmark = pytest.mark.chroot
 
@@ -110,12 +108,6 @@ def verifies(hashed: str, password: str) -> bool:
         return bool(PasswordHasher().verify(hashed.removeprefix("{ARGON2ID}"), password))
     except Exception:
         return False
-
-
-def libcrypt(password: str, setting: str) -> str:
-    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
-    lib.crypt.restype = ctypes.c_char_p
-    return (lib.crypt(password.encode(), setting.encode()) or b"").decode()
 
 
 @pytest.fixture(scope="module")
