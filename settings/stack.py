@@ -171,6 +171,7 @@ class VaultSettings(_Config):
 
 # How new mailbox passwords are hashed (components/users/hashing.py has the trade-off).
 PasswordScheme = Literal["SHA512-CRYPT", "ARGON2ID"]
+DEFAULT_PASSWORD_SCHEME: PasswordScheme = "SHA512-CRYPT"
 
 
 class UsersSettings(_Config):
@@ -178,7 +179,7 @@ class UsersSettings(_Config):
         default=30, gt=0, description="days an offboarded user's archived Maildir is kept before it is purged"
     )
     password_scheme: PasswordScheme = Field(
-        default="SHA512-CRYPT",
+        default=DEFAULT_PASSWORD_SCHEME,
         description=(
             "hash scheme of new passwords (first passwords and rotations; Dovecot keeps verifying older hashes "
             "by their own prefix): SHA512-CRYPT (~2 ms a login) or ARGON2ID (~250 ms and 64 MiB of "

@@ -59,7 +59,8 @@ RSPAMD_PASSWORD_INC = "sams/controller-password.inc"
 RSPAMD_CONTROLLER = "127.0.0.1:11334"
 REDIS = "127.0.0.1:6379"
 # The host's caching resolver (Unbound, loopback only), for Rspamd's DNS.
-RESOLVER = "127.0.0.1:53"
+RESOLVER_ADDRESS = "127.0.0.1"
+RESOLVER = f"{RESOLVER_ADDRESS}:53"
 UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
 
@@ -329,6 +330,7 @@ def rspamd_step(settings: Settings) -> StepSpec:
             UNBOUND_CONF,
             _render(
                 "etc/unbound/unbound.conf.d/sams.conf.j2",
+                address=RESOLVER_ADDRESS,
                 forwarders=[str(a) for a in settings.config.resolver.forwarders],
                 dnssec=settings.config.resolver.dnssec,
             ),

@@ -27,9 +27,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.users.hashing import SCHEMES, Scheme
 from components.users.vault import Store, VaultTarget, onboard, parallel
-
-# The program always sets the input; this covers a state written before the input existed.
-DEFAULT_SCHEME: Scheme = "SHA512-CRYPT"
+from settings.stack import DEFAULT_PASSWORD_SCHEME
 
 RESOURCE_ID = "sams-mailbox-secrets"
 
@@ -64,7 +62,7 @@ class MailboxSecretsProvider(ResourceProvider):
         failures = []
         if not isinstance(news.get("mailboxes"), dict):
             failures.append(CheckFailure("mailboxes", "must be a map of domain -> list of local parts"))
-        if news.get("scheme", DEFAULT_SCHEME) not in SCHEMES:
+        if news.get("scheme", DEFAULT_PASSWORD_SCHEME) not in SCHEMES:
             failures.append(CheckFailure("scheme", f"must be one of {', '.join(SCHEMES)}, not {news.get('scheme')!r}"))
         return CheckResult(news, failures)
 
@@ -87,7 +85,7 @@ class MailboxSecretsProvider(ResourceProvider):
         to_onboard, to_offboard = plan(olds, news)
         store = Store(target(news))
         parallel(store.delete, to_offboard)
-        scheme = cast(Scheme, news.get("scheme", DEFAULT_SCHEME))
+        scheme = cast(Scheme, news.get("scheme", DEFAULT_PASSWORD_SCHEME))
         fresh = dict(zip(to_onboard, parallel(lambda a: onboard(store, a, scheme), to_onboard), strict=True))
         listed = addresses(news.get("mailboxes"))
         kept = {a: h for a, h in (olds.get("hashes") or {}).items() if a in listed}

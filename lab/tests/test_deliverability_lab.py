@@ -23,7 +23,7 @@ from lab import dns as labdns
 from lab import receiver
 from lab.receiver import Verdicts, authentication_results, dmarc_result
 from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import World, dialogue, message, sh, subject, world
+from lab.tests.test_mail_e2e import World, dialogue, message, query, sh, subject, world
 
 RECEIVER = f"someone@{labdns.RECEIVER_DOMAIN}"
 SAMS_DOMAINS = ("sams.test", "other.test")
@@ -94,21 +94,6 @@ def auth_results(raw: bytes) -> dict[str, str]:
     clauses = [c.strip() for c in re.sub(r"\s+", " ", str(header)).split(";")]
     assert clauses[0] == f"mx.{labdns.RECEIVER_DOMAIN}", clauses
     return {c.split("=", 1)[0]: c for c in clauses[1:]}
-
-
-def query(server: str, names: list[tuple[str, str]]) -> dict[str, Any]:
-    """(name, type) -> (rcode, AA flag, sorted rdata texts), asked in sams-inet of the lab DNS."""
-    import dns.flags
-    import dns.message
-    import dns.query
-    import dns.rcode
-
-    out: dict[str, Any] = {}
-    for name, kind in names:
-        answer = dns.query.udp(dns.message.make_query(name, kind), server, timeout=3)
-        rdatas = sorted(r.to_text() for rrset in answer.answer for r in rrset)
-        out[f"{name} {kind}"] = (dns.rcode.to_text(answer.rcode()), bool(answer.flags & dns.flags.AA), rdatas)
-    return out
 
 
 @pytest.mark.lab

@@ -133,17 +133,29 @@ def test_renewal_reloads_without_restarting(lab: Lab, issuers: Path) -> None:
     assert not re.search(r"Start(ing|ed) ", journal), journal
 
 
-def test_mta_sts_query_fetches_a_valid_policy(lab: Lab, issuers: Path, tmp_path: Path) -> None:
+def in_inet_with_lab_dns(
+    lab: Lab, tmp_path: Path, command: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`command` (shell) in sams-inet, its resolver the lab DNS: a private mount namespace binds a
+    resolv.conf over /etc/resolv.conf there, and this machine's own resolver stays as it is."""
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {lab.spec.inet_ipv4}\n")
-    domain = lab.settings.mail.domains[0].name
-    # A private mount namespace: the query's resolver reads the lab DNS, this machine's stays.
-    script = f"mount --bind {resolv} /etc/resolv.conf && exec {VENV_BIN}/mta-sts-query {domain}"
-    result = subprocess.run(
+    script = f"mount --bind {resolv} /etc/resolv.conf && exec {command}"
+    return subprocess.run(
         netns_exec(NAMES.ns_inet, ["unshare", "--mount", "sh", "-c", script]),
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
+    )
+
+
+def test_mta_sts_query_fetches_a_valid_policy(lab: Lab, issuers: Path, tmp_path: Path) -> None:
+    domain = lab.settings.mail.domains[0].name
+    result = in_inet_with_lab_dns(
+        lab,
+        tmp_path,
+        f"{VENV_BIN}/mta-sts-query {domain}",
         env={"SSL_CERT_FILE": str(issuers), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
     assert result.returncode == 0, result.stderr
@@ -182,19 +194,10 @@ print(json.dumps(out))
 
 
 def test_mail_clients_fetch_their_autoconfiguration(lab: Lab, issuers: Path, tmp_path: Path) -> None:
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text(f"nameserver {lab.spec.inet_ipv4}\n")
     fetch = tmp_path / "fetch.py"
     fetch.write_text(_CLIENT_FETCH)
     domains = [d.name for d in lab.settings.mail.domains]
-    fetch_cmd = f"exec {sys.executable} {fetch} {issuers} '{json.dumps(domains)}'"
-    script = f"mount --bind {resolv} /etc/resolv.conf && {fetch_cmd}"
-    result = subprocess.run(
-        netns_exec(NAMES.ns_inet, ["unshare", "--mount", "sh", "-c", script]),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = in_inet_with_lab_dns(lab, tmp_path, f"{sys.executable} {fetch} {issuers} '{json.dumps(domains)}'")
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     files = {f.path: f.content for f in autoconfig.client_files(lab.settings)}

@@ -17,6 +17,7 @@ import pytest
 
 from components.mail import services
 from lab.trixie_chroot import run_in
+from settings import Settings
 from tests.mailcore.conftest import DUMMY_LATE, SYSTEMCTL_LOG
 
 pytestmark = pytest.mark.chroot
@@ -227,14 +228,21 @@ def test_scripts_reload_only_through_systemctl(mail_root: Path) -> None:
     assert calls == ["reload rspamd"]
 
 
-def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
-    """The dev stack's smarthost settings (SASL to the relay, texthash password file)."""
+def _stack(name: str) -> Settings:
+    """A committed stack's settings (Pulumi.<name>.yaml), with the tests' secrets."""
     import mockrun
     import settings
-    from lab.trixie_chroot import mounted, scratch
-    from tests.mailcore.conftest import PROJECT, install_step, run_step_script
+    from tests.mailcore.conftest import PROJECT
 
-    dev = settings.load("dev", {**mockrun.stack_config("dev"), **mockrun.TEST_SECRETS}, PROJECT)
+    return settings.load(name, {**mockrun.stack_config(name), **mockrun.TEST_SECRETS}, PROJECT)
+
+
+def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
+    """The dev stack's smarthost settings (SASL to the relay, texthash password file)."""
+    from lab.trixie_chroot import mounted, scratch
+    from tests.mailcore.conftest import install_step, run_step_script
+
+    dev = _stack("dev")
     with scratch(tmp_path / "relay") as root, mounted(root):
         for spec in (services.mail_base_step(dev), services.postfix_step(dev)):
             run_step_script(root, spec, DUMMY_LATE, install_step(root, spec, DUMMY_LATE))
@@ -247,12 +255,7 @@ def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
 
 
 def _unbound_conf(stack: str) -> str:
-    import mockrun
-    import settings
-    from tests.mailcore.conftest import PROJECT
-
-    loaded = settings.load(stack, {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}, PROJECT)
-    (conf,) = [f for f in services.rspamd_step(loaded).files if f.path == services.UNBOUND_CONF]
+    (conf,) = [f for f in services.rspamd_step(_stack(stack)).files if f.path == services.UNBOUND_CONF]
     return conf.content
 
 
