@@ -544,6 +544,35 @@ def test_plaintext_imap_login_refused(mail: World) -> None:
     assert out["login"] != "logged in", out
 
 
+def imap_count(host: str, cafile: str, logins: list[tuple[str, str]], marker: str) -> list[int]:
+    """One IMAPS session per login, in turn: how many INBOX messages have `marker` in the Subject."""
+    counts = []
+    for login in logins:
+        with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(cafile), timeout=30) as imap:
+            imap.login(*login)
+            imap.select("INBOX", readonly=True)
+            _, data = imap.search(None, "HEADER", "Subject", marker)
+            counts.append(len(data[0].split()))
+    return counts
+
+
+def test_a_reused_imap_process_serves_each_user_only_their_mail(mail: World) -> None:
+    """imap processes serve up to 100 logins in turn (dovecot.conf): alice and bob, alternating, each
+    see only their own mail, and at least one process did serve both of them."""
+    tag = subject("reuse")
+    mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag)
+    assert len(mail.read("bob@sams.test", tag)) == 1
+    since = sh(mail.lab, "date +%s").strip()
+    users = ["alice@sams.test", "bob@sams.test"] * 4
+    counts = mail.inet(imap_count, mail.host, mail.cafile, [mail.login(u) for u in users], tag)
+    assert counts == [0, 1] * 4, counts
+    log = sh(mail.lab, f"journalctl -u dovecot --since @{since} -o cat")
+    served: dict[str, set[str]] = {}
+    for user, pid in re.findall(r"^imap\(([^)]+)\)<(\d+)><[^>]*>: (?:Disconnected: )?Logged out", log, re.M):
+        served.setdefault(pid, set()).add(user)
+    assert any(names == {"alice@sams.test", "bob@sams.test"} for names in served.values()), (served, log[-2000:])
+
+
 # --- exposure ----------------------------------------------------------------------------------------
 
 

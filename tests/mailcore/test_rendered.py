@@ -170,7 +170,16 @@ def test_every_postfix_setting_says_why(lab_settings, relay_settings) -> None:
 
 def test_milters_and_lmtp_are_spool_relative(lab_settings) -> None:
     main = _main_cf(_files(services.mail_steps(lab_settings))["/etc/postfix/main.cf"])
-    assert main["smtpd_milters"] == f"unix:{services.RSPAMD_MILTER}, unix:{services.OPENDKIM_MILTER}"
+    both = f"unix:{services.RSPAMD_MILTER}, unix:{services.OPENDKIM_MILTER}"
+    assert main["originating_milters"] == both
+    assert main["non_smtpd_milters"] == "$originating_milters"
+    # Port 25 scans only; OpenDKIM (sign-only) sits on the submission services.
+    assert main["smtpd_milters"] == f"unix:{services.RSPAMD_MILTER}"
+    master = _master_services(_files(services.mail_steps(lab_settings))["/etc/postfix/master.cf"])
+    for svc in ("submission/inet", "submissions/inet"):
+        assert master[svc][1]["smtpd_milters"] == "$originating_milters", svc
+    for svc in ("smtp/inet", "smtpd/pass"):
+        assert "smtpd_milters" not in master[svc][1], svc
     assert main["virtual_transport"] == f"lmtp:unix:{services.LMTP_SOCKET}"
     assert main["smtpd_sasl_path"] == services.AUTH_SOCKET
 
