@@ -340,6 +340,7 @@ def rspamd_step(settings: Settings) -> StepSpec:
         rspamd_file("local.d/arc.conf"),
         rspamd_file("local.d/antivirus.conf"),
         rspamd_file("local.d/milter_headers.conf"),
+        rspamd_file("local.d/neural.conf"),
         File(
             "/etc/redis/redis.conf",
             _render("etc/redis/redis.conf.j2", maxmemory=REDIS_MAXMEMORY),

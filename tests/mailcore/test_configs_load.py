@@ -174,6 +174,8 @@ def test_rspamd_effective_config(mail_root: Path) -> None:
     greylist = _ok(mail_root, "rspamadm", "configdump", "greylist")
     assert "check_authed = false" in greylist
     assert "enabled = false" in _ok(mail_root, "rspamadm", "configdump", "dkim_signing")
+    # No neural network (local.d/neural.conf): Debian's default section has no "enabled" at all.
+    assert re.search(r"^enabled = false;$", _ok(mail_root, "rspamadm", "configdump", "neural"), re.M)
 
 
 def test_redis_config_is_loopback(mail_root: Path) -> None:
