@@ -312,12 +312,21 @@ class Bench:
         result["lost"] = len([t for t in result["done"] if t not in watch.seen])
         return result
 
+    def batch(
+        self, port: int, count: int, *, submit: bool, settle: float
+    ) -> tuple[dict[str, int], float, dict[str, Any]]:
+        """One c=1 batch: CPU µs used by the container ("total") and each unit, the seconds it took
+        (`settle` included: qmgr, LMTP and the milters finish the last message), the send result."""
+        before, t0 = self.cpu(), time.monotonic()
+        result = self.send(port, count, 1, submit=submit)
+        time.sleep(settle)
+        after, elapsed = self.cpu(), time.monotonic() - t0
+        return {k: after[k] - before.get(k, 0) for k in after}, elapsed, result
+
     def cpu_ms_per_message(self, port: int, count: int, *, submit: bool) -> float:
         """Container CPU per message of one c=1 batch (idle not removed: only for the warm-up)."""
-        before = self.cg.usage_usec()
-        result = self.send(port, count, 1, submit=submit)
-        time.sleep(1.0)
-        return (self.cg.usage_usec() - before) / 1000 / max(len(result["done"]), 1)
+        used, _, result = self.batch(port, count, submit=submit, settle=1.0)
+        return used["total"] / 1000 / max(len(result["done"]), 1)
 
     def warm_up(self, batch: int = 20, tries: int = 8) -> list[float]:
         """Inbound batches until the cost per message settles (within 15% of the batch before).
@@ -338,12 +347,9 @@ class Bench:
         self, label: str, port: int, count: int, *, submit: bool, idle: dict[str, float]
     ) -> dict[str, Any]:
         """CPU per message of a c=1 batch, idle removed: the whole host, the mail stack, each unit."""
-        before, t0 = self.cpu(), time.monotonic()
-        result = self.send(port, count, 1, submit=submit)
-        time.sleep(2.0)  # qmgr, LMTP and the milters finish the last message
-        after, elapsed = self.cpu(), time.monotonic() - t0
+        used, elapsed, result = self.batch(port, count, submit=submit, settle=2.0)
         ok = max(len(result["done"]), 1)
-        per = {k: (after[k] - before.get(k, 0) - idle.get(k, 0.0) * elapsed) / 1000 / ok for k in after}
+        per = {k: (v - idle.get(k, 0.0) * elapsed) / 1000 / ok for k, v in used.items()}
         stack = sum(v for k, v in per.items() if k in STACK)
         self.rows.append((f"CPU per {label} message, whole host (ms)", f"{per['total']:.1f}"))
         self.rows.append((f"CPU per {label} message, mail stack units (ms)", f"{stack:.1f}"))

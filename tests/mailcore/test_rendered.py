@@ -169,13 +169,14 @@ def test_every_postfix_setting_says_why(lab_settings, relay_settings) -> None:
 
 
 def test_milters_and_lmtp_are_spool_relative(lab_settings) -> None:
-    main = _main_cf(_files(services.mail_steps(lab_settings))["/etc/postfix/main.cf"])
+    files = _files(services.mail_steps(lab_settings))
+    main = _main_cf(files["/etc/postfix/main.cf"])
     both = f"unix:{services.RSPAMD_MILTER}, unix:{services.OPENDKIM_MILTER}"
     assert main["originating_milters"] == both
     assert main["non_smtpd_milters"] == "$originating_milters"
     # Port 25 scans only; OpenDKIM (sign-only) sits on the submission services.
     assert main["smtpd_milters"] == f"unix:{services.RSPAMD_MILTER}"
-    master = _master_services(_files(services.mail_steps(lab_settings))["/etc/postfix/master.cf"])
+    master = _master_services(files["/etc/postfix/master.cf"])
     for svc in ("submission/inet", "submissions/inet"):
         assert master[svc][1]["smtpd_milters"] == "$originating_milters", svc
     for svc in ("smtp/inet", "smtpd/pass"):
