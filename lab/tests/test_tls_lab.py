@@ -23,6 +23,7 @@ from components.tls import autoconfig, certs
 from lab import acme
 from lab.proc import netns_exec
 from lab.spec import NAMES
+from lab.tests import journal
 from lab.tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
@@ -120,17 +121,17 @@ def test_renewal_reloads_without_restarting(lab: Lab, issuers: Path) -> None:
     before_pids = _pids(lab)
     assert all(p.isdigit() and p != "0" for p in before_pids.values()), before_pids
     before = served(lab, issuers, checks_for(lab))
-    since = sh(lab, "date '+%Y-%m-%d %H:%M:%S'").strip()
+    mark = journal.cursor(lab.shell)
     out = sh(lab, "certbot renew --force-renewal --no-random-sleep-on-renew 2>&1")
     assert "Congratulations, all renewals succeeded" in out, out
     after = served(lab, issuers, checks_for(lab))
     assert len(set(after.values())) == 1
     assert set(after.values()).isdisjoint(before.values()), "a port still serves the old certificate"
     assert _pids(lab) == before_pids, "a daemon was restarted"
-    journal = sh(lab, f"journalctl --since '{since}' -u postfix -u postfix@- -u dovecot -u nginx -o cat")
+    log = journal.since(lab.shell, mark, "postfix", "postfix@-", "dovecot", "nginx")
     for unit in ("postfix", "dovecot", "nginx"):
-        assert re.search(rf"Reload(ing|ed) .*{unit}", journal, re.I), f"no reload of {unit}:\n{journal}"
-    assert not re.search(r"Start(ing|ed) ", journal), journal
+        assert re.search(rf"Reload(ing|ed) .*{unit}", log, re.I), f"no reload of {unit}:\n{log}"
+    assert not re.search(r"Start(ing|ed) ", log), log
 
 
 def in_inet_with_lab_dns(
