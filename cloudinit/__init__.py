@@ -24,6 +24,7 @@ WG_INTERFACE = "wg0"
 # What the host needs before the first remote step; the lab bakes the same list into its tree.
 BASE_PACKAGES: tuple[str, ...] = (
     "ca-certificates",
+    "curl",  # sams-postgres.service waits on its container through Docker's socket
     "docker.io",
     "docker-cli",  # trixie splits the client out of docker.io (only recommended there)
     "fail2ban",

@@ -29,6 +29,9 @@ from doctor.model import (
 CERT_MIN_DAYS = 14
 # Backups: a daily job, with a day's slack.
 BACKUP_MAX_AGE = timedelta(hours=48)
+# WAL archiving: PostgreSQL retries a failing archive_command every minute; a segment still waiting
+# after this long means it keeps failing.
+WAL_MAX_WAIT = timedelta(minutes=15)
 # Free space and memory, as fractions (Mail-in-a-Box's thresholds: warn below 30 %/20 %, fail
 # below 15 %/10 %).
 DISK_WARN, DISK_FAIL = 0.30, 0.15
@@ -118,6 +121,16 @@ CHECKS: dict[str, CheckInfo] = {
             f"Over SSH, the time of {BACKUP_STAMP} (written by the backup job after each success).",
             "Set sams:backup.enabled and sams:backup.target; on the host `journalctl -u sams-backup` "
             "tells why the last run failed.",
+        ),
+        CheckInfo(
+            "wal",
+            "PostgreSQL archives its WAL",
+            "The archived WAL is what restores the mail database to the minute after a lost disk; while "
+            "archive_command fails, PostgreSQL also keeps every segment in pg_wal until the disk is full.",
+            "Over SSH, the .ready files in the data directory's pg_wal/archive_status (segments not yet "
+            f"archived); fails when one has waited more than {WAL_MAX_WAIT.total_seconds() / 60:.0f} minutes.",
+            "`sudo journalctl -t sams-postgres | grep -i archive` shows why archive_command fails; "
+            "`pulumi up` rewrites the unit that sets it.",
         ),
         CheckInfo(
             "disk",
@@ -565,6 +578,34 @@ def check_backup(expected: Expected, obs: Observations) -> list[Finding]:
     return [_f("backup", subject, "ok", f"the last backup completed {hours:.1f} hours ago")]
 
 
+def check_wal(expected: Expected, obs: Observations) -> list[Finding]:
+    subject = "WAL archiving"
+    if obs.host is None:
+        return [_f("wal", subject, "unchecked", f"Not checked: {_no_host(obs)}.")]
+    h = obs.host
+    fix = (
+        "Read why archive_command fails: `sudo journalctl -t sams-postgres --since -1h | grep -i archive`; "
+        "`pulumi up` rewrites the unit that sets it (/etc/systemd/system/sams-postgres.service)."
+    )
+    if not h.wal_seen:
+        return [_f("wal", subject, "fail", f"{h.wal_status} does not exist: is PostgreSQL deployed?", fix)]
+    if h.wal_oldest is None:
+        return [_f("wal", subject, "ok", "no WAL segment is waiting to be archived")]
+    minutes = (h.taken_at - h.wal_oldest) / 60
+    if minutes > WAL_MAX_WAIT.total_seconds() / 60:
+        return [
+            _f(
+                "wal",
+                subject,
+                "fail",
+                f"{h.wal_waiting} WAL segment(s) not archived, the oldest for {minutes:.0f} minutes: "
+                "archive_command keeps failing.",
+                fix,
+            )
+        ]
+    return [_f("wal", subject, "ok", f"{h.wal_waiting} WAL segment(s) waiting, the oldest for {minutes:.0f} minutes")]
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -625,6 +666,7 @@ def evaluate(expected: Expected, obs: Observations, now: datetime) -> list[Findi
         check_relay,
         check_outbound,
         check_backup,
+        check_wal,
         check_disk,
         check_memory,
     ]

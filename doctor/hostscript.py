@@ -1,8 +1,9 @@
 """Runs ON the mail host (shipped over SSH as `python3 - ARGS`; standard library only).
 
 Prints one JSON object of facts: the host's clock, free space of the given paths' filesystems,
-memory, the backup stamp's time, and whether TCP connections to the given targets open. It changes
-nothing. ARGS is one JSON object: {"paths": [...], "stamp": "...", "outbound": [[host, port], ...]}.
+memory, the backup stamp's time, the WAL segments PostgreSQL has not archived yet, and whether TCP
+connections to the given targets open. It changes nothing. ARGS is one JSON object:
+{"paths": [...], "stamp": "...", "wal_status": "...", "outbound": [[host, port], ...]}.
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def connect(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
         return {**result, "result": "error", "detail": str(exc)}
 
 
+def wal(status_dir: str) -> dict[str, Any]:
+    """PostgreSQL marks a finished segment NAME.ready there and renames it NAME.done once
+    archive_command succeeded: old .ready files mean archiving fails."""
+    try:
+        ready = [e for e in os.scandir(status_dir) if e.name.endswith(".ready")]
+    except FileNotFoundError:
+        return {"wal_status": status_dir, "wal_seen": False, "wal_waiting": 0, "wal_oldest": None}
+    oldest = min((e.stat().st_mtime for e in ready), default=None)
+    return {"wal_status": status_dir, "wal_seen": True, "wal_waiting": len(ready), "wal_oldest": oldest}
+
+
 def facts(args: dict[str, Any]) -> dict[str, Any]:
     stamp = args["stamp"]
     try:
@@ -68,6 +80,7 @@ def facts(args: dict[str, Any]) -> dict[str, Any]:
         "backup_stamp": stamp,
         "backup_last": last,
         "outbound": [connect(h, int(p)) for h, p in args["outbound"]],
+        **wal(args["wal_status"]),
     }
 
 

@@ -163,6 +163,11 @@ class HostFacts:
     backup_stamp: str  # the path looked at
     backup_last: float | None  # mtime of the stamp, epoch seconds; None: the file does not exist
     outbound: tuple[Outbound, ...]
+    # PostgreSQL's archive_status directory: the segments still waiting for archive_command.
+    wal_status: str = ""  # the path looked at
+    wal_seen: bool = False  # the directory exists
+    wal_waiting: int = 0  # segments marked .ready
+    wal_oldest: float | None = None  # mtime of the oldest .ready, epoch seconds
 
 
 @dataclass(frozen=True)
@@ -216,4 +221,8 @@ def host_facts(data: Mapping[str, Any]) -> HostFacts:
         backup_stamp=str(data["backup_stamp"]),
         backup_last=None if last is None else float(last),
         outbound=tuple(Outbound(**x) for x in data["outbound"]),
+        wal_status=str(data["wal_status"]),
+        wal_seen=bool(data["wal_seen"]),
+        wal_waiting=int(data["wal_waiting"]),
+        wal_oldest=None if data["wal_oldest"] is None else float(data["wal_oldest"]),
     )

@@ -21,6 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO
 
+from components.database.steps import DATA_DIR
 from doctor.checks import BACKUP_STAMP, reverse_name
 from doctor.model import (
     DnsAnswer,
@@ -240,14 +241,17 @@ def smtp_probe(hostname: str, opts: ProbeOptions) -> SmtpProbe:
 
 # --- the host, over SSH ----------------------------------------------------------------------------------
 
+# Where PostgreSQL (its data directory mounted from the host) marks segments waiting to be archived.
+WAL_STATUS = f"{DATA_DIR}/pg_wal/archive_status"
+
 # Runs `argv` on the host with `stdin`, returns stdout (raises on failure).
 HostRunner = Callable[[Sequence[str], str], str]
 
 
 def host_script_args(expected: Expected, opts: ProbeOptions) -> list[str]:
     target = [expected.relay[0], expected.relay[1]] if expected.relay else [opts.outbound_target, 25]
-    args = {"paths": ["/", expected.mail_root], "stamp": BACKUP_STAMP, "outbound": [target]}
-    # As root: the backup stamp and the mail root need not be readable by the admin user.
+    args = {"paths": ["/", expected.mail_root], "stamp": BACKUP_STAMP, "wal_status": WAL_STATUS, "outbound": [target]}
+    # As root: the backup stamp, the mail root and PostgreSQL's data need not be readable by the admin user.
     return ["sudo", "-n", "python3", "-", json.dumps(args)]
 
 

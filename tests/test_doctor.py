@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,8 @@ def healthy(e: Expected) -> Observations:
         backup_stamp=checks.BACKUP_STAMP,
         backup_last=NOW.timestamp() - 3600,
         outbound=(Outbound(target, e.relay[1] if e.relay else 25, "open"),),
+        wal_status=probe.WAL_STATUS,
+        wal_seen=True,
     )
     return Observations(tuple(dns), tuple(ports), tuple(tls), smtp, host)
 
@@ -369,6 +373,25 @@ def test_backups(lab: Expected) -> None:
     assert off.status == "warn" and "sams:backup.enabled" in off.fix
 
 
+def test_wal_archiving(lab: Expected) -> None:
+    obs = healthy(lab)
+    assert obs.host
+    assert [(f.status, f.message) for f in checks.check_wal(lab, obs)] == [
+        ("ok", "no WAL segment is waiting to be archived")
+    ]
+    # A segment waits while archive_command runs or is retried; only a long wait fails.
+    recent = dataclasses.replace(obs.host, wal_waiting=1, wal_oldest=NOW.timestamp() - 120)
+    assert checks.check_wal(lab, dataclasses.replace(obs, host=recent))[0].status == "ok"
+    stuck = dataclasses.replace(obs.host, wal_waiting=25, wal_oldest=NOW.timestamp() - 3600)
+    f = checks.check_wal(lab, dataclasses.replace(obs, host=stuck))[0]
+    assert f.status == "fail" and "25 WAL segment(s) not archived, the oldest for 60 minutes" in f.message
+    assert "journalctl -t sams-postgres" in f.fix
+    missing = dataclasses.replace(obs.host, wal_seen=False)
+    f = checks.check_wal(lab, dataclasses.replace(obs, host=missing))[0]
+    assert f.status == "fail" and probe.WAL_STATUS in f.message
+    assert checks.check_wal(lab, dataclasses.replace(obs, host=None))[0].status == "unchecked"
+
+
 def test_disk_and_memory_headroom(lab: Expected) -> None:
     obs = healthy(lab)
     assert obs.host
@@ -416,12 +439,19 @@ def test_probe_normal_form_matches_the_plans(lab: Expected) -> None:
 def test_host_script_reports_facts(tmp_path: Path) -> None:
     stamp = tmp_path / "last-success"
     stamp.touch()
+    wal_status = tmp_path / "archive_status"
+    wal_status.mkdir()
+    for name, age in (("000000010000000000000002.ready", 600), ("000000010000000000000003.ready", 60)):
+        (wal_status / name).touch()
+        os.utime(wal_status / name, (time.time() - age, time.time() - age))
+    (wal_status / "000000010000000000000001.done").touch()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         closed_port = listener.getsockname()[1]  # bound, never listening: refused
         args = {
             "paths": ["/", str(tmp_path)],
             "stamp": str(stamp),
+            "wal_status": str(wal_status),
             "outbound": [["127.0.0.1", closed_port], ["no-such-host.invalid", 25]],
         }
         out = subprocess.run(
@@ -435,6 +465,8 @@ def test_host_script_reports_facts(tmp_path: Path) -> None:
     assert facts.disks and facts.disks[0].path == "/" and 0 < facts.disks[0].available <= facts.disks[0].size
     assert 0 < facts.mem_available <= facts.mem_total
     assert facts.backup_last == pytest.approx(stamp.stat().st_mtime)
+    assert (facts.wal_seen, facts.wal_waiting) == (True, 2)
+    assert facts.wal_oldest == pytest.approx(time.time() - 600, abs=5)
     assert [o.result for o in facts.outbound] == ["closed", "unresolved"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -205,6 +206,36 @@ def test_steps_carry_their_content_hash(run: mockrun.Run) -> None:
         assert cmd.inputs["create"].startswith("sudo -n /usr/bin/python3 /var/lib/sams/stage/")
         source = Path(copies[step].inputs["source"]["path"])
         assert (source / "manifest.json").exists() and (source / "sams-apply").exists()
+
+
+def _systemd_units(run: mockrun.Run) -> Iterator[tuple[str, str]]:
+    """(host path, content) of every unit and drop-in the program installs: staged or cloud-init."""
+    is_unit = re.compile(r"^/etc/systemd/system/.+\.(service|timer|socket|path|mount|conf)$")
+    for copy in run.of_type("command:remote:CopyToRemote"):
+        source = Path(copy.inputs["source"]["path"])
+        manifest = json.loads((source / "manifest.json").read_text())
+        for f in manifest["files"]:
+            if is_unit.match(f["path"]):
+                yield f["path"], (source / f["src"]).read_text()
+    for f in user_data(run)["write_files"]:
+        if is_unit.match(f["path"]):
+            yield f["path"], f["content"]
+
+
+def test_systemd_units_escape_every_literal_percent(run: mockrun.Run) -> None:
+    """systemd expands %-specifiers in unit files (%f is the unit's path, %p its prefix): a literal %
+    must be written %%. PostgreSQL's archive_command once lost its %f and %p this way, and every
+    WAL segment failed to archive."""
+    units = dict(_systemd_units(run))
+    assert "/etc/systemd/system/sams-postgres.service" in units, sorted(units)
+    for path, text in units.items():
+        for line in text.splitlines():
+            if not line.lstrip().startswith(("#", ";")):  # comments are not expanded
+                assert "%" not in line.replace("%%", ""), f"{path}: unescaped % in {line!r}"
+    # What systemd hands PostgreSQL after unescaping: its own %f and %p.
+    postgres = units["/etc/systemd/system/sams-postgres.service"].replace("%%", "%")
+    archive = re.search(r'"archive_command=([^"]+)"', postgres)
+    assert archive and "cp %p " in archive.group(1) and "/%f" in archive.group(1), postgres
 
 
 # --- what is secret --------------------------------------------------------------------------

@@ -52,6 +52,10 @@ def postgres_step(settings: Settings) -> StepSpec:
     psql = f"docker exec -i {CONTAINER} psql"
     script = f"""\
 install -d -m 0700 -o {PG_UID} -g {PG_UID} {DATA_DIR} {WAL_ARCHIVE}
+# The unit waits on the container with curl (cloud-init installs it; hosts bootstrapped before may lack it).
+command -v curl >/dev/null || {{
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl
+}}
 # Real stacks pull from the registry; the lab loads its locally built image beforehand.
 docker image inspect {image} >/dev/null 2>&1 || docker pull {image}
 systemctl daemon-reload
@@ -61,7 +65,11 @@ systemctl start {UNIT}
 tries=0
 until docker exec {CONTAINER} pg_isready -q -h 127.0.0.1 -U {SUPERUSER}; do
     tries=$((tries + 1))
-    [ "$tries" -lt 600 ] || {{ journalctl -u {UNIT} -n 50 --no-pager >&2; exit 1; }}
+    [ "$tries" -lt 600 ] || {{
+        journalctl -u {UNIT} -n 20 --no-pager >&2  # the unit: docker run's and curl's own errors
+        journalctl -t {CONTAINER} -n 50 --no-pager >&2  # PostgreSQL's log, through Docker
+        exit 1
+    }}
     sleep 0.2
 done
 {apply_script(f"{psql} -U {SUPERUSER}", f"{psql} -U sams_owner -d sams")}"""

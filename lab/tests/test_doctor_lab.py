@@ -126,6 +126,8 @@ def test_host_facts_and_exit_code(doctor: Doctor, healthy: tuple[int, list[Findi
     assert outbound.status == "ok" and f"mx.{dns.RECEIVER_DOMAIN}:25" in outbound.message, outbound
     (backup,) = of(findings, "backup")
     assert backup.status == ("unchecked" if doctor.lab.settings.config.backup.enabled else "warn")
+    (wal,) = of(findings, "wal")  # the host script read PostgreSQL's archive_status over the tunnel
+    assert wal.status == "ok" and "waiting" in wal.message, wal
     assert {f.check for f in findings if f.check in ("disk", "memory") and f.status != "unchecked"} == {
         "disk",
         "memory",

@@ -1,0 +1,91 @@
+"""PostgreSQL 17 in Docker on the lab host, as components/database promises: host networking,
+listening on loopback and the WireGuard address only, data under /opt/postgres/data, and every
+finished WAL segment copied to /opt/postgres/wal_archive."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from components.database import steps
+from lab.tests.conftest import Lab
+
+pytestmark = pytest.mark.lab
+
+PSQL = f"docker exec -i {steps.CONTAINER} psql -X -At -v ON_ERROR_STOP=1 -U postgres"
+
+
+def sh(lab: Lab, command: str) -> str:
+    return lab.shell.run(["sudo", "-n", "sh", "-c", command]).stdout.decode()
+
+
+def sql(lab: Lab, query: str) -> str:
+    return sh(lab, f'{PSQL} -c "{query}"').strip()
+
+
+def test_the_container_uses_host_networking_and_the_stacks_image(lab: Lab) -> None:
+    fmt = "{{.HostConfig.NetworkMode}} {{.Config.Image}} {{.State.Running}}"
+    out = sh(lab, f"docker inspect -f '{fmt}' {steps.CONTAINER}").split()
+    assert out == ["host", lab.settings.config.database.image, "true"], out
+    assert sh(lab, f"cat {steps.DATA_DIR}/PG_VERSION").strip() == "17"
+    assert sql(lab, "SHOW data_directory") == "/var/lib/postgresql/data"  # the volume of DATA_DIR
+
+
+def test_postgres_listens_on_loopback_and_the_tunnel_only(lab: Lab) -> None:
+    listeners = sorted(sh(lab, "ss -Htln 'sport = :5432' | awk '{print $4}'").split())
+    wg = str(lab.settings.config.wireguard.address)
+    assert listeners == sorted(["127.0.0.1:5432", f"{wg}:5432"]), listeners
+
+
+def test_a_finished_wal_segment_reaches_the_archive(lab: Lab) -> None:
+    """archive_command runs and succeeds: the segment PostgreSQL switches away from appears, whole,
+    in the archive, and the archiver reports no new failure."""
+    failed_before = int(sql(lab, "SELECT failed_count FROM pg_stat_archiver"))
+    # A WAL record (no schema change), so that the switch below closes a segment that holds it.
+    sql(lab, "SELECT pg_logical_emit_message(false, 'sams-lab-test', 'archive me')")
+    segment = sql(lab, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    sql(lab, "SELECT pg_switch_wal()")
+    archived = f"{steps.WAL_ARCHIVE}/{segment}"
+    deadline = time.monotonic() + 60
+    while sh(lab, f"test -f {archived} && echo yes || true").strip() != "yes":
+        assert time.monotonic() < deadline, sql(lab, "SELECT * FROM pg_stat_archiver")
+        time.sleep(0.5)
+    assert int(sh(lab, f"stat -c %s {archived}")) == 16 * 2**20
+    assert int(sql(lab, "SELECT failed_count FROM pg_stat_archiver")) == failed_before
+    assert sql(lab, "SELECT last_archived_wal FROM pg_stat_archiver") >= segment
+    # Copied under a temporary name and renamed: nothing half-written is left behind.
+    assert sh(lab, f"find {steps.WAL_ARCHIVE} -name '.*'").strip() == ""
+
+
+def test_systemd_supervises_the_container(lab: Lab) -> None:
+    """The unit's main process waits on the container (curl on Docker's socket, not a foreground
+    `docker run`); a container that dies is replaced, and the mail daemons reach the new one."""
+    unit = steps.UNIT
+    main_pid = sh(lab, f"systemctl show -p MainPID --value {unit}").strip()
+    assert sh(lab, f"cat /proc/{main_pid}/comm").strip() == "curl"
+    old = sh(lab, f"docker inspect -f '{{{{.Id}}}}' {steps.CONTAINER}").strip()
+    sh(lab, f"docker kill {steps.CONTAINER}")
+    deadline = time.monotonic() + 60
+    while True:
+        state = sh(lab, f"docker inspect -f '{{{{.Id}}}} {{{{.State.Running}}}}' {steps.CONTAINER} 2>/dev/null || true")
+        ready = sh(lab, f"docker exec {steps.CONTAINER} pg_isready -q -h 127.0.0.1 -U postgres && echo ok || true")
+        if state.split() and state.split()[0] != old and ready.strip() == "ok":
+            break
+        assert time.monotonic() < deadline, sh(lab, f"journalctl -u {unit} -n 20 --no-pager")
+        time.sleep(0.5)
+    assert sh(lab, f"systemctl is-active {unit}").strip() == "active"
+    # A pooled connection to the old server fails one lookup (a temporary error the client retries),
+    # then reconnects; wait for Dovecot and Postfix to answer from the new server, as a retry would.
+    lookups = [
+        "doveadm user -f home alice@sams.test",
+        "postmap -q alice@sams.test proxy:pgsql:/etc/postfix/pgsql/virtual_mailbox_maps.cf",
+    ]
+    for lookup in lookups:
+        answers: list[str] = []
+        while len(answers) < 3:
+            out = lab.shell.run(["sudo", "-n", "sh", "-c", lookup], check=False)
+            answers = answers + [out.stdout.decode().strip()] if out.returncode == 0 else []
+            assert time.monotonic() < deadline, (lookup, out.stderr.decode())
+            time.sleep(0.2)
+        assert all(a.startswith(("/var/mail/vmail/sams.test/alice", "sams.test/alice")) for a in answers), answers
