@@ -489,6 +489,41 @@ def test_inbound_refusals(mail: World) -> None:
     assert data[0] == 554 and "Gtube" in data[1], data
 
 
+def mx_attempt(host: str, sender: str, rcpt: str, data: bytes) -> Reply:
+    """One delivery attempt of a remote MTA on port 25: the first refusal (4xx/5xx), else the reply
+    to the message's final dot."""
+    with smtplib.SMTP(host, 25, timeout=60, local_hostname="mx.sender.example") as client:
+        client.ehlo()
+        for verb, arg in (("mail", f"FROM:<{sender}>"), ("rcpt", f"TO:<{rcpt}>"), ("data", "")):
+            code, text = client.docmd(verb, arg)
+            if code >= 400:
+                return code, text.decode(errors="replace")
+        client.send(smtplib.quotedata(data.decode()).encode() + b"\r\n.\r\n")
+        code, text = client.getreply()
+        return code, text.decode(errors="replace")
+
+
+def test_no_mail_is_lost_while_rspamd_is_down(mail: World) -> None:
+    """milter_default_action = tempfail: with Rspamd stopped, port 25 answers 451, so the sending MTA
+    keeps the message (Postfix took no responsibility for it); once Rspamd is back, the sender's
+    retry is delivered, scanned."""
+    tag = subject("milter-down")
+    sender = f"someone@{SENDER_DOMAIN}"
+    data = message(sender, "bob@sams.test", tag)
+    sh(mail.lab, "systemctl stop rspamd")
+    try:
+        refused = mail.inet(mx_attempt, mail.host, sender, "bob@sams.test", data)
+        assert refused[0] == 451 and refused[1].startswith("4.7.1"), refused
+    finally:
+        sh(mail.lab, "systemctl start rspamd")
+        sh(mail.lab, WAIT_RSPAMD)
+    assert mail.read("bob@sams.test", tag, want=1, wait=2) == []  # not delivered unscanned either
+    retried = mail.inet(mx_attempt, mail.host, sender, "bob@sams.test", data)
+    assert retried[0] == 250, retried
+    (got,) = mail.read("bob@sams.test", tag)
+    assert b"Authentication-Results:" in got and b"spf=pass" in got  # scanned by Rspamd this time
+
+
 def test_no_auth_on_port_25(mail: World) -> None:
     out = mail.inet(dialogue, mail.host, 25, [("starttls", ""), ("auth", "PLAIN AGFsaWNlAHg=")], mail.cafile)
     assert "auth" not in out["features"] and "starttls" not in out["features"]  # after STARTTLS
