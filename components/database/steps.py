@@ -42,6 +42,7 @@ def postgres_step(settings: Settings) -> StepSpec:
         "etc/systemd/system/sams-postgres.service.j2",
         major=17,
         container=CONTAINER,
+        superuser=SUPERUSER,
         env_file=ENV_FILE,
         data_dir=DATA_DIR,
         wal_archive=WAL_ARCHIVE,
