@@ -33,10 +33,22 @@ def listen_addresses(settings: Settings) -> tuple[str, str]:
     return ("127.0.0.1", str(settings.config.wireguard.address))
 
 
+def archive_command(directory: str) -> str:
+    """PostgreSQL's archive_command (run by /bin/sh in the container, %p and %f its placeholders).
+
+    A segment already in the archive is never overwritten: the command succeeds if the copy there
+    is identical (PostgreSQL may archive a segment again after a crash between the copy and its
+    own bookkeeping) and fails if it differs, which stops archiving visibly instead of losing the
+    older copy. A new segment is copied under a temporary name, then renamed: a backup job never
+    sees a half-written one.
+    """
+    final, temporary = f"{directory}/%f", f"{directory}/.%f.tmp"
+    return f"if test -f {final}; then cmp -s %p {final}; else cp %p {temporary} && mv {temporary} {final}; fi"
+
+
 def postgres_step(settings: Settings) -> StepSpec:
     image = settings.config.database.image
-    # Copy under a temporary name, then rename: a backup job never sees a half-written segment.
-    archive = f"test ! -f {WAL_ARCHIVE}/%f && cp %p {WAL_ARCHIVE}/.%f.tmp && mv {WAL_ARCHIVE}/.%f.tmp {WAL_ARCHIVE}/%f"
+    archive = archive_command(WAL_ARCHIVE)
     unit = render(
         "database",
         "etc/systemd/system/sams-postgres.service.j2",

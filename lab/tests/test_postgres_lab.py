@@ -38,20 +38,25 @@ def test_postgres_listens_on_loopback_and_the_tunnel_only(lab: Lab) -> None:
     assert listeners == sorted(["127.0.0.1:5432", f"{wg}:5432"]), listeners
 
 
+def switch_and_archive(lab: Lab) -> str:
+    """Close the current WAL segment (after a record, so it holds one) and wait until it is in the
+    archive; its name."""
+    sql(lab, "SELECT pg_logical_emit_message(false, 'sams-lab-test', 'archive me')")  # no schema change
+    segment = sql(lab, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    sql(lab, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 60
+    while sh(lab, f"test -f {steps.WAL_ARCHIVE}/{segment} && echo yes || true").strip() != "yes":
+        assert time.monotonic() < deadline, sql(lab, "SELECT * FROM pg_stat_archiver")
+        time.sleep(0.5)
+    return segment
+
+
 def test_a_finished_wal_segment_reaches_the_archive(lab: Lab) -> None:
     """archive_command runs and succeeds: the segment PostgreSQL switches away from appears, whole,
     in the archive, and the archiver reports no new failure."""
     failed_before = int(sql(lab, "SELECT failed_count FROM pg_stat_archiver"))
-    # A WAL record (no schema change), so that the switch below closes a segment that holds it.
-    sql(lab, "SELECT pg_logical_emit_message(false, 'sams-lab-test', 'archive me')")
-    segment = sql(lab, "SELECT pg_walfile_name(pg_current_wal_lsn())")
-    sql(lab, "SELECT pg_switch_wal()")
-    archived = f"{steps.WAL_ARCHIVE}/{segment}"
-    deadline = time.monotonic() + 60
-    while sh(lab, f"test -f {archived} && echo yes || true").strip() != "yes":
-        assert time.monotonic() < deadline, sql(lab, "SELECT * FROM pg_stat_archiver")
-        time.sleep(0.5)
-    assert int(sh(lab, f"stat -c %s {archived}")) == 16 * 2**20
+    segment = switch_and_archive(lab)
+    assert int(sh(lab, f"stat -c %s {steps.WAL_ARCHIVE}/{segment}")) == 16 * 2**20
     assert int(sql(lab, "SELECT failed_count FROM pg_stat_archiver")) == failed_before
     assert sql(lab, "SELECT last_archived_wal FROM pg_stat_archiver") >= segment
     # Copied under a temporary name and renamed: nothing half-written is left behind.
@@ -86,3 +91,26 @@ def test_systemd_supervises_the_container(lab: Lab) -> None:
     assert home == "/var/mail/vmail/sams.test/alice", home
     maildir = sh(lab, "postmap -q alice@sams.test proxy:pgsql:/etc/postfix/pgsql/virtual_mailbox_maps.cf")
     assert maildir.strip() == "sams.test/alice/", maildir
+
+
+def test_archive_command_never_overwrites_an_archived_segment(lab: Lab) -> None:
+    """The archive_command itself, in the running container: copying a segment that is already
+    archived succeeds only when the two are identical; a different file under that name fails."""
+    segment = switch_and_archive(lab)
+    archived = f"{steps.WAL_ARCHIVE}/{segment}"
+
+    def run(source: str) -> int:
+        command = steps.archive_command(steps.WAL_ARCHIVE).replace("%p", source).replace("%f", segment)
+        out = lab.shell.run(
+            ["sudo", "-n", "docker", "exec", "-u", "postgres", steps.CONTAINER, "sh", "-c", command], check=False
+        )
+        return out.returncode
+
+    before = sh(lab, f"sha256sum {archived}").split()[0]
+    assert run(archived) == 0  # the identical copy: already archived, success
+    sh(lab, f"head -c 16 /dev/urandom > {steps.WAL_ARCHIVE}/.different && chown 70:70 {steps.WAL_ARCHIVE}/.different")
+    try:
+        assert run(f"{steps.WAL_ARCHIVE}/.different") != 0  # same name, other content: refused
+    finally:
+        sh(lab, f"rm -f {steps.WAL_ARCHIVE}/.different")
+    assert sh(lab, f"sha256sum {archived}").split()[0] == before
