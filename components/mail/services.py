@@ -64,6 +64,12 @@ RESOLVER = f"{RESOLVER_ADDRESS}:53"
 UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
 
+# fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
+FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
+FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
+SASL_PORTS = (587, 465)  # submission, submissions: where SMTP AUTH is offered
+LOGIN_PORTS = (143, 993, 995)  # IMAP (STARTTLS), IMAPS, POP3S
+
 # Late values (arrive on stdin at apply time).
 DB_POSTFIX_PASSWORD = schema.password_late_name("postfix")
 DB_DOVECOT_PASSWORD = schema.password_late_name("dovecot")
@@ -102,10 +108,21 @@ install -d -o {VMAIL_USER} -g {VMAIL_USER} -m 0750 {VMAIL_ROOT}
 install -d -o opendkim -g postfix -m 2750 {POSTFIX_SPOOL}/{OPENDKIM_MILTER.split("/")[0]}
 install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/")[0]}
 """
+    jail = _render(
+        "etc/fail2ban/jail.d/sams-mail.local.j2",
+        submission_ports=",".join(str(p) for p in SASL_PORTS),
+        login_ports=",".join(str(p) for p in (*LOGIN_PORTS, *SASL_PORTS)),
+    )
+    files = (
+        File(FAIL2BAN_JAIL, jail),
+        File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
+    )
     return StepSpec(
         name="mail-base",
+        files=files,
+        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_DOVECOT_FILTER), "reload"),),
         script=script,
-        description="vmail user, bootstrap certificate, milter socket directories",
+        description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails",
     )
 
 

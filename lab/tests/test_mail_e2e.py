@@ -28,6 +28,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -608,6 +609,63 @@ def test_a_reused_imap_process_serves_each_user_only_their_mail(mail: World) -> 
         served.setdefault(pid, set()).add(user)
     assert set().union(*served.values()) == {"alice@sams.test", "bob@sams.test"}, (served, log[-2000:])
     assert any(len(names) == 2 for names in served.values()), (served, log[-2000:])
+
+
+# --- password guessing ----------------------------------------------------------------------------
+
+# A second internet address for the guesser: its ban (and Dovecot's per-address auth penalty) must not
+# touch the address the other tests send and read from.
+GUESSER = "198.18.0.66"
+
+
+def guess_passwords(host: str, kind: str, source: str, attempts: int) -> list[str]:
+    """Wrong passwords from `source`: "denied" per refused login, "refused" once the port is closed to it."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the login is what is tested
+    outcomes = []
+    for _ in range(attempts):
+        try:
+            if kind == "imap":
+                raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
+                with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
+                    f.readline()
+                    f.write(b'a LOGIN alice@sams.test "not-her-password"\r\n')
+                    f.flush()
+                    line = f.readline()
+                    outcomes.append("denied" if b"AUTHENTICATIONFAILED" in line else line.decode())
+            else:
+                with smtplib.SMTP(host, 587, timeout=30, source_address=(source, 0)) as client:
+                    client.starttls(context=context)
+                    try:
+                        client.login("alice@sams.test", "not-her-password")
+                        outcomes.append("accepted")
+                    except smtplib.SMTPAuthenticationError:
+                        outcomes.append("denied")
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+            break
+    return outcomes
+
+
+@pytest.mark.parametrize(("jail", "kind"), [("dovecot", "imap"), ("postfix-sasl", "smtp")])
+def test_password_guessing_gets_the_address_banned(mail: World, jail: str, kind: str) -> None:
+    """fail2ban (components/mail/etc/fail2ban): wrong passwords on IMAPS, or SMTP AUTH on 587, get
+    the guessing address banned from the login ports (Dovecot 2.4's log lines need SAMS's filter);
+    the other internet address keeps reading mail."""
+    ns, bridge = NAMES.ns_inet, NAMES.bridge
+    subprocess.run(["ip", "-n", ns, "addr", "add", f"{GUESSER}/32", "dev", bridge], check=True)
+    try:
+        outcomes = mail.inet(guess_passwords, mail.host, kind, GUESSER, 12, timeout=300)
+        assert outcomes[0] == "denied" and outcomes[-1] == "refused", outcomes
+        status = sh(mail.lab, f"fail2ban-client status {jail}")
+        assert re.search(rf"Banned IP list:\s.*\b{re.escape(GUESSER)}\b", status), status
+        assert mail.lab.spec.inet_ipv4 not in status
+        tag = subject(f"after-{jail}")
+        mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag)  # the other address is not banned
+        assert len(mail.read("bob@sams.test", tag)) == 1
+    finally:
+        sh(mail.lab, f"fail2ban-client set {jail} unbanip {GUESSER} || true")
+        subprocess.run(["ip", "-n", ns, "addr", "del", f"{GUESSER}/32", "dev", bridge], check=False)
 
 
 # --- exposure ----------------------------------------------------------------------------------------

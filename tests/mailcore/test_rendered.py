@@ -208,6 +208,8 @@ def test_a_config_change_reloads_only_its_own_daemon(lab_settings) -> None:
         "/etc/rspamd/override.d/worker-proxy.inc": {"rspamd"},
         "/etc/redis/redis.conf": {"redis-server"},
         "/etc/aliases": set(),  # newaliases, no reload
+        services.FAIL2BAN_JAIL: {"fail2ban.service"},
+        services.FAIL2BAN_DOVECOT_FILTER: {"fail2ban.service"},
     }
     for path, units in expected.items():
         assert _units_touched(steps, [path]) == units, path
