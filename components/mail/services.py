@@ -19,6 +19,7 @@ token that sams-apply replaces on the host, so no password is ever part of a ren
 from __future__ import annotations
 
 from components.database import schema
+from components.firewall.policy import public_ports
 from components.keys.rotation import DkimPhase, phase_without_clock
 from components.remote.steps import File, Service, StepSpec, late
 from components.render import render
@@ -67,8 +68,9 @@ REDIS_MAXMEMORY = "256mb"
 # fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
 FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
-SASL_PORTS = (587, 465)  # submission, submissions: where SMTP AUTH is offered
-LOGIN_PORTS = (143, 993, 995)  # IMAP (STARTTLS), IMAPS, POP3S
+# The services (firewall/policy.py names) where a password is typed: SMTP AUTH, and Dovecot's logins.
+SASL_SERVICES = frozenset({"submission", "submissions"})
+LOGIN_SERVICES = SASL_SERVICES | {"imap", "imaps", "pop3s", "managesieve"}
 
 # Late values (arrive on stdin at apply time).
 DB_POSTFIX_PASSWORD = schema.password_late_name("postfix")
@@ -108,10 +110,15 @@ install -d -o {VMAIL_USER} -g {VMAIL_USER} -m 0750 {VMAIL_ROOT}
 install -d -o opendkim -g postfix -m 2750 {POSTFIX_SPOOL}/{OPENDKIM_MILTER.split("/")[0]}
 install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/")[0]}
 """
+
+    def reachable(services: frozenset[str]) -> str:
+        """The public ports (the port policy's) of these services: only those can be guessed at."""
+        return ",".join(str(p.number) for p in public_ports(settings.config) if p.service in services)
+
     jail = _render(
         "etc/fail2ban/jail.d/sams-mail.local.j2",
-        submission_ports=",".join(str(p) for p in SASL_PORTS),
-        login_ports=",".join(str(p) for p in (*LOGIN_PORTS, *SASL_PORTS)),
+        submission_ports=reachable(SASL_SERVICES),
+        login_ports=reachable(LOGIN_SERVICES),
     )
     files = (
         File(FAIL2BAN_JAIL, jail),

@@ -618,10 +618,9 @@ def test_a_reused_imap_process_serves_each_user_only_their_mail(mail: World) -> 
 GUESSER = "198.18.0.66"
 
 
-def guess_passwords(host: str, kind: str, source: str, attempts: int) -> list[str]:
+def guess_passwords(host: str, cafile: str, kind: str, source: str, attempts: int) -> list[str]:
     """Wrong passwords from `source`: "denied" per refused login, "refused" once the port is closed to it."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the login is what is tested
+    context = tls_context(cafile)
     outcomes = []
     for _ in range(attempts):
         try:
@@ -655,7 +654,7 @@ def test_password_guessing_gets_the_address_banned(mail: World, jail: str, kind:
     ns, bridge = NAMES.ns_inet, NAMES.bridge
     subprocess.run(["ip", "-n", ns, "addr", "add", f"{GUESSER}/32", "dev", bridge], check=True)
     try:
-        outcomes = mail.inet(guess_passwords, mail.host, kind, GUESSER, 12, timeout=300)
+        outcomes = mail.inet(guess_passwords, mail.host, mail.cafile, kind, GUESSER, 12, timeout=300)
         assert outcomes[0] == "denied" and outcomes[-1] == "refused", outcomes
         status = sh(mail.lab, f"fail2ban-client status {jail}")
         assert re.search(rf"Banned IP list:\s.*\b{re.escape(GUESSER)}\b", status), status

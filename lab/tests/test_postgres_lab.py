@@ -10,14 +10,11 @@ import pytest
 
 from components.database import steps
 from lab.tests.conftest import Lab
+from lab.tests.test_mail_e2e import sh
 
 pytestmark = pytest.mark.lab
 
 PSQL = f"docker exec -i {steps.CONTAINER} psql -X -At -v ON_ERROR_STOP=1 -U postgres"
-
-
-def sh(lab: Lab, command: str) -> str:
-    return lab.shell.run(["sudo", "-n", "sh", "-c", command]).stdout.decode()
 
 
 def sql(lab: Lab, query: str) -> str:
