@@ -71,6 +71,25 @@ FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
 # The services (firewall/policy.py names) where a password is typed: SMTP AUTH, and Dovecot's logins.
 SASL_SERVICES = frozenset({"submission", "submissions"})
 LOGIN_SERVICES = SASL_SERVICES | {"imap", "imaps", "pop3s", "managesieve"}
+# Postfix's units on Debian 13 (the package's postfix.service and its per-instance unit).
+POSTFIX_UNITS = ("postfix.service", "postfix@-.service")
+# Journal priority of Postfix's "warning:" lines, where a failed SMTP AUTH is logged.
+LOG_WARNING = 4
+
+
+def sasl_log_identifiers() -> list[str]:
+    """The journal identifiers of the smtpd processes that offer AUTH: each submission service
+    in master.cf logs as postfix/<service>/smtpd (its syslog_name, plus the program's name)."""
+    return [f"postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
+
+
+def postfix_sasl_journalmatch() -> str:
+    """The postfix-sasl jail's journal match: Postfix's units, AUTH's smtpd identifiers and
+    warnings only. Terms on one field are alternatives, terms on different fields all apply."""
+    units = [f"_SYSTEMD_UNIT={unit}" for unit in POSTFIX_UNITS]
+    idents = [f"SYSLOG_IDENTIFIER={ident}" for ident in sasl_log_identifiers()]
+    return " ".join([*units, *idents, f"PRIORITY={LOG_WARNING}"])
+
 
 # Late values (arrive on stdin at apply time).
 DB_POSTFIX_PASSWORD = schema.password_late_name("postfix")
@@ -119,6 +138,7 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         "etc/fail2ban/jail.d/sams-mail.local.j2",
         submission_ports=reachable(SASL_SERVICES),
         login_ports=reachable(LOGIN_SERVICES),
+        postfix_sasl_journalmatch=postfix_sasl_journalmatch(),
     )
     files = (
         File(FAIL2BAN_JAIL, jail),

@@ -658,6 +658,9 @@ def test_password_guessing_gets_the_address_banned(mail: World, jail: str, kind:
         assert outcomes[0] == "denied" and outcomes[-1] == "refused", outcomes
         status = sh(mail.lab, f"fail2ban-client status {jail}")
         assert re.search(rf"Banned IP list:\s.*\b{re.escape(GUESSER)}\b", status), status
+        if jail == "postfix-sasl":  # the ban came through the jail's narrowed match, which fail2ban loaded
+            loaded = sh(mail.lab, f"fail2ban-client get {jail} journalmatch").strip().splitlines()[-1]
+            assert loaded == services.postfix_sasl_journalmatch(), loaded
         assert mail.lab.spec.inet_ipv4 not in status
         tag = subject(f"after-{jail}")
         mail.submit(587, "alice@sams.test", ["bob@sams.test"], tag)  # the other address is not banned

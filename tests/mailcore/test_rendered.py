@@ -128,6 +128,32 @@ def test_auth_is_never_offered_on_port_25(lab_settings) -> None:
         assert master[svc][1]["smtpd_sender_restrictions"].startswith("reject_sender_login_mismatch,")
 
 
+def test_postfix_sasl_jail_reads_exactly_the_auth_smtpds_warnings(lab_settings) -> None:
+    """The jail's narrowed journal match follows master.cf: every service offering AUTH logs its
+    failures as <syslog_name>/smtpd, and no other Postfix line is read (fail2ban's CPU per message)."""
+    files = _files(services.mail_steps(lab_settings))
+    master = _master_services(files["/etc/postfix/master.cf"])
+    auth_idents = {
+        f"{opts['syslog_name']}/smtpd"
+        for fields, opts in master.values()
+        if opts.get("smtpd_sasl_auth_enable") == "yes" and fields[-1] == "smtpd"
+    }
+    jail = files[services.FAIL2BAN_JAIL]
+    section = jail.split("[postfix-sasl]", 1)[1].split("\n[", 1)[0]
+    match = re.search(r'^filter = postfix\[mode=auth, journalmatch="([^"]+)"\]$', section, re.M)
+    assert match, section
+    terms: dict[str, set[str]] = {}
+    for term in match.group(1).split():
+        field, _, value = term.partition("=")
+        terms.setdefault(field, set()).add(value)
+    assert terms == {
+        "_SYSTEMD_UNIT": {"postfix.service", "postfix@-.service"},
+        "SYSLOG_IDENTIFIER": auth_idents,
+        "PRIORITY": {"4"},  # LOG_WARNING: Postfix's "warning: ... SASL ... authentication failed"
+    }
+    assert auth_idents == {"postfix/submission/smtpd", "postfix/submissions/smtpd"}
+
+
 def test_tls_protocols_exclude_tls1_and_tls11(all_steps) -> None:
     for steps in all_steps:
         files = _files(steps)
