@@ -525,6 +525,57 @@ def test_no_mail_is_lost_while_rspamd_is_down(mail: World) -> None:
     assert b"Authentication-Results:" in got and b"spf=pass" in got  # scanned by Rspamd this time
 
 
+def submit_attempt(
+    host: str, port: int, cafile: str, login: tuple[str, str], sender: str, to: list[str], data: bytes
+) -> Reply:
+    """submit(), answering the refusal (code, text) instead of raising it; (250, queue id) when taken."""
+    try:
+        return 250, submit(host, port, cafile, login, sender, to, data)
+    except smtplib.SMTPRecipientsRefused as exc:
+        ((code, text),) = exc.recipients.values()
+        return code, text.decode(errors="replace")
+    except smtplib.SMTPResponseException as exc:
+        error = exc.smtp_error
+        return exc.smtp_code, error.decode(errors="replace") if isinstance(error, bytes) else error
+
+
+WAIT_OPENDKIM = f"""for i in $(seq 150); do
+  ss -Hxl src {services.POSTFIX_SPOOL}/{services.OPENDKIM_MILTER} | grep -q . && exit 0
+  sleep 0.2
+done
+exit 1"""
+
+
+def test_no_mail_is_lost_while_opendkim_is_down(mail: World) -> None:
+    """milter_default_action = tempfail on the signing path: with OpenDKIM stopped, submission answers
+    4xx (the mail client keeps the message) and local mail (sendmail: Sieve redirects and vacation
+    replies, cron) waits in the maildrop; once OpenDKIM is back, both go out, signed."""
+    client_tag, local_tag = subject("dkim-down-587"), subject("dkim-down-local")
+    local = message("alice@sams.test", "bob@sams.test", local_tag).decode()
+    sh(mail.lab, "systemctl stop opendkim")
+    try:
+        data = message("alice@sams.test", "bob@sams.test", client_tag)
+        login = mail.login("alice@sams.test")
+        refused = mail.inet(
+            submit_attempt, mail.host, 587, mail.cafile, login, "alice@sams.test", ["bob@sams.test"], data
+        )
+        # A temporary refusal (Postfix answers 454 4.3.0 here): the client keeps the message and retries.
+        assert 400 <= refused[0] < 500 and refused[1].startswith("4."), refused
+        sh(mail.lab, "runuser -u vmail -- /usr/sbin/sendmail -f alice@sams.test bob@sams.test", stdin=local)
+        time.sleep(2)  # pickup hands it to cleanup at once; the milter's tempfail leaves it in maildrop
+        assert sh(mail.lab, f"grep -rl {local_tag} {services.POSTFIX_SPOOL}/maildrop").strip()
+        assert mail.read("bob@sams.test", local_tag, want=1, wait=1) == []  # not sent unsigned either
+    finally:
+        sh(mail.lab, "systemctl start opendkim")
+        sh(mail.lab, WAIT_OPENDKIM)
+    sh(mail.lab, "postkick public pickup W")  # pickup's next 60 s scan, now
+    mail.submit(587, "alice@sams.test", ["bob@sams.test"], client_tag)  # the client's retry
+    for tag in (client_tag, local_tag):
+        (raw,) = mail.read("bob@sams.test", tag)
+        verdict = mail.inet(verify_dkim, raw, mail.lab.spec.inet_ipv4)
+        assert verdict["ok"] and verdict["d"] == DOMAIN, (tag, verdict)
+
+
 def test_no_auth_on_port_25(mail: World) -> None:
     out = mail.inet(dialogue, mail.host, 25, [("starttls", ""), ("auth", "PLAIN AGFsaWNlAHg=")], mail.cafile)
     assert "auth" not in out["features"] and "starttls" not in out["features"]  # after STARTTLS
