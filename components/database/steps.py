@@ -73,18 +73,14 @@ command -v curl >/dev/null || {{
 docker image inspect {image} >/dev/null 2>&1 || docker pull {image}
 systemctl daemon-reload
 systemctl enable {UNIT}
-case "$SAMS_CHANGED" in *{UNIT}*|*{ENV_FILE}*) systemctl restart {UNIT} ;; esac
-systemctl start {UNIT}
-tries=0
-until docker exec {CONTAINER} pg_isready -q -h 127.0.0.1 -U {SUPERUSER}; do
-    tries=$((tries + 1))
-    [ "$tries" -lt 600 ] || {{
-        journalctl -u {UNIT} -n 20 --no-pager >&2  # the unit: docker run's and curl's own errors
-        journalctl -t {CONTAINER} -n 50 --no-pager >&2  # PostgreSQL's log, through Docker
-        exit 1
-    }}
-    sleep 0.2
-done
+action=start
+case "$SAMS_CHANGED" in *{UNIT}*|*{ENV_FILE}*) action=restart ;; esac
+# Started means ready: the unit's ExecStartPost waits for pg_isready, so the job returns only then.
+systemctl "$action" {UNIT} || {{
+    journalctl -u {UNIT} -n 20 --no-pager >&2  # the unit: docker run's and curl's own errors
+    journalctl -t {CONTAINER} -n 50 --no-pager >&2  # PostgreSQL's log, through Docker
+    exit 1
+}}
 {apply_script(f"{psql} -U {SUPERUSER}", f"{psql} -U sams_owner -d sams")}"""
     files = (
         File("/etc/docker/daemon.json", json.dumps(DOCKER_DAEMON, indent=2) + "\n"),

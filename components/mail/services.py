@@ -77,17 +77,13 @@ POSTFIX_UNITS = ("postfix.service", "postfix@-.service")
 LOG_WARNING = 4
 
 
-def sasl_log_identifiers() -> list[str]:
-    """The journal identifiers of the smtpd processes that offer AUTH: each submission service
-    in master.cf logs as postfix/<service>/smtpd (its syslog_name, plus the program's name)."""
-    return [f"postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
-
-
 def postfix_sasl_journalmatch() -> str:
-    """The postfix-sasl jail's journal match: Postfix's units, AUTH's smtpd identifiers and
-    warnings only. Terms on one field are alternatives, terms on different fields all apply."""
+    """The postfix-sasl jail's journal match: Postfix's units, the identifiers of the smtpds that
+    offer AUTH (each submission service in master.cf logs as postfix/<service>/smtpd: its
+    syslog_name plus the program's name) and warnings only. Terms on one field are alternatives,
+    terms on different fields all apply."""
     units = [f"_SYSTEMD_UNIT={unit}" for unit in POSTFIX_UNITS]
-    idents = [f"SYSLOG_IDENTIFIER={ident}" for ident in sasl_log_identifiers()]
+    idents = [f"SYSLOG_IDENTIFIER=postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
     return " ".join([*units, *idents, f"PRIORITY={LOG_WARNING}"])
 
 
