@@ -22,7 +22,12 @@ from components.mail.clients import client_settings  # noqa: E402
 from settings.loader import SECRET_KEYS  # noqa: E402
 from settings.stack import StackConfig  # noqa: E402
 
-OWNED = [DOCS / "gmail_setup_guide.md", DOCS / "rollback.md", *sorted((DOCS / "runbooks").glob("*.md"))]
+OWNED = [
+    DOCS / "gmail_setup_guide.md",
+    DOCS / "rollback.md",
+    DOCS / "performance.md",
+    *sorted((DOCS / "runbooks").glob("*.md")),
+]
 RUNBOOKS = {"dkim_rotation.md", "queue_triage.md", "blocklist_delisting.md", "user_lifecycle.md"}
 
 
