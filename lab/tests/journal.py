@@ -20,7 +20,9 @@ def cursor(shell: HostShell) -> str:
     return found[-1]
 
 
-def since(shell: HostShell, mark: str, *units: str) -> str:
-    """The messages of `units` logged after the entry `mark` points at."""
-    unit_args = " ".join(f"-u {u}" for u in units)
-    return _journalctl(shell, f"--after-cursor '{mark}' {unit_args} -o cat")
+def since(shell: HostShell, mark: str, *units: str, tag: str = "") -> str:
+    """The messages of `units` logged after the entry `mark` points at; only those whose syslog
+    identifier is `tag` when given (Postfix's daemons log under postfix.service or postfix@-.service,
+    depending on how Postfix was last started, but always as postfix/<daemon>)."""
+    args = " ".join([f"-u {u}" for u in units] + ([f"-t {tag}"] if tag else []))
+    return _journalctl(shell, f"--after-cursor '{mark}' {args} -o cat")

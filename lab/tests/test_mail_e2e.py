@@ -662,6 +662,41 @@ def test_a_reused_imap_process_serves_each_user_only_their_mail(mail: World) -> 
     assert any(len(names) == 2 for names in served.values()), (served, log[-2000:])
 
 
+def test_deliveries_share_one_lmtp_session(mail: World) -> None:
+    """Postfix keeps its LMTP session to Dovecot for the next message (lmtp_connection_cache_destinations),
+    even one at a time with no backlog, where Postfix's on-demand caching would not."""
+    sender = f"someone@{SENDER_DOMAIN}"
+    tags = [subject(f"lmtp-reuse-{i}") for i in range(3)]
+    mark = journal.cursor(mail.lab.shell)
+    queued = []
+    for tag in tags:  # one after the other: each is delivered before the next is sent
+        code, text = mail.inet(mx_attempt, mail.host, sender, "bob@sams.test", message(sender, "bob@sams.test", tag))
+        assert code == 250, (code, text)
+        queued.append(text.rsplit(" ", 1)[-1])
+        assert len(mail.read("bob@sams.test", tag)) == 1
+    log = journal.since(mail.lab.shell, mark, tag="postfix/lmtp")
+    lines = [line for line in log.splitlines() if any(line.startswith(f"{q}: to=<") for q in queued)]
+    assert len(lines) == 3, (queued, log[-3000:])
+    # The first delivery may open the session; the later ones arrive within its 2 s idle time.
+    assert all("conn_use=" in line for line in lines[1:]), lines
+
+
+def test_dovecot_gets_three_times_the_cpu_share(lab: Lab) -> None:
+    """dovecot.service's drop-in: its cgroup weight, and (this lab's kernel shares CPU by session, as
+    hosts without systemd's cpu controller do) its session's nice, also after a restart."""
+
+    def share() -> tuple[str, str]:
+        out = sh(lab, "systemctl show -p CPUWeight --value dovecot && "
+                      "cat /proc/$(systemctl show -p MainPID --value dovecot)/autogroup")  # fmt: skip
+        weight, autogroup = out.splitlines()
+        return weight, autogroup.rsplit(" ", 1)[-1]
+
+    expected = (str(services.DOVECOT_CPU_WEIGHT), str(services.DOVECOT_AUTOGROUP_NICE))
+    assert share() == expected
+    sh(lab, "systemctl restart dovecot")  # a new session: ExecStartPost gives it the nice
+    assert share() == expected
+
+
 # --- password guessing ----------------------------------------------------------------------------
 
 # A second internet address for the guesser: its ban (and Dovecot's per-address auth penalty) must not

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,8 @@ def test_milters_and_lmtp_are_spool_relative(lab_settings) -> None:
     for svc in ("smtp/inet", "smtpd/pass"):
         assert "smtpd_milters" not in master[svc][1], svc
     assert main["virtual_transport"] == f"lmtp:unix:{services.LMTP_SOCKET}"
+    # Postfix names a unix-socket destination for connection caching by its path, without "unix:".
+    assert main["lmtp_connection_cache_destinations"] == services.LMTP_SOCKET
     assert main["smtpd_sasl_path"] == services.AUTH_SOCKET
 
 
@@ -249,6 +253,33 @@ def test_step_order_puts_prerequisites_first(lab_settings) -> None:
 
 
 # --- SQL -------------------------------------------------------------------------------------------
+
+
+def test_dovecot_cpu_share_is_one_ratio_in_both_forms(lab_settings) -> None:
+    """The drop-in's cgroup weight and its session nice give Dovecot the same share: the kernel weighs
+    each nice step 1.25x, and CPUWeight is relative to the default of 100."""
+    dropin = _files(services.mail_steps(lab_settings))[services.DOVECOT_CPU_DROPIN]
+    weights = re.findall(r"^CPUWeight=(\d+)$", dropin, re.M)
+    nices = re.findall(r"^ExecStartPost=-/bin/sh -c 'echo (-?\d+) > \"/proc/\$MAINPID/autogroup\"'$", dropin, re.M)
+    assert len(weights) == len(nices) == 1, dropin
+    weight, nice = int(weights[0]), int(nices[0])
+    assert (weight, nice) == (services.DOVECOT_CPU_WEIGHT, services.DOVECOT_AUTOGROUP_NICE)
+    assert weight / 100 == pytest.approx(1.25**-nice, rel=0.05)
+
+
+def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...]) -> None:
+    """Every mail step's script, as sams-apply runs it (/bin/sh; SC2154: sams-apply sets SAMS_LATE_*)."""
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is part of the test tools (see ./run)"
+    for spec in steps:
+        if spec.script:
+            result = subprocess.run(
+                [shellcheck, "-s", "sh", "-e", "SC2154", "-"],
+                input="#!/bin/sh\n" + spec.script,
+                text=True,
+                capture_output=True,
+            )
+            assert result.returncode == 0, (spec.name, result.stdout)
 
 
 def test_dovecot_queries_follow_the_24_rules() -> None:
