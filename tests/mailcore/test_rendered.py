@@ -252,7 +252,7 @@ def test_step_order_puts_prerequisites_first(lab_settings) -> None:
     assert names == ["mail-base", "opendkim", "rspamd", "dovecot", "postfix"]
 
 
-# --- SQL -------------------------------------------------------------------------------------------
+# --- step scripts and Dovecot's CPU share ----------------------------------------------------------
 
 
 def test_dovecot_cpu_share_is_one_ratio_in_both_forms(lab_settings) -> None:
@@ -280,6 +280,9 @@ def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...]) -> None:
                 capture_output=True,
             )
             assert result.returncode == 0, (spec.name, result.stdout)
+
+
+# --- SQL -------------------------------------------------------------------------------------------
 
 
 def test_dovecot_queries_follow_the_24_rules() -> None:
