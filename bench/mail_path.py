@@ -94,11 +94,14 @@ class ContainerCgroup:
         return self._usec(self.root)
 
     def units(self) -> dict[str, int]:
-        """CPU µs of every unit in the container's system.slice, by unit name."""
-        out = {}
+        """CPU µs of every unit in the container's system.slice, by unit name. Scopes that share a
+        name add up: a replaced PostgreSQL container can leave its old, empty docker-<id>.scope
+        behind, and letting it stand for "postgres (container)" read the live one's CPU as 0."""
+        out: dict[str, int] = {}
         for unit in sorted((self.root / "system.slice").iterdir()):
             if (unit / "cpu.stat").exists():
-                out[_unit_name(unit.name)] = self._usec(unit)
+                name = _unit_name(unit.name)
+                out[name] = out.get(name, 0) + self._usec(unit)
         return out
 
     def pids(self) -> dict[str, list[int]]:

@@ -180,6 +180,7 @@ class ApplyReport:
     changed_files: int = 0
     services: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # each step's last JSON line
 
 
 def applied_path(paths: StatePaths) -> Path:
@@ -239,6 +240,7 @@ def apply(
             raise LabError(f"step {step.name} failed (exit {proc.returncode}):\n{out}\n{err}")
         summary = _summary(out)
         report.ran.append(step.name)
+        report.summaries[step.name] = summary
         report.changed_files += len(summary.get("changed", []))
         report.services += summary.get("services", [])
         print(

@@ -223,6 +223,12 @@ def schema_files(mail: MailList) -> tuple[File, ...]:
     )
 
 
+# Dovecot caches what it reads from these tables (auth_cache_size in dovecot.conf). After the mail
+# list changes, a removed user must be refused and a new quota count at once, not after the TTL.
+# Dovecot is installed after the first run of this step: no Dovecot yet, nothing cached.
+FLUSH_DOVECOT_AUTH_CACHE = "if systemctl is-active --quiet dovecot; then doveadm auth cache flush >/dev/null; fi"
+
+
 def apply_script(superuser_psql: str, owner_psql: str) -> str:
     """The step script: run the three files in order through the given psql command prefixes.
 
@@ -236,6 +242,7 @@ def apply_script(superuser_psql: str, owner_psql: str) -> str:
             f"{superuser_psql} -v ON_ERROR_STOP=1 -q < {SQL_DIR}/roles.sql",
             f"{owner_psql} -v ON_ERROR_STOP=1 -q < {SQL_DIR}/migrate.sql",
             f"{owner_psql} -v ON_ERROR_STOP=1 -q < {SQL_DIR}/mail_list.sql",
+            FLUSH_DOVECOT_AUTH_CACHE,
             "",
         ]
     )

@@ -35,6 +35,9 @@ POSTFIX_SPOOL = "/var/spool/postfix"
 LMTP_SOCKET = "private/dovecot-lmtp"
 # Concurrent LMTP deliveries: Postfix's limit for the socket and Dovecot's per-user limit, one number.
 LMTP_CONCURRENCY = 20
+# Dovecot's auth cache (dovecot.conf): a user's entry is a few hundred bytes, so 10M holds
+# tens of thousands; the least recently used go first when it is full.
+AUTH_CACHE_SIZE = "10M"
 AUTH_SOCKET = "private/auth"
 # Dovecot's CPU share when the cores are busy (etc/systemd/system/dovecot.service.d/sams-cpu.conf.j2):
 # three times the others', as a cgroup weight (default 100) or, where the kernel groups by session
@@ -261,6 +264,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 lmtp_socket=LMTP_SOCKET,
                 lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
+                auth_cache_size=AUTH_CACHE_SIZE,
                 quota_status_socket=QUOTA_STATUS_SOCKET,
             ),
         ),
@@ -411,6 +415,7 @@ def rspamd_step(settings: Settings) -> StepSpec:
         rspamd_file("local.d/antivirus.conf"),
         rspamd_file("local.d/milter_headers.conf"),
         rspamd_file("local.d/neural.conf"),
+        rspamd_file("local.d/logging.inc"),
         File(
             "/etc/redis/redis.conf",
             _render("etc/redis/redis.conf.j2", maxmemory=REDIS_MAXMEMORY),

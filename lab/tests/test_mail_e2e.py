@@ -340,6 +340,7 @@ def write_hashes(lab: Lab, hashes: dict[str, str | None]) -> None:
         sql.append(f"UPDATE users SET password_hash = {value} WHERE local_part = '{local}' AND domain = '{domain}';")
     sql.append("COMMIT;")
     sh(lab, PSQL, stdin="\n".join(sql))
+    sh(lab, "doveadm auth cache flush >/dev/null")  # as the password runbook does after its UPDATE
 
 
 def stored_hashes(lab: Lab) -> dict[str, str | None]:
@@ -626,6 +627,57 @@ def test_over_quota(mail: World) -> None:
     assert refused.value.recipients["tiny@sams.test"][0] == 552
 
 
+# An internet address of its own for the reset test's refused logins: fail2ban counts them by address.
+RESETTER = "198.18.0.67"
+
+
+def imap_logins(host: str, cafile: str, source: str, logins: list[tuple[str, str]]) -> list[str]:
+    """One IMAPS LOGIN per (user, password) from `source`, in turn: "ok" or "failed" for each."""
+    context = tls_context(cafile)
+    outcomes = []
+    for user, password in logins:
+        raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
+        with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
+            f.readline()
+            f.write(f'a LOGIN {user} "{password}"\r\n'.encode())
+            f.flush()
+            line = f.readline()
+            while not line.startswith(b"a "):  # untagged CAPABILITY lines come first
+                line = f.readline()
+            outcomes.append("ok" if line.startswith(b"a OK") else "failed")
+    return outcomes
+
+
+def test_a_password_reset_counts_once_the_runbook_flushes_the_auth_cache(mail: World) -> None:
+    """Dovecot caches users (auth_cache_size): after a reset the runbook's way (UPDATE, then `doveadm
+    auth cache flush <user>`), the new password works and the old one is refused at once. Before the
+    flush the cache answers, with the old hash: that is what makes the flush the runbook's step."""
+    lab, user = mail.lab, "carol@other.test"
+    old, new = mail.passwords[user], "carol-E2E-reset-2"
+    scheme = lab.settings.config.users.password_scheme
+    ns, bridge = NAMES.ns_inet, NAMES.bridge
+    subprocess.run(["ip", "-n", ns, "addr", "add", f"{RESETTER}/32", "dev", bridge], check=True)
+
+    def logins(*attempts: tuple[str, str]) -> list[str]:
+        return mail.inet(imap_logins, mail.host, mail.cafile, RESETTER, list(attempts))
+
+    try:
+        # Cached with a success, then a failure: after a failed attempt the cache refuses a new password.
+        assert logins((user, old), (user, "not-carols")) == ["ok", "failed"]
+        digest = sh(lab, f"doveadm pw -s {scheme} -p '{new}'").strip()
+        local, domain = user.split("@")
+        where = f"local_part = '{local}' AND domain = '{domain}'"
+        sh(lab, PSQL, stdin=f"UPDATE users SET password_hash = '{digest}' WHERE {where};")  # the runbook's UPDATE
+        assert logins((user, new), (user, old)) == ["failed", "ok"]
+        flushed = sh(lab, f"doveadm auth cache flush {user}").strip()  # its passdb and userdb entries
+        assert re.fullmatch(r"[1-9]\d* cache entries flushed", flushed), flushed
+        assert logins((user, new), (user, old)) == ["ok", "failed"]
+    finally:
+        write_hashes(lab, {user: sh(lab, f"doveadm pw -s {scheme} -p '{old}'").strip()})
+        sh(lab, "fail2ban-client set dovecot unbanip " + RESETTER + " || true")
+        subprocess.run(["ip", "-n", ns, "addr", "del", f"{RESETTER}/32", "dev", bridge], check=False)
+
+
 def test_plaintext_imap_login_refused(mail: World) -> None:
     out = mail.inet(imap_plaintext_login, mail.host, mail.login("alice@sams.test"))
     assert "LOGINDISABLED" in out["capabilities"] and "STARTTLS" in out["capabilities"], out
@@ -784,6 +836,26 @@ print(reply[3] & 15, struct.unpack(">H", reply[6:8])[0], socket.inet_aton("{mail
     assert sh(mail.lab, "python3", stdin=probe).split() == ["0", "1", "True"]
     options = sh(mail.lab, "rspamadm configdump options 2>/dev/null")
     assert re.search(r'nameserver \[\s*"127\.0\.0\.1:53",?\s*\]', options), options
+
+
+def test_rspamd_logs_one_line_per_message(mail: World) -> None:
+    """local.d/logging.inc, as the running Rspamd applies it: a scanned message leaves its task
+    summary (queue ID, action, symbols) and no other line carrying that task's log tag."""
+    tag = subject("rspamd-log")
+    data = message(f"someone@{SENDER_DOMAIN}", "bob@sams.test", tag)
+    message_id = email.message_from_bytes(data)["Message-ID"]
+    replies = mail.mx(
+        [("mail", f"FROM:<someone@{SENDER_DOMAIN}>"), ("rcpt", "TO:<bob@sams.test>"), ("data", data.decode())]
+    )
+    assert [c for c, _ in replies] == [250, 250, 250], replies
+    assert len(mail.read("bob@sams.test", tag)) == 1  # scanned and delivered: the task has ended
+    log = "/var/log/rspamd/rspamd.log"
+    summary = sh(mail.lab, f"grep -F 'id: {message_id}' {log}").splitlines()
+    assert len(summary) == 1 and "rspamd_task_write_log" in summary[0], summary
+    task = re.search(r"\(\w+\) (<\w+>);", summary[0])
+    assert task, summary[0]
+    lines = sh(mail.lab, f"grep -F '{task.group(1)};' {log}").splitlines()
+    assert lines == summary, lines  # Debian's "info" level logs about ten lines for the same task
 
 
 def test_managesieve_through_the_tunnel(mail: World) -> None:

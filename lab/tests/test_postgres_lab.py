@@ -4,13 +4,17 @@ finished WAL segment copied to /opt/postgres/wal_archive."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
-from components.database import steps
+from components.database import schema, steps
+from components.remote.steps import stage
+from lab import program
 from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import sh
+from lab.tests.test_mail_e2e import run_step, sh
 
 pytestmark = pytest.mark.lab
 
@@ -111,3 +115,42 @@ def test_archive_command_never_overwrites_an_archived_segment(lab: Lab) -> None:
     finally:
         sh(lab, f"rm -f {steps.WAL_ARCHIVE}/.different")
     assert sh(lab, f"sha256sum {archived}").split()[0] == before
+
+
+def test_a_mail_list_change_counts_at_once_though_dovecot_caches_users(lab: Lab, tmp_path: Path) -> None:
+    """Dovecot caches what it read from the users table (auth_cache_size); the postgres step flushes
+    that cache after applying the mail list, so a new quota (or a removed user) counts at once, not
+    after the cache's hour. Checked through Dovecot's own userdb lookup, which the cache answers."""
+
+    def quota() -> str:
+        return sh(lab, "doveadm user -f quota_storage_size tiny@sams.test").strip()
+
+    original = next(s for s in program.steps_of(lab.run) if s.name.endswith("-postgres"))
+    stdin = original.command.inputs.get("stdin")
+    before = quota()
+    assert before == "1048576B", before  # tiny@: 1M in stacks/lab/mail_list.yml; now cached
+    mail = lab.settings.mail
+    bigger = mail.model_copy(
+        update={
+            "domains": [
+                d.model_copy(
+                    update={
+                        "users": [
+                            u.model_copy(update={"quota": 2 * 1024**2}) if u.name == "tiny" else u for u in d.users
+                        ]
+                    }
+                )
+                for d in mail.domains
+            ]
+        }
+    )
+    spec = steps.postgres_step(dataclasses.replace(lab.settings, mail=bigger))
+    try:
+        summary = run_step(lab, spec, stage(spec, tmp_path), stdin)
+        assert summary["changed"] == [f"{schema.SQL_DIR}/mail_list.sql"], summary
+        assert quota() == "2097152B"
+    finally:
+        original_spec = steps.postgres_step(lab.settings)
+        restored = run_step(lab, original_spec, Path(original.copy.inputs["source"]["path"]), stdin)
+    assert restored["changed"] == [f"{schema.SQL_DIR}/mail_list.sql"], restored
+    assert quota() == before

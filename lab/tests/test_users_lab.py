@@ -49,7 +49,7 @@ def imap_login(lab: Lab, user: str, password: str) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def onboarded(lab: Lab, bao: Bao) -> Iterator[mockrun.Run]:
+def onboarded(lab: Lab, bao: Bao) -> Iterator[program.ApplyReport]:
     keys = program.lab_keys(lab.paths)
     config = {**program._config(keys), "sams:vault": json.dumps({"address": bao.address})}
     run = mockrun.run(
@@ -61,10 +61,19 @@ def onboarded(lab: Lab, bao: Bao) -> Iterator[mockrun.Run]:
     )
     report = program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
     assert "users-users" in report.ran
-    yield run
+    yield report
 
 
-def test_onboarded_user_logs_in_with_the_password_from_vault(lab: Lab, bao: Bao, onboarded: mockrun.Run) -> None:
+def test_sams_users_flushed_dovecots_auth_cache(onboarded: program.ApplyReport) -> None:
+    """After writing hashes, sams-users made the running Dovecot drop its cached users (doveadm
+    answered): a first password counts at once, even for an address whose lookup failed before."""
+    summary = onboarded.summaries["users-users"]
+    assert summary["action"] == "sync" and summary["auth_cache_flushed"] is True, summary
+
+
+def test_onboarded_user_logs_in_with_the_password_from_vault(
+    lab: Lab, bao: Bao, onboarded: program.ApplyReport
+) -> None:
     client = hvac.Client(url=bao.address, token=bao.token)
     secret = client.secrets.kv.v2.read_secret_version(
         path="mail/users/sams.test/alice", mount_point="secret", raise_on_deleted_version=True
@@ -76,6 +85,6 @@ def test_onboarded_user_logs_in_with_the_password_from_vault(lab: Lab, bao: Bao,
     assert wrong.returncode == 3, wrong.stdout + wrong.stderr
 
 
-def test_purge_timer_is_enabled(lab: Lab, onboarded: mockrun.Run) -> None:
+def test_purge_timer_is_enabled(lab: Lab, onboarded: program.ApplyReport) -> None:
     out = lab.shell.run(["systemctl", "is-enabled", "sams-archive-purge.timer"], check=False)
     assert out.stdout.decode().strip() == "enabled"

@@ -132,6 +132,13 @@ def test_dovecot_takes_every_lmtp_session_postfix_opens(mail_root: Path) -> None
     assert re.search(r"^maildir \{\n(  .*\n)*  very_dirty_syncs = yes$", _ok(mail_root, "doveconf", "-n"), re.M)
 
 
+def test_dovecot_caches_users_and_checks_cached_passwords_in_workers(mail_root: Path) -> None:
+    """The auth cache is on (each flush is tested in the lab), and a cached hash is checked in an
+    auth worker: in the auth process itself each check would hold up every other login."""
+    assert _ok(mail_root, "doveconf", "-h", "auth_cache_size").strip() == services.AUTH_CACHE_SIZE == "10M"
+    assert _ok(mail_root, "doveconf", "-h", "auth_cache_verify_password_with_worker").strip() == "yes"
+
+
 def test_dovecot_sql_conf_is_root_only_and_has_the_password(mail_root: Path) -> None:
     path = mail_root / services.DOVECOT_SQL_CONF.lstrip("/")
     assert path.stat().st_mode & 0o077 == 0
@@ -176,6 +183,9 @@ def test_rspamd_effective_config(mail_root: Path) -> None:
     assert "enabled = false" in _ok(mail_root, "rspamadm", "configdump", "dkim_signing")
     # No neural network (local.d/neural.conf): Debian's default section has no "enabled" at all.
     assert re.search(r"^enabled = false;$", _ok(mail_root, "rspamadm", "configdump", "neural"), re.M)
+    # One log line per message (local.d/logging.inc) instead of Debian's "info".
+    logging = _ok(mail_root, "rspamadm", "configdump", "logging")
+    assert re.search(r'^level = "notice";$', logging, re.M) and re.search(r"^log_re_cache = false;$", logging, re.M)
 
 
 def test_redis_config_is_loopback(mail_root: Path) -> None:
