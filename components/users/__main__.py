@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         # Put the previous passwords back (as a new version) so Vault matches the database again.
         parallel(lambda a: store.write(a, old[a]) if old[a] is not None else store.delete(a), targets)
         raise _fail(f"database update failed, Vault restored: {result.stderr.decode(errors='replace').strip()}")
+    if result.stderr.strip():  # stored, with a warning (e.g. Dovecot's cache not flushed): pass it on
+        print(result.stderr.decode(errors="replace").strip(), file=sys.stderr)
     print(json.dumps({"rotated": targets}))
     return 0
 

@@ -95,21 +95,22 @@ def run_sql(psql: str, sql: str) -> None:
         raise SystemExit(f"sams-users: psql failed ({result.returncode}): {err.strip()}")
 
 
-def flush_auth_cache() -> bool:
+def flush_auth_cache() -> tuple[bool, str]:
     """Make Dovecot drop what it cached from the users table (auth_cache_size in dovecot.conf), so
-    a new hash counts, and a disabled user is refused, at once; False where Dovecot is not running."""
+    a new hash counts, and a disabled user is refused, at once. (flushed, doveadm's error if it
+    failed); not flushed and no error where Dovecot is not running: nothing is cached then."""
     if not shutil.which("doveadm") or not shutil.which("systemctl"):
-        return False
+        return False, ""
     if subprocess.run(["systemctl", "is-active", "--quiet", "dovecot"], check=False).returncode != 0:
-        return False
+        return False, ""
     result = subprocess.run(["doveadm", "auth", "cache", "flush"], capture_output=True, check=False)
     if result.returncode != 0:
         err = result.stderr.decode(errors="replace").strip()
-        raise SystemExit(
-            f"sams-users: the database is updated, but `doveadm auth cache flush` failed ({result.returncode}): "
-            f"{err}; Dovecot may answer from its cache for up to auth_cache_ttl (an hour). Run it again."
+        return False, (
+            f"the database is updated, but `doveadm auth cache flush` failed ({result.returncode}): {err}; "
+            "Dovecot may answer from its cache for up to auth_cache_ttl (an hour)"
         )
-    return True
+    return True, ""
 
 
 def archive(vmail_root: str, archive_root: str, address: str, today: dt.date) -> str | None:
@@ -175,13 +176,18 @@ def main(argv: list[str]) -> int:
         if args.action == "set-hashes":
             run_sql(args.psql, set_hashes_sql(hashes))
             summary["rotated"] = sorted(hashes)
-            summary["auth_cache_flushed"] = flush_auth_cache()
+            summary["auth_cache_flushed"], error = flush_auth_cache()
+            if error:  # not a failure: the caller keeps the new passwords, which the database now has
+                print(f"sams-users: warning: {error}; run `sudo doveadm auth cache flush` on the host", file=sys.stderr)
         else:
             removed: list[str] = sorted(data.get("removed") or [])
             run_sql(args.psql, sync_sql(hashes, removed))
             summary["first_passwords"] = len(hashes)
             summary["disabled"] = removed
-            summary["auth_cache_flushed"] = flush_auth_cache()  # before the archive: Dovecot refuses them first
+            # Before the archive: Dovecot refuses the removed users first.
+            summary["auth_cache_flushed"], error = flush_auth_cache()
+            if error:  # the step fails; the next `pulumi up` repeats the sync, which is safe to repeat
+                raise SystemExit(f"sams-users: {error}. Run `pulumi up` again.")
             moved = {a: archive(args.vmail_root, args.archive_root, a, today) for a in removed}
             summary["archived"] = {a: d for a, d in moved.items() if d}
     if args.action in ("sync", "purge"):
