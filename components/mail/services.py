@@ -35,8 +35,7 @@ POSTFIX_SPOOL = "/var/spool/postfix"
 LMTP_SOCKET = "private/dovecot-lmtp"
 # Concurrent LMTP deliveries: Postfix's limit for the socket and Dovecot's per-user limit, one number.
 LMTP_CONCURRENCY = 20
-# Dovecot's auth cache (dovecot.conf): a user's entry is a few hundred bytes, so 10M holds
-# tens of thousands; the least recently used go first when it is full.
+# Dovecot's auth cache (dovecot.conf); the least recently used entries go first when it is full.
 AUTH_CACHE_SIZE = "10M"
 AUTH_SOCKET = "private/auth"
 # Dovecot's CPU share when the cores are busy (etc/systemd/system/dovecot.service.d/sams-cpu.conf.j2):

@@ -631,21 +631,24 @@ def test_over_quota(mail: World) -> None:
 RESETTER = "198.18.0.67"
 
 
+def imap_login_from(host: str, context: ssl.SSLContext, source: str, user: str, password: str) -> bytes:
+    """One IMAPS LOGIN from the internet address `source` (imaplib cannot choose it): the tagged reply."""
+    raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
+    with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
+        f.readline()
+        f.write(f'a LOGIN {user} "{password}"\r\n'.encode())
+        f.flush()
+        line = f.readline()
+        while line and not line.startswith(b"a "):  # untagged CAPABILITY lines come first; b"" if closed
+            line = f.readline()
+        return line
+
+
 def imap_logins(host: str, cafile: str, source: str, logins: list[tuple[str, str]]) -> list[str]:
     """One IMAPS LOGIN per (user, password) from `source`, in turn: "ok" or "failed" for each."""
     context = tls_context(cafile)
-    outcomes = []
-    for user, password in logins:
-        raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
-        with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
-            f.readline()
-            f.write(f'a LOGIN {user} "{password}"\r\n'.encode())
-            f.flush()
-            line = f.readline()
-            while not line.startswith(b"a "):  # untagged CAPABILITY lines come first
-                line = f.readline()
-            outcomes.append("ok" if line.startswith(b"a OK") else "failed")
-    return outcomes
+    replies = [imap_login_from(host, context, source, *login) for login in logins]
+    return ["ok" if reply.startswith(b"a OK") else "failed" for reply in replies]
 
 
 def test_a_password_reset_counts_once_the_runbook_flushes_the_auth_cache(mail: World) -> None:
@@ -763,13 +766,8 @@ def guess_passwords(host: str, cafile: str, kind: str, source: str, attempts: in
     for _ in range(attempts):
         try:
             if kind == "imap":
-                raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
-                with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
-                    f.readline()
-                    f.write(b'a LOGIN alice@sams.test "not-her-password"\r\n')
-                    f.flush()
-                    line = f.readline()
-                    outcomes.append("denied" if b"AUTHENTICATIONFAILED" in line else line.decode())
+                line = imap_login_from(host, context, source, "alice@sams.test", "not-her-password")
+                outcomes.append("denied" if b"AUTHENTICATIONFAILED" in line else line.decode())
             else:
                 with smtplib.SMTP(host, 587, timeout=30, source_address=(source, 0)) as client:
                     client.starttls(context=context)
