@@ -182,7 +182,7 @@ class UsersSettings(_Config):
         default=DEFAULT_PASSWORD_SCHEME,
         description=(
             "hash scheme of new passwords (first passwords and rotations; Dovecot keeps verifying older hashes "
-            "by their own prefix): SHA512-CRYPT (~2 ms a login) or ARGON2ID (~250 ms and 64 MiB of "
+            "by their own prefix): SHA512-CRYPT (~3-5 ms of CPU a login) or ARGON2ID (~250 ms and 64 MiB of "
             "memory a login); see components/users/hashing.py"
         ),
     )

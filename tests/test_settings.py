@@ -91,6 +91,17 @@ def test_bad_mail_list(tmp_path: Path, case: str) -> None:
     assert expected in _problem(exc)
 
 
+def test_a_domain_whose_last_user_left_keeps_an_empty_key(tmp_path: Path) -> None:
+    """Deleting a domain's last mailbox (or alias) from the list leaves `users:` with nothing under
+    it, which YAML reads as null: that is an empty list, not an error."""
+    text = (
+        "domains:\n  - name: example.org\n    users:\n      - alice\n  - name: example.net\n    users:\n    aliases:\n"
+    )
+    settings = _load(_project(tmp_path, text))
+    (org, net) = settings.mail.domains  # type: ignore[attr-defined]
+    assert [u.name for u in org.users] == ["alice"] and net.users == [] and net.aliases == []
+
+
 CONFIG_CASES = {
     "overlapping cidr": (
         {

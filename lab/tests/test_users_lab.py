@@ -8,13 +8,17 @@ and a user logs in over IMAPS from the "internet" with the password read back fr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import hvac
 import pytest
 
 import mockrun
+from components.users.steps import ARCHIVE_ROOT
 from lab import program
 from lab.spec import NAMES
 from lab.tests.conftest import Lab
@@ -32,14 +36,19 @@ try:
 except imaplib.IMAP4.error as exc:
     print("LOGIN FAILED", exc); sys.exit(3)
 typ, _ = imap.select("INBOX")
-print(typ); imap.logout()
+print(typ)
+if len(sys.argv) > 3:  # how many INBOX messages carry this Subject
+    print("FOUND", len(imap.search(None, "HEADER", "Subject", sys.argv[3])[1][0].split()))
+imap.logout()
 """
 
 
-def imap_login(lab: Lab, user: str, password: str) -> subprocess.CompletedProcess[str]:
-    """From the admin's namespace to the host's public address, like any mail client."""
+def imap_login(lab: Lab, user: str, password: str, subject: str = "") -> subprocess.CompletedProcess[str]:
+    """From the admin's namespace to the host's public address, like any mail client; with a
+    subject, also counts the INBOX messages that carry it ("FOUND n")."""
     return subprocess.run(
-        ["ip", "netns", "exec", NAMES.ns_admin, "python3", "-c", IMAP_LOGIN, lab.spec.public_ipv4, user],
+        ["ip", "netns", "exec", NAMES.ns_admin, "python3", "-c", IMAP_LOGIN, lab.spec.public_ipv4, user]
+        + ([subject] if subject else []),
         input=password,
         capture_output=True,
         text=True,
@@ -48,10 +57,12 @@ def imap_login(lab: Lab, user: str, password: str) -> subprocess.CompletedProces
     )
 
 
-@pytest.fixture(scope="module")
-def onboarded(lab: Lab, bao: Bao) -> Iterator[program.ApplyReport]:
+def up(lab: Lab, bao: Bao, mail_list: Path | None = None) -> program.ApplyReport:
+    """`pulumi up` of the lab stack with Vault (the stack's mail list unless another is named)."""
     keys = program.lab_keys(lab.paths)
     config = {**program._config(keys), "sams:vault": json.dumps({"address": bao.address})}
+    if mail_list:
+        config["sams:mailList"] = str(mail_list)
     run = mockrun.run(
         program.STACK,
         config=config,
@@ -59,7 +70,21 @@ def onboarded(lab: Lab, bao: Bao) -> Iterator[program.ApplyReport]:
         store=mockrun.KeyStore(lab.paths.root / "keystore.json"),
         dynamic=True,
     )
-    report = program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
+    return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
+
+
+def vault_password(bao: Bao, address: str) -> str:
+    local, domain = address.split("@")
+    client = hvac.Client(url=bao.address, token=bao.token)
+    secret = client.secrets.kv.v2.read_secret_version(
+        path=f"mail/users/{domain}/{local}", mount_point="secret", raise_on_deleted_version=True
+    )
+    return str(secret["data"]["data"]["password"])
+
+
+@pytest.fixture(scope="module")
+def onboarded(lab: Lab, bao: Bao) -> Iterator[program.ApplyReport]:
+    report = up(lab, bao)
     assert "users-users" in report.ran
     yield report
 
@@ -74,11 +99,7 @@ def test_sams_users_flushed_dovecots_auth_cache(onboarded: program.ApplyReport) 
 def test_onboarded_user_logs_in_with_the_password_from_vault(
     lab: Lab, bao: Bao, onboarded: program.ApplyReport
 ) -> None:
-    client = hvac.Client(url=bao.address, token=bao.token)
-    secret = client.secrets.kv.v2.read_secret_version(
-        path="mail/users/sams.test/alice", mount_point="secret", raise_on_deleted_version=True
-    )
-    password = secret["data"]["data"]["password"]
+    password = vault_password(bao, "alice@sams.test")
     ok = imap_login(lab, "alice@sams.test", password)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
     wrong = imap_login(lab, "alice@sams.test", password[:-1] + ("a" if password[-1] != "a" else "b"))
@@ -88,3 +109,44 @@ def test_onboarded_user_logs_in_with_the_password_from_vault(
 def test_purge_timer_is_enabled(lab: Lab, onboarded: program.ApplyReport) -> None:
     out = lab.shell.run(["systemctl", "is-enabled", "sams-archive-purge.timer"], check=False)
     assert out.stdout.decode().strip() == "enabled"
+
+
+def runbook_commands(heading: str) -> str:
+    """The shell block under a heading of the user lifecycle runbook, as an admin would paste it."""
+    text = (Path(program.__file__).parents[1] / "docs" / "runbooks" / "user_lifecycle.md").read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, f"no shell block under {heading!r}"
+    return block.group(1)
+
+
+def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
+    lab: Lab, bao: Bao, onboarded: program.ApplyReport, tmp_path: Path
+) -> None:
+    """carol leaves the list: her Maildir moves to the archive with her mail, she can no longer log
+    in. The runbook's commands put it back; re-adding her gives a new password from Vault and her
+    old mail in INBOX."""
+    user, subject = "carol@other.test", f"kept-{uuid.uuid4().hex[:12]}"
+    lab.shell.run(["sudo", "-n", "doveadm", "save", "-u", user], stdin=f"Subject: {subject}\n\nkeep me\n")
+    stack_list = Path(program.__file__).parents[1] / "stacks" / "lab" / "mail_list.yml"
+    without = tmp_path / "mail_list.yml"
+    without.write_text(stack_list.read_text().replace("      - carol\n", ""))
+    assert "carol" not in without.read_text()
+    try:
+        gone = up(lab, bao, without).summaries["users-users"]
+        archived = gone["archived"][user]
+        assert gone["disabled"] == [user] and re.fullmatch(rf"{ARCHIVE_ROOT}/other\.test/carol-[\d-]{{10}}", archived)
+        found = lab.shell.run(["sudo", "-n", "grep", "-rl", subject, archived], check=False).stdout.decode()
+        assert "/Maildir/" in found, found
+        assert lab.shell.run(["sudo", "-n", "test", "-e", "/var/mail/vmail/other.test/carol"], check=False).returncode
+        refused = imap_login(lab, user, "whatever-she-had")
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        restore = runbook_commands("Remove a mailbox").replace("example.org", "other.test")
+        restore = restore.replace("dave-2026-11-24", archived.rsplit("/", 1)[1]).replace("dave", "carol")
+        lab.shell.run(["sh", "-ec", restore])
+    finally:
+        back = up(lab, bao)  # the stack's own list again, carol in it
+    assert back.summaries["users-users"]["first_passwords"] == [user], back.summaries
+    assert back.summaries["users-users"]["disabled"] == []
+    seen = imap_login(lab, user, vault_password(bao, user), subject)
+    assert seen.returncode == 0 and "FOUND 1" in seen.stdout, seen.stdout + seen.stderr

@@ -122,7 +122,7 @@ ALL = sorted(f"{u}@{d}" for d, users in DOMAINS.items() for u in users)
 
 def test_onboarding_two_domains_three_users(world: World) -> None:
     summary = world.up()
-    assert summary["first_passwords"] == 6 and summary["disabled"] == []
+    assert summary["first_passwords"] == ALL and summary["disabled"] == []
     for address in ALL:
         pw = world.password(address)
         assert re.fullmatch(r"[A-Za-z0-9]{16}", pw), address
@@ -173,7 +173,7 @@ def test_a_changed_password_survives_a_rerun(world: World) -> None:
     before = {a: world.password(a) for a in ALL}
     # Lose the provider's state too: it must then read the existing secrets, never overwrite them.
     world.store.values.clear()
-    world.up()
+    assert world.up()["first_passwords"] == []  # every mailbox has a password: none is set again
     world.up()
     assert world.hash_of(address) == changed_hash
     assert {a: world.password(a) for a in ALL} == before
@@ -229,7 +229,7 @@ def test_removing_a_whole_domain(world: World) -> None:
 
 def test_re_adding_a_user_gives_a_new_working_password(world: World) -> None:
     world.write_list({"sams.test": ["alice", "bob", "carol"]})
-    world.up()
+    assert world.up()["first_passwords"] == ["carol@sams.test"]
     hashed = world.hash_of("carol@sams.test")
     assert hashed and verifies(hashed, world.password("carol@sams.test"))
 
@@ -290,3 +290,31 @@ def test_archives_are_purged_after_the_retention_only(world: World) -> None:
     much_later = (dt.date.today() + dt.timedelta(days=31)).isoformat()
     gone = world.tool("purge", "", "--today", much_later)
     assert len(gone["purged"]) == 4 and all("/archive/" in p for p in gone["purged"])
+
+
+@pytest.mark.parametrize(
+    ("action", "stdin", "says"),
+    [
+        ("set-hashes", '{"hashes": {}}', "sams-users set-hashes: stdin names no address, nothing changed"),
+        ("set-hashes", '{"hashes": ', "sams-users set-hashes: stdin is not JSON (Expecting value, line 1)"),
+        ("sync", '["alice@sams.test"]', "sams-users sync: stdin is not a JSON object"),
+        ("sync", '{"removed": "alice@sams.test"}', 'stdin\'s "removed" is not a list of addresses'),
+        ("set-hashes", '{"hashes": {"alice@sams.test": 1}}', 'stdin\'s "hashes" is not an object of strings'),
+        (
+            "set-hashes",
+            '{"hashes": {"Alice@sams.test": "{SHA512-CRYPT}$6$x"}}',
+            "not a mailbox address: 'Alice@sams.test'",
+        ),
+    ],
+)
+def test_bad_input_on_stdin_is_named_and_changes_nothing(world: World, action: str, stdin: str, says: str) -> None:
+    world.up()  # whatever ran before: a list applied, hashes stored
+    rows = "SELECT local_part, domain, active, password_hash FROM users ORDER BY 1, 2"
+    before = world.pg.run(rows)
+    assert before.count("$6$") + before.count("$argon2id$") >= 3  # the tool has hashes it could have changed
+    argv = [sys.executable, str(TOOL_SOURCE), action, "--psql", world.pg.psql]
+    argv += ["--vmail-root", str(world.vmail), "--archive-root", str(world.archive)]
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and says in result.stderr, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert world.pg.run(rows) == before

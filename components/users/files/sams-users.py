@@ -60,7 +60,7 @@ def sync_sql(hashes: dict[str, str], removed: list[str]) -> str:
             "UPDATE users u SET password_hash = v.hash FROM (VALUES "
             + _values(hashes)
             + ") AS v (local_part, domain, hash) WHERE u.local_part = v.local_part AND u.domain = v.domain"
-            " AND u.password_hash IS NULL AND u.active;"
+            " AND u.password_hash IS NULL AND u.active RETURNING u.local_part || '@' || u.domain;"
         )
     out += ["COMMIT;", ""]
     return "\n".join(out)
@@ -85,14 +85,40 @@ def set_hashes_sql(hashes: dict[str, str]) -> str:
     )
 
 
-def run_sql(psql: str, sql: str) -> None:
-    cmd = [*shlex.split(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+def read_request(action: str, text: str) -> tuple[dict[str, str], list[str]]:
+    """stdin's JSON, checked before anything runs: (hashes, removed). set-hashes needs an address."""
+    expected = '{"hashes": {"user@domain": "{SCHEME}hash"}'
+    expected += ', "removed": ["user@domain"]}' if action == "sync" else "}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(
+            f"sams-users {action}: stdin is not JSON ({e.msg}, line {e.lineno}); expected {expected}"
+        ) from e
+    if not isinstance(data, dict):
+        raise SystemExit(f"sams-users {action}: stdin is not a JSON object; expected {expected}")
+    hashes, removed = data.get("hashes") or {}, data.get("removed") or []
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise SystemExit(f'sams-users {action}: stdin\'s "hashes" is not an object of strings; expected {expected}')
+    if not isinstance(removed, list) or not all(isinstance(a, str) for a in removed):
+        raise SystemExit(f'sams-users {action}: stdin\'s "removed" is not a list of addresses; expected {expected}')
+    if action == "set-hashes" and not hashes:
+        raise SystemExit(f"sams-users set-hashes: stdin names no address, nothing changed; expected {expected}")
+    for address in [*hashes, *removed]:
+        split(address)  # exits naming a malformed address
+    return hashes, removed
+
+
+def run_sql(psql: str, sql: str) -> list[str]:
+    """Run `sql`; the rows it returned, one string per row."""
+    cmd = [*shlex.split(psql), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
     result = subprocess.run(cmd, input=sql.encode(), capture_output=True, check=False)
     if result.returncode != 0:
         # psql's error names the statement, never the hash values (they are in VALUES, not echoed).
         err = result.stderr.decode(errors="replace")
         err = re.sub(r"\{[A-Z0-9-]+\}\S+", "{…}", err)
         raise SystemExit(f"sams-users: psql failed ({result.returncode}): {err.strip()}")
+    return [line for line in result.stdout.decode().splitlines() if line]
 
 
 def flush_auth_cache() -> tuple[bool, str]:
@@ -171,8 +197,7 @@ def main(argv: list[str]) -> int:
     today = args.today or dt.date.today()
     summary: dict[str, object] = {"action": args.action}
     if args.action in ("sync", "set-hashes"):
-        data = json.load(sys.stdin)
-        hashes: dict[str, str] = data.get("hashes") or {}
+        hashes, removed = read_request(args.action, sys.stdin.read())
         if args.action == "set-hashes":
             run_sql(args.psql, set_hashes_sql(hashes))
             summary["rotated"] = sorted(hashes)
@@ -180,9 +205,9 @@ def main(argv: list[str]) -> int:
             if error:  # not a failure: the caller keeps the new passwords, which the database now has
                 print(f"sams-users: warning: {error}; run `sudo doveadm auth cache flush` on the host", file=sys.stderr)
         else:
-            removed: list[str] = sorted(data.get("removed") or [])
-            run_sql(args.psql, sync_sql(hashes, removed))
-            summary["first_passwords"] = len(hashes)
+            removed = sorted(removed)
+            # Only mailboxes without a password get one: the addresses that did, not the hashes offered.
+            summary["first_passwords"] = sorted(run_sql(args.psql, sync_sql(hashes, removed)))
             summary["disabled"] = removed
             # Before the archive: Dovecot refuses the removed users first.
             summary["auth_cache_flushed"], error = flush_auth_cache()
