@@ -226,7 +226,18 @@ def schema_files(mail: MailList) -> tuple[File, ...]:
 # Dovecot caches what it reads from these tables (auth_cache_size in dovecot.conf). After the mail
 # list changes, a removed user must be refused and a new quota count at once, not after the TTL.
 # Dovecot is installed after the first run of this step: no Dovecot yet, nothing cached.
-FLUSH_DOVECOT_AUTH_CACHE = "if systemctl is-active --quiet dovecot; then doveadm auth cache flush >/dev/null; fi"
+# doveadm 2.4.1 exits 0 even when it cannot reach the auth process (it prints "Error: ..." and
+# "0 cache entries flushed"): an error line fails the step as a non-zero exit would.
+FLUSH_DOVECOT_AUTH_CACHE = """\
+if systemctl is-active --quiet dovecot; then
+    # In a list, a failing doveadm does not end the script (sh -e) before the message below.
+    err=$(doveadm auth cache flush 2>&1 >/dev/null) && rc=0 || rc=$?
+    if [ "$rc" -ne 0 ] || printf '%s\\n' "$err" | grep -qE '^(Error|Fatal|Panic):'; then
+        echo "sams: the mail list is applied, but doveadm auth cache flush failed (exit $rc): $err" >&2
+        echo "sams: Dovecot may answer from its cache for up to an hour; run pulumi up again." >&2
+        exit 1
+    fi
+fi"""
 
 
 def apply_script(superuser_psql: str, owner_psql: str) -> str:

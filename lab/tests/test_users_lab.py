@@ -18,7 +18,8 @@ import hvac
 import pytest
 
 import mockrun
-from components.users.steps import ARCHIVE_ROOT
+from components.database import schema
+from components.users.steps import ARCHIVE_ROOT, TOOL
 from lab import program
 from lab.spec import NAMES
 from lab.tests.conftest import Lab
@@ -150,3 +151,34 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     assert back.summaries["users-users"]["disabled"] == []
     seen = imap_login(lab, user, vault_password(bao, user), subject)
     assert seen.returncode == 0 and "FOUND 1" in seen.stdout, seen.stdout + seen.stderr
+
+
+def test_a_flush_that_cannot_reach_dovecots_auth_process_fails_loudly(lab: Lab, onboarded: program.ApplyReport) -> None:
+    """The real doveadm, with the auth-master socket moved away, exits 0 (Dovecot 2.4.1): the
+    postgres step's flush and sams-users still see the failure. sync fails naming `pulumi up`;
+    set-hashes (the rotation) keeps the stored hash and warns."""
+    psql = "docker exec -i sams-postgres psql -U postgres -d sams -At"
+    where = "local_part = 'alice' AND domain = 'sams.test'"
+    alice = lab.shell.run(["sudo", "-n", "sh", "-c", f'{psql} -c "SELECT password_hash FROM users WHERE {where}"'])
+    current = alice.stdout.decode().strip()
+    assert current.startswith("{"), current
+
+    def on_host(argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[bytes]:
+        return lab.shell.run(["sudo", "-n", *argv], stdin=stdin, check=False)
+
+    socket = "/run/dovecot/auth-master"
+    on_host(["mv", socket, f"{socket}.away"])
+    try:
+        raw = on_host(["doveadm", "auth", "cache", "flush"])
+        assert raw.returncode == 0 and b"Error: auth-master" in raw.stderr, raw  # the quirk both guard against
+        step = on_host(["sh", "-eu", "-c", schema.FLUSH_DOVECOT_AUTH_CACHE])
+        assert step.returncode == 1 and b"run pulumi up again" in step.stderr, step
+        sync = on_host(["/usr/bin/python3", TOOL, "sync"], "{}")
+        assert sync.returncode == 1 and b"Run `pulumi up` again" in sync.stderr, sync
+        rotate = on_host(["/usr/bin/python3", TOOL, "set-hashes"], json.dumps({"hashes": {"alice@sams.test": current}}))
+        assert rotate.returncode == 0 and b"sams-users: warning:" in rotate.stderr, rotate
+        assert json.loads(rotate.stdout)["auth_cache_flushed"] is False
+    finally:
+        on_host(["mv", f"{socket}.away", socket])
+    again = on_host(["sh", "-eu", "-c", schema.FLUSH_DOVECOT_AUTH_CACHE])
+    assert again.returncode == 0 and again.stderr == b"", again

@@ -6,12 +6,10 @@ Registers no markers (the `chroot` marker is declared in pyproject.toml).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -20,6 +18,7 @@ import settings
 from components.database import schema
 from components.mail import services
 from components.remote.steps import APPLY_SCRIPT, StepSpec
+from tests.scripts import load_script
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -35,21 +34,31 @@ DUMMY_LATE = {
 
 # Every command the step scripts send to systemd is recorded here instead (no systemd in a chroot).
 SYSTEMCTL_LOG = "/var/log/sams-systemctl.log"
+# Units a test has declared not running: `systemctl is-active` answers "inactive" (3) for these,
+# "active" for the rest (no unit runs under systemd in the tree; most tests want the scripts'
+# reload paths taken).
+SYSTEMCTL_INACTIVE = "/var/lib/sams-tests/inactive-units"
 _SYSTEMCTL_STUB = f"""#!/bin/sh
 echo "$*" >> {SYSTEMCTL_LOG}
+if [ "$1" = is-active ]; then
+    for unit; do :; done
+    if [ -f {SYSTEMCTL_INACTIVE} ] && grep -qx "$unit" {SYSTEMCTL_INACTIVE}; then
+        exit 3
+    fi
+fi
 exit 0
 """
 
 
-def _sams_apply() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sams_apply", APPLY_SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def declare_inactive(root: Path, *units: str) -> None:
+    """From now on the tree's systemctl says these units are not running."""
+    path = root / SYSTEMCTL_INACTIVE.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(f"{u}\n" for u in units)
 
 
-SAMS_APPLY = _sams_apply()
+SAMS_APPLY = load_script("sams_apply", APPLY_SCRIPT)
 
 
 @pytest.fixture(scope="session")

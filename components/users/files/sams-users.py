@@ -26,6 +26,7 @@ import sys
 
 DEFAULT_PSQL = "docker exec -i sams-postgres psql -U sams_owner -d sams"
 _ADDRESS = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?@[a-z0-9.-]+$")
+_DOVEADM_ERROR = re.compile(r"^(Error|Fatal|Panic):", re.M)
 _ARCHIVE_NAME = re.compile(r"^(?P<user>.+)-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?$")
 
 
@@ -130,8 +131,10 @@ def flush_auth_cache() -> tuple[bool, str]:
     if subprocess.run(["systemctl", "is-active", "--quiet", "dovecot"], check=False).returncode != 0:
         return False, ""
     result = subprocess.run(["doveadm", "auth", "cache", "flush"], capture_output=True, check=False)
-    if result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip()
+    err = result.stderr.decode(errors="replace").strip()
+    # doveadm 2.4.1 exits 0 even when it cannot reach the auth process (it prints "Error: ..." and
+    # "0 cache entries flushed"): an error line is a failure as a non-zero exit is.
+    if result.returncode != 0 or _DOVEADM_ERROR.search(err):
         return False, (
             f"the database is updated, but `doveadm auth cache flush` failed ({result.returncode}): {err}; "
             "Dovecot may answer from its cache for up to auth_cache_ttl (an hour)"
