@@ -80,16 +80,15 @@ class Domain(_Strict):
     users: list[User] = Field(default_factory=list)
     aliases: list[Alias] = Field(default_factory=list)
 
-    @field_validator("aliases", mode="before")
+    @field_validator("users", "aliases", mode="before")
     @classmethod
-    def _no_aliases(cls, value: Any) -> Any:
-        return [] if value is None else value  # `aliases:` with nothing under it
+    def _empty_key(cls, value: Any) -> Any:
+        # `users:` or `aliases:` with nothing under it (a domain's last entry removed) is YAML's null.
+        return [] if value is None else value
 
     @field_validator("users", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        if value is None:  # `users:` with nothing under it: the domain's last mailbox was removed
-            return []
         if isinstance(value, list):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value

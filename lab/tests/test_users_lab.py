@@ -23,6 +23,7 @@ from components.users.steps import ARCHIVE_ROOT, TOOL
 from lab import program
 from lab.spec import NAMES
 from lab.tests.conftest import Lab
+from lab.tests.test_mail_e2e import PSQL, sh
 from tests.users.conftest import Bao
 from tests.users.conftest import bao as bao  # the OpenBao session fixture, shared
 
@@ -128,7 +129,7 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     in. The runbook's commands put it back; re-adding her gives a new password from Vault and her
     old mail in INBOX."""
     user, subject = "carol@other.test", f"kept-{uuid.uuid4().hex[:12]}"
-    lab.shell.run(["sudo", "-n", "doveadm", "save", "-u", user], stdin=f"Subject: {subject}\n\nkeep me\n")
+    sh(lab, f"doveadm save -u {user}", stdin=f"Subject: {subject}\n\nkeep me\n")
     stack_list = Path(program.__file__).parents[1] / "stacks" / "lab" / "mail_list.yml"
     without = tmp_path / "mail_list.yml"
     without.write_text(stack_list.read_text().replace("      - carol\n", ""))
@@ -137,7 +138,7 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
         gone = up(lab, bao, without).summaries["users-users"]
         archived = gone["archived"][user]
         assert gone["disabled"] == [user] and re.fullmatch(rf"{ARCHIVE_ROOT}/other\.test/carol-[\d-]{{10}}", archived)
-        found = lab.shell.run(["sudo", "-n", "grep", "-rl", subject, archived], check=False).stdout.decode()
+        found = sh(lab, f"grep -rl {subject} {archived}", check=False)
         assert "/Maildir/" in found, found
         assert lab.shell.run(["sudo", "-n", "test", "-e", "/var/mail/vmail/other.test/carol"], check=False).returncode
         refused = imap_login(lab, user, "whatever-she-had")
@@ -157,10 +158,8 @@ def test_a_flush_that_cannot_reach_dovecots_auth_process_fails_loudly(lab: Lab, 
     """The real doveadm, with the auth-master socket moved away, exits 0 (Dovecot 2.4.1): the
     postgres step's flush and sams-users still see the failure. sync fails naming `pulumi up`;
     set-hashes (the rotation) keeps the stored hash and warns."""
-    psql = "docker exec -i sams-postgres psql -U postgres -d sams -At"
     where = "local_part = 'alice' AND domain = 'sams.test'"
-    alice = lab.shell.run(["sudo", "-n", "sh", "-c", f'{psql} -c "SELECT password_hash FROM users WHERE {where}"'])
-    current = alice.stdout.decode().strip()
+    current = sh(lab, f"{PSQL} -At", stdin=f"SELECT password_hash FROM users WHERE {where};").strip()
     assert current.startswith("{"), current
 
     def on_host(argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[bytes]:
