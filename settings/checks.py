@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from ipaddress import IPv4Network
 
 from settings.errors import Path
 from settings.mail_list import MailList
-from settings.stack import LETS_ENCRYPT, LETS_ENCRYPT_CAA, StackConfig
+from settings.stack import CLAMAV_MIN_MEMORY_GB, LETS_ENCRYPT, LETS_ENCRYPT_CAA, StackConfig
 from settings.times import format_duration
 
 # Docker creates docker0 on 172.17.0.0/16 even with host networking: a VPN there would lose its route.
@@ -52,7 +53,35 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
         )
     if not cfg.wireguard.network.is_private:
         yield ("wireguard", "network"), str(vpn), "the VPN network must be a private range"
+    yield from check_clamav_memory(cfg)
     yield from check_dkim_rotation(cfg)
+
+
+# Vultr's plan ids end in their memory: vc2-1c-2gb, vhf-2c-4gb, voc-c-2c-4gb-50s...
+_VULTR_PLAN_MEMORY = re.compile(r"-(\d+)gb(?:-|$)")
+
+
+def host_memory_gb(cfg: StackConfig) -> tuple[Path, object, float] | None:
+    """The host's memory where the stack says it (OCI's shape size, Vultr's plan id): the key, its
+    value and the size in GB; None where the stack does not say (an existing host)."""
+    if cfg.provider == "oci" and cfg.oci is not None:
+        return ("oci", "memoryGbs"), cfg.oci.memory_gbs, cfg.oci.memory_gbs
+    if cfg.provider == "vultr" and cfg.vultr is not None:
+        found = _VULTR_PLAN_MEMORY.search(cfg.vultr.plan)
+        return (("vultr", "plan"), cfg.vultr.plan, float(found.group(1))) if found else None
+    return None
+
+
+def check_clamav_memory(cfg: StackConfig) -> Iterator[Finding]:
+    memory = host_memory_gb(cfg)
+    if cfg.antivirus.clamav and memory is not None and memory[2] < CLAMAV_MIN_MEMORY_GB:
+        key, value, gb = memory
+        yield (
+            key,
+            value,
+            f"has {gb:g} GB of memory, but antivirus.clamav needs at least {CLAMAV_MIN_MEMORY_GB} "
+            "(ClamAV's signatures take ~1.2 GiB, twice that while they reload): a larger host, or clamav off",
+        )
 
 
 # The new DKIM record must reach resolvers, negative caches included, before mail is signed with it.

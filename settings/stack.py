@@ -98,6 +98,24 @@ class BackupSettings(_Config):
     retention_days: int = Field(default=30, gt=0)
 
 
+# ClamAV's own figures: its engine holds ~1.2 GiB of signatures, twice that for a moment while it
+# reloads them after each update (concurrent reload, so scanning never stops); it asks for 3 GiB at least.
+CLAMAV_MIN_MEMORY_GB = 3
+
+
+class AntivirusSettings(_Config):
+    """ClamAV, asked by Rspamd for every attachment; a virus is refused in the SMTP session (554)."""
+
+    clamav: bool = Field(
+        default=False,
+        description=(
+            f"scan attachments with ClamAV; off by default: its signatures need more memory than the rest of "
+            f"the mail system (~1.2 GiB, twice that while reloading; at least {CLAMAV_MIN_MEMORY_GB} GiB of RAM). "
+            "The first `up` downloads them; while clamd is down, mail is delivered unscanned (CLAM_VIRUS_FAIL)"
+        ),
+    )
+
+
 class DatabaseSettings(_Config):
     image: str = "postgres:17-alpine"
 
@@ -235,6 +253,7 @@ class StackConfig(_Config):
     relay: RelaySettings | None = None
     dmarc: DmarcSettings = Field(default_factory=DmarcSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    antivirus: AntivirusSettings = Field(default_factory=AntivirusSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dkim: DkimSettings = Field(default_factory=DkimSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)

@@ -188,7 +188,7 @@ def test_remote_steps_run_after_bootstrap_in_order(run: mockrun.Run) -> None:
     # database before mail; the mail steps in the order their configs need each other
     order = [r.name.removesuffix("-apply") for r in commands]
     expected = ["database-postgres", "mail-mail-packages", "mail-dkim-keys", "mail-mail-base", "mail-opendkim",
-                "mail-rspamd", "mail-dovecot", "mail-postfix"]  # fmt: skip
+                "mail-antivirus", "mail-rspamd", "mail-dovecot", "mail-postfix"]  # fmt: skip
     for before, after in itertools.pairwise(expected):
         b = next(r.urn for r in commands if r.name == f"{before}-apply")
         a = next(r.urn for r in run.of_type("command:remote:CopyToRemote") if r.name == f"{after}-copy")

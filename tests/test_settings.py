@@ -134,6 +134,11 @@ CONFIG_CASES = {
         "sams:acme.caaIssuers = ['letsencrypt.org']: acme.directory https://acme.internal.example/dir is not "
         "Let's Encrypt",
     ),
+    "ClamAV on a 2 GB plan": (
+        {"sams:antivirus": {"clamav": True}},
+        "Pulumi.prod.yaml:10: sams:vultr.plan = 'vc2-1c-2gb': has 2 GB of memory, but antivirus.clamav needs "
+        "at least 3",
+    ),
     "hostname outside domains": (
         {"sams:hostname": "mx.other.example"},
         "sams:hostname = 'mx.other.example': is in none of the mail list's domains",
@@ -147,6 +152,23 @@ def test_bad_config(tmp_path: Path, case: str) -> None:
     with pytest.raises(SettingsError) as exc:
         _load(_project(tmp_path), overrides)
     assert expected in _problem(exc)
+
+
+def test_clamav_is_off_by_default_and_fits_hosts_with_room_for_it(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    assert _load(project).config.antivirus.clamav is False  # type: ignore[attr-defined]
+    on = {"sams:antivirus": {"clamav": True}}
+    four_gb = {"sams:vultr": {"osId": 2625, "plan": "vc2-2c-4gb"}}
+    assert _load(project, {**on, **four_gb}).config.antivirus.clamav  # type: ignore[attr-defined]
+    # An existing host's memory is not in the stack: nothing to check.
+    assert _load(project, on, stack="lab").config.antivirus.clamav  # type: ignore[attr-defined]
+    # OCI: the shape's memoryGbs (the dev stack has 6).
+    dev = {**mockrun.stack_config("dev", PROJECT), **mockrun.TEST_SECRETS, "sams:antivirus": '{"clamav": true}'}
+    assert load("dev", dev, PROJECT).config.antivirus.clamav
+    oci = json.loads(dev["sams:oci"])
+    with pytest.raises(SettingsError) as exc:
+        load("dev", {**dev, "sams:oci": json.dumps({**oci, "memoryGbs": 2})}, PROJECT)
+    assert "sams:oci.memoryGbs = 2.0: has 2 GB of memory, but antivirus.clamav needs at least 3" in _problem(exc)
 
 
 def test_too_many_domains_for_one_certificate(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ class Mail(pulumi.ComponentResource):
         assert password_late_name("postfix") == DB_POSTFIX_PASSWORD
 
         specs = (
-            mail_packages_step(),
+            mail_packages_step(args.settings),
             dkim_step(args.dkim, args.dkim_published),
             *mail_steps(args.settings, args.dkim_phase),
         )

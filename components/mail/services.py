@@ -4,6 +4,7 @@ One step per daemon, so a change to Postfix's files reloads Postfix and nothing 
 
   mail_base_step  the vmail user, the bootstrap certificate, the milter socket directories
   opendkim_step   OpenDKIM: signing for every domain with the dkim-keys step's keys
+  antivirus_step  ClamAV when sams:antivirus.clamav is on (its first signatures, clamd running); else off
   rspamd_step     Rspamd (milter, SPF/DKIM/DMARC/ARC checks) and its Redis
   dovecot_step    Dovecot 2.4: IMAP, POP3, LMTP, ManageSieve, SASL for Postfix, SQL users, quota
   postfix_step    Postfix: MX behind postscreen, submission 587/465, virtual domains from SQL
@@ -72,6 +73,20 @@ RESOLVER_ADDRESS = "127.0.0.1"
 RESOLVER = f"{RESOLVER_ADDRESS}:53"
 UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
+# Postfix's message_size_limit (main.cf): clamd takes streams this long, so any accepted part is scanned.
+MESSAGE_SIZE_LIMIT = 52428800
+
+# ClamAV (sams:antivirus.clamav): Debian's clamd, asked by Rspamd over systemd's socket for it.
+CLAMAV_PACKAGES: tuple[str, ...] = ("clamav-daemon", "clamav-freshclam", "clamdscan")
+CLAMD_CONF = "/etc/clamav/clamd.conf"
+CLAMD_SOCKET = "/run/clamav/clamd.ctl"  # clamav-daemon.socket's ListenStream
+CLAMAV_DB_DIR = "/var/lib/clamav"
+# Debian's clamav-daemon.socket and .service start only once these exist (their ConditionPathExistsGlob).
+CLAMAV_FIRST_DATABASES = ("main", "daily")
+CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
+# How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
+# takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
+CLAMD_READY_S = 420
 
 # fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
@@ -200,6 +215,7 @@ def postfix_step(settings: Settings) -> StepSpec:
                 tls_key=TLS_KEY,
                 rspamd_milter=RSPAMD_MILTER,
                 opendkim_milter=OPENDKIM_MILTER,
+                message_size_limit=MESSAGE_SIZE_LIMIT,
                 relay=relay,
                 relay_password_file=RELAY_PASSWORD_FILE,
             ),
@@ -378,6 +394,70 @@ done
     )
 
 
+# --- ClamAV ---------------------------------------------------------------------------------------
+
+
+def antivirus_step(settings: Settings) -> StepSpec:
+    """ClamAV on (clamd.conf, the first signatures, clamd answering) or off (its units stopped).
+
+    It runs before the Rspamd step, so Rspamd is told to ask clamd only once clamd answers, and is
+    told to stop asking (Rspamd's reload) just after clamd stops: then a message is delivered
+    unscanned (CLAM_VIRUS_FAIL), never lost.
+    """
+    if not settings.config.antivirus.clamav:
+        script = f"""\
+# ClamAV is off: stop and disable what an earlier setting (or the packages' postinst) started. The
+# packages and their signatures stay, so turning it on again downloads nothing twice.
+installed() {{ dpkg-query -W -f='${{Status}}' "$1" 2>/dev/null | grep -q "install ok installed"; }}
+if installed clamav-daemon; then systemctl disable --now --quiet {" ".join(CLAMAV_UNITS[:2])}; fi
+if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNITS[2]}; fi
+"""
+        return StepSpec(name="antivirus", script=script, description="ClamAV: off")
+    have = " && ".join(f"have {db}" for db in CLAMAV_FIRST_DATABASES)
+    script = f"""\
+# Debian's postinst would rewrite clamd.conf from debconf at each upgrade: SAMS owns the file.
+echo "clamav-daemon clamav-daemon/debconf boolean false" | debconf-set-selections
+have() {{
+    for f in {CLAMAV_DB_DIR}/"$1".cvd {CLAMAV_DB_DIR}/"$1".cld {CLAMAV_DB_DIR}/"$1".inc; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
+}}
+# Debian's units start clamd only once freshclam has these, and nothing starts it after freshclam's
+# first download: fetch them now, so that `up` ends with clamd scanning, or fails saying why.
+if ! {{ {have}; }}; then
+    systemctl stop clamav-freshclam.service
+    if ! out=$(freshclam --foreground --stdout 2>&1); then
+        printf '%s\n' "$out" >&2
+        echo "ClamAV's first signature download failed (above): pulumi up again later, or clamav off" >&2
+        exit 1
+    fi
+fi
+systemctl enable --now --quiet {" ".join(CLAMAV_UNITS)}
+case "$SAMS_CHANGED" in *{CLAMD_CONF}*) systemctl restart clamav-daemon.service ;; esac
+# clamd answers once its signatures are loaded; Rspamd's step comes after this one.
+if ! clamdscan --config-file={CLAMD_CONF} --ping {CLAMD_READY_S // 5}:5 >/dev/null; then
+    echo "clamd did not answer on {CLAMD_SOCKET} within {CLAMD_READY_S} s: journalctl -u clamav-daemon" >&2
+    exit 1
+fi
+"""
+    conf = File(
+        CLAMD_CONF,
+        _render(
+            "etc/clamav/clamd.conf.j2",
+            socket=CLAMD_SOCKET,
+            db_dir=CLAMAV_DB_DIR,
+            stream_max=MESSAGE_SIZE_LIMIT,
+        ),
+    )
+    return StepSpec(
+        name="antivirus",
+        files=(conf,),
+        script=script,
+        description="ClamAV: clamd with freshclam's signatures, for Rspamd",
+    )
+
+
 # --- Rspamd + Redis --------------------------------------------------------------------------------
 
 
@@ -411,7 +491,12 @@ def rspamd_step(settings: Settings) -> StepSpec:
         rspamd_file("local.d/greylist.conf"),
         rspamd_file("local.d/dkim_signing.conf"),
         rspamd_file("local.d/arc.conf"),
-        rspamd_file("local.d/antivirus.conf"),
+        rspamd_file(
+            "local.d/antivirus.conf",
+            clamav=settings.config.antivirus.clamav,
+            clamd_socket=CLAMD_SOCKET,
+            max_size=MESSAGE_SIZE_LIMIT,
+        ),
         rspamd_file("local.d/milter_headers.conf"),
         rspamd_file("local.d/neural.conf"),
         rspamd_file("local.d/logging.inc"),
@@ -478,11 +563,16 @@ MAIL_PACKAGES: tuple[str, ...] = (
 )
 
 
-def mail_packages_step() -> StepSpec:
+def mail_packages(settings: Settings) -> tuple[str, ...]:
+    """The stack's Debian packages: the mail stack's, and ClamAV's where it is on."""
+    return (*MAIL_PACKAGES, *(CLAMAV_PACKAGES if settings.config.antivirus.clamav else ()))
+
+
+def mail_packages_step(settings: Settings) -> StepSpec:
     """Install what is missing (nothing on a host whose image already has it)."""
     script = f"""\
 missing=""
-for pkg in {" ".join(MAIL_PACKAGES)}; do
+for pkg in {" ".join(mail_packages(settings))}; do
     dpkg-query -W -f='${{Status}}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -504,6 +594,7 @@ def mail_steps(settings: Settings, dkim: DkimPhase | None = None) -> tuple[StepS
     return (
         mail_base_step(settings),
         opendkim_step(settings, dkim),
+        antivirus_step(settings),
         rspamd_step(settings),
         dovecot_step(settings),
         postfix_step(settings),

@@ -35,6 +35,12 @@ def relay_settings() -> settings.Settings:
 
 
 @pytest.fixture(scope="module")
+def clamav_settings() -> settings.Settings:
+    """The lab stack with sams:antivirus.clamav on (an existing host: no memory to check)."""
+    return settings.load("lab", {**mockrun.stack_config("lab"), "sams:antivirus": '{"clamav": true}'}, PROJECT)
+
+
+@pytest.fixture(scope="module")
 def all_steps(lab_settings: settings.Settings, relay_settings: settings.Settings) -> list[tuple[StepSpec, ...]]:
     return [services.mail_steps(lab_settings), services.mail_steps(relay_settings)]
 
@@ -249,7 +255,7 @@ def test_a_config_change_reloads_only_its_own_daemon(lab_settings) -> None:
 
 def test_step_order_puts_prerequisites_first(lab_settings) -> None:
     names = [s.name for s in services.mail_steps(lab_settings)]
-    assert names == ["mail-base", "opendkim", "rspamd", "dovecot", "postfix"]
+    assert names == ["mail-base", "opendkim", "antivirus", "rspamd", "dovecot", "postfix"]
 
 
 # --- step scripts and Dovecot's CPU share ----------------------------------------------------------
@@ -267,11 +273,13 @@ def test_dovecot_cpu_share_is_one_ratio_in_both_forms(lab_settings) -> None:
     assert weight / 100 == pytest.approx(1.25**-nice, rel=0.05)
 
 
-def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...]) -> None:
-    """Every mail step's script, as sams-apply runs it (/bin/sh; SC2154: sams-apply sets SAMS_LATE_*)."""
+def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...], clamav_settings: settings.Settings) -> None:
+    """Every mail step's script, as sams-apply runs it (/bin/sh; SC2154: sams-apply sets SAMS_LATE_*);
+    the antivirus step and the packages in both forms (ClamAV off in the lab stack, on here)."""
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is part of the test tools (see ./run)"
-    for spec in steps:
+    with_clamav = (services.antivirus_step(clamav_settings), services.mail_packages_step(clamav_settings))
+    for spec in (*steps, *with_clamav):
         if spec.script:
             result = subprocess.run(
                 [shellcheck, "-s", "sh", "-e", "SC2154", "-"],
@@ -280,6 +288,36 @@ def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...]) -> None:
                 capture_output=True,
             )
             assert result.returncode == 0, (spec.name, result.stdout)
+
+
+# --- ClamAV ----------------------------------------------------------------------------------------
+
+
+def test_clamav_off_installs_nothing_and_stops_what_an_earlier_setting_started(
+    lab_settings: settings.Settings,
+) -> None:
+    assert not lab_settings.config.antivirus.clamav
+    assert not set(services.CLAMAV_PACKAGES) & set(services.mail_packages(lab_settings))
+    (step,) = [s for s in services.mail_steps(lab_settings) if s.name == "antivirus"]
+    assert step.files == () and "systemctl disable --now" in step.script
+    conf = _files(services.mail_steps(lab_settings))["/etc/rspamd/local.d/antivirus.conf"]
+    assert "enabled = false;" in conf and "clamav {" not in conf
+
+
+def test_clamav_on_is_asked_by_rspamd_on_clamds_socket_for_every_accepted_size(
+    clamav_settings: settings.Settings,
+) -> None:
+    assert set(services.CLAMAV_PACKAGES) <= set(services.mail_packages(clamav_settings))
+    files = _files(services.mail_steps(clamav_settings))
+    clamd = dict(line.split(" ", 1) for line in files[services.CLAMD_CONF].splitlines() if line[:1].isalpha())
+    rspamd = files["/etc/rspamd/local.d/antivirus.conf"]
+    main_cf = _main_cf(files["/etc/postfix/main.cf"])
+    # The socket Rspamd asks is the one clamd (and Debian's clamav-daemon.socket) listens on.
+    assert clamd["LocalSocket"] == services.CLAMD_SOCKET and f'servers = "{services.CLAMD_SOCKET}";' in rspamd
+    # Whatever size Postfix accepts, Rspamd sends and clamd reads: no part goes unscanned for its size.
+    size = main_cf["message_size_limit"]
+    assert clamd["StreamMaxLength"] == size and f"max_size = {size};" in rspamd
+    assert 'action = "reject";' in rspamd and clamd["User"] == "clamav"
 
 
 # --- SQL -------------------------------------------------------------------------------------------
