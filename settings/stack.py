@@ -111,7 +111,7 @@ class AntivirusSettings(_Config):
         description=(
             f"scan attachments with ClamAV; off by default: its signatures need more memory than the rest of "
             f"the mail system (~1.2 GiB, twice that while reloading; at least {CLAMAV_MIN_MEMORY_GB} GiB of RAM). "
-            "The first `up` downloads them; while clamd is down, mail is delivered unscanned (CLAM_VIRUS_FAIL)"
+            "The first `up` downloads them; while clamd is down, mail is delivered unscanned (CLAMAV_FAIL)"
         ),
     )
 

@@ -402,7 +402,7 @@ def antivirus_step(settings: Settings) -> StepSpec:
 
     It runs before the Rspamd step, so Rspamd is told to ask clamd only once clamd answers, and is
     told to stop asking (Rspamd's reload) just after clamd stops: then a message is delivered
-    unscanned (CLAM_VIRUS_FAIL), never lost.
+    unscanned (CLAMAV_FAIL), never lost.
     """
     if not settings.config.antivirus.clamav:
         script = f"""\
@@ -428,13 +428,14 @@ have() {{
 if ! {{ {have}; }}; then
     systemctl stop clamav-freshclam.service
     if ! out=$(freshclam --foreground --stdout 2>&1); then
-        printf '%s\n' "$out" >&2
+        printf '%s\\n' "$out" >&2
+        # freshclam's own daemon keeps trying; the next `up` finds what it fetched.
+        systemctl start clamav-freshclam.service
         echo "ClamAV's first signature download failed (above): pulumi up again later, or clamav off" >&2
         exit 1
     fi
 fi
 systemctl enable --now --quiet {" ".join(CLAMAV_UNITS)}
-case "$SAMS_CHANGED" in *{CLAMD_CONF}*) systemctl restart clamav-daemon.service ;; esac
 # clamd answers once its signatures are loaded; Rspamd's step comes after this one.
 if ! clamdscan --config-file={CLAMD_CONF} --ping {CLAMD_READY_S // 5}:5 >/dev/null; then
     echo "clamd did not answer on {CLAMD_SOCKET} within {CLAMD_READY_S} s: journalctl -u clamav-daemon" >&2
@@ -453,6 +454,9 @@ fi
     return StepSpec(
         name="antivirus",
         files=(conf,),
+        # clamd reads clamd.conf only at start. Until the first signatures exist, Debian's start
+        # conditions make this restart a no-op, and the script starts clamd once they do.
+        services=(Service("clamav-daemon.service", (CLAMD_CONF,), "restart"),),
         script=script,
         description="ClamAV: clamd with freshclam's signatures, for Rspamd",
     )
