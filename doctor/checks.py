@@ -32,6 +32,9 @@ BACKUP_MAX_AGE = timedelta(hours=48)
 # WAL archiving: PostgreSQL retries a failing archive_command every minute; a segment still waiting
 # after this long means it keeps failing.
 WAL_MAX_WAIT = timedelta(minutes=15)
+# ClamAV publishes daily signatures several times a day and freshclam looks 24 times a day: three
+# days without a new file means freshclam keeps failing.
+SIGNATURES_MAX_AGE = timedelta(hours=72)
 # Free space and memory, as fractions (Mail-in-a-Box's thresholds: warn below 30 %/20 %, fail
 # below 15 %/10 %).
 DISK_WARN, DISK_FAIL = 0.30, 0.15
@@ -131,6 +134,18 @@ CHECKS: dict[str, CheckInfo] = {
             f"archived); fails when one has waited more than {WAL_MAX_WAIT.total_seconds() / 60:.0f} minutes.",
             "`sudo journalctl -t sams-postgres | grep -i archive` shows why archive_command fails; "
             "`pulumi up` rewrites the unit that sets it.",
+        ),
+        CheckInfo(
+            "antivirus",
+            "ClamAV answers and its signatures are current",
+            "With sams:antivirus.clamav on, Rspamd asks clamd about every attachment: while clamd is down, "
+            "mail is delivered unscanned (CLAMAV_FAIL), and with old signatures new viruses pass.",
+            "Over SSH, PING on clamd's socket and the time of the daily signatures; fails when clamd does not "
+            f"answer or they are older than {SIGNATURES_MAX_AGE.total_seconds() / 3600:.0f} hours. Nothing is "
+            "checked while ClamAV is off.",
+            "`sudo journalctl -u clamav-daemon -u clamav-freshclam -n 50` says why; `pulumi up` starts clamd "
+            "again (and fetches the first signatures). ClamAV's mirrors refuse clients that ask too often: "
+            "freshclam's own schedule is enough.",
         ),
         CheckInfo(
             "disk",
@@ -606,6 +621,43 @@ def check_wal(expected: Expected, obs: Observations) -> list[Finding]:
     return [_f("wal", subject, "ok", f"{h.wal_waiting} WAL segment(s) waiting, the oldest for {minutes:.0f} minutes")]
 
 
+def check_antivirus(expected: Expected, obs: Observations) -> list[Finding]:
+    subject = "ClamAV"
+    if not expected.antivirus:
+        return [_f("antivirus", subject, "ok", "ClamAV is off (sams:antivirus.clamav): attachments are not scanned")]
+    if obs.host is None:
+        return [_f("antivirus", subject, "unchecked", f"Not checked: {_no_host(obs)}.")]
+    h = obs.host
+    fix = (
+        "`sudo journalctl -u clamav-daemon -u clamav-freshclam -n 50` says why; `pulumi up` starts clamd again "
+        "and fetches missing signatures."
+    )
+    if h.clamd != "PONG":
+        return [
+            _f(
+                "antivirus",
+                subject,
+                "fail",
+                f"clamd does not answer ({h.clamd or 'no answer'}): attachments are delivered unscanned (CLAMAV_FAIL).",
+                fix,
+            )
+        ]
+    if h.clamav_daily is None:
+        return [_f("antivirus", subject, "fail", "clamd answers, but there are no daily signatures.", fix)]
+    hours = (h.taken_at - h.clamav_daily) / 3600
+    if hours > SIGNATURES_MAX_AGE.total_seconds() / 3600:
+        return [
+            _f(
+                "antivirus",
+                subject,
+                "fail",
+                f"The daily signatures are {hours:.0f} hours old: freshclam has not updated them.",
+                fix,
+            )
+        ]
+    return [_f("antivirus", subject, "ok", f"clamd answers; the daily signatures are {hours:.0f} hours old")]
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -667,6 +719,7 @@ def evaluate(expected: Expected, obs: Observations, now: datetime) -> list[Findi
         check_outbound,
         check_backup,
         check_wal,
+        check_antivirus,
         check_disk,
         check_memory,
     ]

@@ -153,4 +153,5 @@ def expected(stack: str, settings: Settings, outputs: Mapping[str, Any]) -> Expe
         backup_enabled=cfg.backup.enabled,
         backup_target=cfg.backup.target,
         mail_root=VMAIL_ROOT,
+        antivirus=cfg.antivirus.clamav,
     )

@@ -1,9 +1,10 @@
 """Runs ON the mail host (shipped over SSH as `python3 - ARGS`; standard library only).
 
 Prints one JSON object of facts: the host's clock, free space of the given paths' filesystems,
-memory, the backup stamp's time, the WAL segments PostgreSQL has not archived yet, and whether TCP
-connections to the given targets open. It changes nothing. ARGS is one JSON object:
-{"paths": [...], "stamp": "...", "wal_status": "...", "outbound": [[host, port], ...]}.
+memory, the backup stamp's time, the WAL segments PostgreSQL has not archived yet, whether TCP
+connections to the given targets open, and (where ClamAV is on) clamd's answer and the age of its
+signatures. It changes nothing. ARGS is one JSON object: {"paths": [...], "stamp": "...",
+"wal_status": "...", "outbound": [[host, port], ...], "clamav": {"socket": "...", "daily": [...]} or null}.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ def wal(status_dir: str) -> dict[str, Any]:
     return {"wal_status": status_dir, "wal_seen": True, "wal_waiting": len(ready), "wal_oldest": oldest}
 
 
+def clamav(socket_path: str, daily: list[str]) -> dict[str, Any]:
+    """clamd's answer to PING (its protocol's z-prefixed, NUL-ended form) and the newest of the
+    daily signature files' times."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5.0)
+            s.connect(socket_path)
+            s.sendall(b"zPING\0")
+            answer = s.recv(64).rstrip(b"\0\n").decode(errors="replace")
+    except OSError as exc:
+        answer = f"{type(exc).__name__}: {exc}"
+    times = [os.stat(p).st_mtime for p in daily if os.path.exists(p)]
+    return {"clamd": answer, "clamav_daily": max(times, default=None)}
+
+
 def facts(args: dict[str, Any]) -> dict[str, Any]:
     stamp = args["stamp"]
     try:
@@ -81,6 +97,7 @@ def facts(args: dict[str, Any]) -> dict[str, Any]:
         "backup_last": last,
         "outbound": [connect(h, int(p)) for h, p in args["outbound"]],
         **wal(args["wal_status"]),
+        **(clamav(args["clamav"]["socket"], args["clamav"]["daily"]) if args.get("clamav") else {}),
     }
 
 

@@ -86,6 +86,7 @@ class Expected:
     backup_enabled: bool
     backup_target: str | None
     mail_root: str  # where the mailboxes live on the host (for the disk check)
+    antivirus: bool = False  # sams:antivirus.clamav
 
 
 # --- what the probes saw ---------------------------------------------------------------------------
@@ -168,6 +169,10 @@ class HostFacts:
     wal_seen: bool = False  # the directory exists
     wal_waiting: int = 0  # segments marked .ready
     wal_oldest: float | None = None  # mtime of the oldest .ready, epoch seconds
+    # ClamAV, asked only where sams:antivirus.clamav is on: clamd's answer to PING on its socket
+    # ("PONG", or why there was none) and when freshclam last wrote the daily signatures.
+    clamd: str = ""
+    clamav_daily: float | None = None  # epoch seconds; None: no daily signatures
 
 
 @dataclass(frozen=True)
@@ -225,4 +230,6 @@ def host_facts(data: Mapping[str, Any]) -> HostFacts:
         wal_seen=bool(data["wal_seen"]),
         wal_waiting=int(data["wal_waiting"]),
         wal_oldest=None if data["wal_oldest"] is None else float(data["wal_oldest"]),
+        clamd=str(data.get("clamd", "")),
+        clamav_daily=None if data.get("clamav_daily") is None else float(data["clamav_daily"]),
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from components.database.steps import DATA_DIR
+from components.mail.services import CLAMAV_DB_DIR, CLAMD_SOCKET
 from doctor.checks import BACKUP_STAMP, reverse_name
 from doctor.model import (
     DnsAnswer,
@@ -243,6 +244,8 @@ def smtp_probe(hostname: str, opts: ProbeOptions) -> SmtpProbe:
 
 # Where PostgreSQL (its data directory mounted from the host) marks segments waiting to be archived.
 WAL_STATUS = f"{DATA_DIR}/pg_wal/archive_status"
+# Where freshclam keeps the daily signatures, in each form it writes (and Debian's units accept).
+CLAMAV_DAILY = tuple(f"{CLAMAV_DB_DIR}/daily.{ext}" for ext in ("cvd", "cld", "inc"))
 
 # Runs `argv` on the host with `stdin`, returns stdout (raises on failure).
 HostRunner = Callable[[Sequence[str], str], str]
@@ -250,7 +253,13 @@ HostRunner = Callable[[Sequence[str], str], str]
 
 def host_script_args(expected: Expected, opts: ProbeOptions) -> list[str]:
     target = [expected.relay[0], expected.relay[1]] if expected.relay else [opts.outbound_target, 25]
-    args = {"paths": ["/", expected.mail_root], "stamp": BACKUP_STAMP, "wal_status": WAL_STATUS, "outbound": [target]}
+    args: dict[str, object] = {
+        "paths": ["/", expected.mail_root],
+        "stamp": BACKUP_STAMP,
+        "wal_status": WAL_STATUS,
+        "outbound": [target],
+        "clamav": {"socket": CLAMD_SOCKET, "daily": list(CLAMAV_DAILY)} if expected.antivirus else None,
+    }
     # As root: the backup stamp, the mail root and PostgreSQL's data need not be readable by the admin user.
     return ["sudo", "-n", "python3", "-", json.dumps(args)]
 

@@ -392,6 +392,30 @@ def test_wal_archiving(lab: Expected) -> None:
     assert checks.check_wal(lab, dataclasses.replace(obs, host=None))[0].status == "unchecked"
 
 
+def test_antivirus(lab: Expected) -> None:
+    obs = healthy(lab)
+    assert obs.host and not lab.antivirus
+    # ClamAV off is a choice, not a fault: said, not warned about.
+    assert [(f.status, f.message) for f in checks.check_antivirus(lab, obs)] == [
+        ("ok", "ClamAV is off (sams:antivirus.clamav): attachments are not scanned")
+    ]
+    on = dataclasses.replace(lab, antivirus=True)
+    fresh = dataclasses.replace(obs.host, clamd="PONG", clamav_daily=NOW.timestamp() - 5 * 3600)
+    assert [(f.status, f.message) for f in checks.check_antivirus(on, dataclasses.replace(obs, host=fresh))] == [
+        ("ok", "clamd answers; the daily signatures are 5 hours old")
+    ]
+    down = dataclasses.replace(fresh, clamd="FileNotFoundError: [Errno 2] No such file or directory")
+    f = checks.check_antivirus(on, dataclasses.replace(obs, host=down))[0]
+    assert f.status == "fail" and "FileNotFoundError" in f.message and "unscanned (CLAMAV_FAIL)" in f.message
+    assert "journalctl -u clamav-daemon" in f.fix
+    stale = dataclasses.replace(fresh, clamav_daily=NOW.timestamp() - 80 * 3600)
+    f = checks.check_antivirus(on, dataclasses.replace(obs, host=stale))[0]
+    assert f.status == "fail" and "80 hours old: freshclam has not updated them" in f.message
+    none = dataclasses.replace(fresh, clamav_daily=None)
+    assert checks.check_antivirus(on, dataclasses.replace(obs, host=none))[0].status == "fail"
+    assert checks.check_antivirus(on, dataclasses.replace(obs, host=None))[0].status == "unchecked"
+
+
 def test_disk_and_memory_headroom(lab: Expected) -> None:
     obs = healthy(lab)
     assert obs.host
@@ -468,6 +492,50 @@ def test_host_script_reports_facts(tmp_path: Path) -> None:
     assert (facts.wal_seen, facts.wal_waiting) == (True, 2)
     assert facts.wal_oldest == pytest.approx(time.time() - 600, abs=5)
     assert [o.result for o in facts.outbound] == ["closed", "unresolved"]
+
+
+def test_host_script_asks_clamd_only_where_clamav_is_on(tmp_path: Path) -> None:
+    """PING on a unix socket that answers as clamd does, the newest daily file's time; and nothing
+    of ClamAV's is looked at when the plan has it off."""
+    path = str(tmp_path / "clamd.ctl")
+    daily = tmp_path / "daily.cld"
+    daily.touch()
+    os.utime(daily, (time.time() - 7200, time.time() - 7200))
+    heard: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen()
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                heard.append(conn.recv(64))
+                conn.sendall(b"PONG\0")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+
+        def run(clamav: object) -> dict[str, Any]:
+            args = {"paths": ["/"], "stamp": "/nonexistent", "wal_status": "/nonexistent", "outbound": [],
+                    "clamav": clamav}  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-", json.dumps(args)],
+                input=probe.HOST_SCRIPT.read_text(),
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
+            return dict(json.loads(out))
+
+        on = host_facts(run({"socket": path, "daily": [str(tmp_path / "daily.cvd"), str(daily)]}))
+        thread.join(5)
+    assert heard == [b"zPING\0"] and on.clamd == "PONG"
+    assert on.clamav_daily == pytest.approx(time.time() - 7200, abs=5)
+    gone = host_facts(run({"socket": path, "daily": []}))  # nobody listens any more
+    assert gone.clamd.startswith("ConnectionRefusedError") and gone.clamav_daily is None
+    off = run(None)
+    assert "clamd" not in off and host_facts(off).clamd == ""
 
 
 @pytest.fixture

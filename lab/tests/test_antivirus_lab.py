@@ -14,14 +14,19 @@ Debian's clamav-daemon units and the antivirus step look for once freshclam has 
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.message
 import email.utils
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from components.mail import services
+from doctor import checks, probe
+from doctor.expect import expected
+from doctor.model import Observations, host_facts
 from lab import program
 from lab.proc import LabError
 from lab.tests.conftest import Lab
@@ -135,6 +140,20 @@ def test_turned_on_clamd_runs_as_clamav_on_its_socket(lab: Lab, clamav_on: progr
     assert services.CLAMD_SOCKET in sh(lab, "ss -Hxlp | grep clamd")
     scan = sh(lab, f"printf '%s' '{EICAR}' > /tmp/eicar.txt && clamdscan --fdpass /tmp/eicar.txt", check=False)
     assert f"{DETECTED} FOUND" in scan, scan
+
+
+def test_the_doctor_sees_clamd_answer(lab: Lab, clamav_on: object) -> None:
+    """doctor's host script, run on the host as `--ssh` runs it, asks the real clamd."""
+    plan = expected("lab", lab.settings, lab.run.outputs)
+    plan = dataclasses.replace(plan, antivirus=True)  # the stack as this module applied it
+
+    def run(argv: Any, stdin: str) -> str:
+        return lab.shell.run(list(argv), stdin=stdin, timeout=60).stdout.decode()
+
+    facts = host_facts(probe.gather_host(plan, probe.ProbeOptions(lab.spec.public_ipv4), run))
+    assert facts.clamd == "PONG"
+    (finding,) = checks.check_antivirus(plan, Observations(host=facts))
+    assert finding.status == "ok", finding
 
 
 def test_a_virus_from_the_internet_is_refused_and_clean_mail_arrives(mail: World, clamav_on: object) -> None:
