@@ -26,7 +26,7 @@ from typing import Any
 
 import mockrun
 from cloudinit import BASE_PACKAGES
-from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES
+from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
 from lab import acme, dns
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
@@ -38,10 +38,11 @@ STACK = "lab"
 PUBLIC_PREFIX = 24
 # The independent receiver's host number on the lab's internet (198.18.0.20).
 RECEIVER_HOST = 20
-# The mail stack's packages are baked into the tree (the lab host has no route to a mirror), ClamAV's
-# too (the antivirus lab test turns it on; while the stack has it off, its step stops its units), and
-# Debian's kernels have WireGuard built in but this machine's has not: add the userspace one.
-LAB_PACKAGES = (*MAIL_PACKAGES, *CLAMAV_PACKAGES, "wireguard-go")
+# The mail stack's packages are baked into the tree (the lab host has no route to a mirror), and those
+# the stack's options need (ClamAV, SASL for a relay login), which lab tests turn on; while ClamAV is
+# off its step stops its units. Debian's kernels have WireGuard built in but this machine's has not:
+# add the userspace one.
+LAB_PACKAGES = (*MAIL_PACKAGES, *RELAY_SASL_PACKAGES, *CLAMAV_PACKAGES, "wireguard-go")
 BUILD_IMAGE = Path(__file__).resolve().parent / "docker" / "build_postgres_image.sh"
 
 

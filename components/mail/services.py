@@ -567,9 +567,20 @@ MAIL_PACKAGES: tuple[str, ...] = (
 )
 
 
+# Postfix's SMTP client logs in to a relay (sams:relay.username) through Cyrus SASL, whose PLAIN and
+# LOGIN mechanisms Debian ships in libsasl2-modules, only a Recommends of Postfix. Without it every
+# relayed message waits in the queue: "SASL authentication failed; ...: no mechanism available".
+RELAY_SASL_PACKAGES: tuple[str, ...] = ("libsasl2-modules",)
+
+
 def mail_packages(settings: Settings) -> tuple[str, ...]:
-    """The stack's Debian packages: the mail stack's, and ClamAV's where it is on."""
-    return (*MAIL_PACKAGES, *(CLAMAV_PACKAGES if settings.config.antivirus.clamav else ()))
+    """The stack's Debian packages: the mail stack's, SASL's for a relay login, ClamAV's where it is on."""
+    cfg = settings.config
+    return (
+        *MAIL_PACKAGES,
+        *(RELAY_SASL_PACKAGES if cfg.relay is not None and cfg.relay.username else ()),
+        *(CLAMAV_PACKAGES if cfg.antivirus.clamav else ()),
+    )
 
 
 def mail_packages_step(settings: Settings) -> StepSpec:

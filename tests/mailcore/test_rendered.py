@@ -293,6 +293,12 @@ def test_step_scripts_are_shellcheck_clean(steps: tuple[StepSpec, ...], clamav_s
 # --- ClamAV ----------------------------------------------------------------------------------------
 
 
+def test_a_relay_login_brings_the_sasl_mechanisms(lab_settings, relay_settings) -> None:
+    """Postfix logs in to the relay through Cyrus SASL, whose PLAIN/LOGIN are a separate package."""
+    assert set(services.RELAY_SASL_PACKAGES) <= set(services.mail_packages(relay_settings))
+    assert not set(services.RELAY_SASL_PACKAGES) & set(services.mail_packages(lab_settings))
+
+
 def test_clamav_off_installs_nothing_and_stops_what_an_earlier_setting_started(
     lab_settings: settings.Settings,
 ) -> None:
