@@ -80,8 +80,9 @@ def server_ca(paths: StatePaths) -> str:
     return cert_file.read_text()
 
 
-def _listener_cert(paths: StatePaths, address: str, directory: Path) -> tuple[Path, Path]:
-    """A certificate for Pebble's listener at `address`, signed by the lab's ACME server CA."""
+def issue(paths: StatePaths, name: str, directory: Path, stem: str) -> tuple[Path, Path]:
+    """A server certificate for `name` (an IP address or a DNS name), signed by the lab's ACME server
+    CA, which the host trusts (sams:acme.serverCa): <stem>.key and <stem>.pem in `directory`."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,19 +95,23 @@ def _listener_cert(paths: StatePaths, address: str, directory: Path) -> tuple[Pa
     ca = x509.load_pem_x509_certificate(cert_file.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        san = x509.DNSName(name)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key_out, cert_out = directory / "listener.key", directory / "listener.pem"
+    key_out, cert_out = directory / f"{stem}.key", directory / f"{stem}.pem"
     key_out.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
@@ -153,7 +158,7 @@ def start(spec: LabSpec, paths: StatePaths, timeout: float = 15.0) -> int:
     """Start Pebble in sams-inet at the internet's address; wait until its directory answers."""
     d = directory(paths)
     d.mkdir(parents=True, exist_ok=True)
-    key, cert = _listener_cert(paths, spec.inet_ipv4, d)
+    key, cert = issue(paths, spec.inet_ipv4, d, "listener")
     conf = d / "pebble.json"
     conf.write_text(json.dumps(pebble_config(spec.inet_ipv4, key, cert), indent=2) + "\n")
     with open(d / "pebble.log", "wb") as out:

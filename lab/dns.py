@@ -42,6 +42,8 @@ GETZONE = "cloudflare:index/getZone:getZone"
 # The lab's own names: its nameserver, a remote MTA that sends to SAMS, the independent receiver.
 LAB_ZONE = "lab.example"
 NAMESERVER = f"ns.{LAB_ZONE}"
+# A mail provider's relay for sams:relay (lab/smarthost.py, started by the relay test).
+SMARTHOST = f"smtp.{LAB_ZONE}"
 SENDER_DOMAIN = "sender.example"
 RECEIVER_DOMAIN = "receiver.example"
 TTL = 300
@@ -67,6 +69,7 @@ def lab_records(*, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv
     sender_mx, receiver_mx = f"mx.{SENDER_DOMAIN}", f"mx.{RECEIVER_DOMAIN}"
     return [
         ZoneRecord(NAMESERVER, "A", TTL, inet_ipv4),
+        ZoneRecord(SMARTHOST, "A", TTL, inet_ipv4),
         # The provider's reverse DNS (Vultr's ReverseIpv4 for real): PTR = hostname = HELO.
         ZoneRecord(ptr(public_ipv4), "PTR", TTL, zonefile.absolute(hostname)),
         ZoneRecord(ptr(inet_ipv4), "PTR", TTL, zonefile.absolute(sender_mx)),

@@ -1,13 +1,17 @@
 """A smarthost on the lab's internet: what a mail provider's relay looks like to SAMS's Postfix
 when sams:relay is set (providers that block outbound port 25 leave no other way out).
 
-aiosmtpd in ``sams-inet`` on port 587 (STARTTLS) or 465 (implicit TLS), with a certificate it makes
-for itself. Like a real relay it takes mail only after TLS and AUTH with its one login, for any
-recipient, and keeps each message as ``<spool>/<time>-<id>.eml`` with the login and the TLS version
-it arrived with on top (``X-Smarthost-Login``, ``X-Smarthost-TLS``). It has nothing of SAMS in it.
+aiosmtpd in ``sams-inet`` on port 587 (STARTTLS) or 465 (implicit TLS), as ``smtp.lab.example``
+(lab/dns.py), with the certificate and key it is given (the lab's ACME server CA issues one the
+host trusts, as a public CA would) or, without them, one it signs itself. Like a real relay it takes
+mail only after TLS and AUTH with its one login, for any recipient, and keeps each message as
+``<spool>/<time>-<id>.eml`` with the login and the TLS version it arrived with on top
+(``X-Smarthost-Login``, ``X-Smarthost-TLS``), and every login it was offered in ``auth-attempts``.
+It has nothing of SAMS in it.
 
-``python -m lab.smarthost --listen ADDR --port 587 --login USER --password-file F --spool DIR``
-runs it in the namespace it is started in; :func:`start` / :func:`stop` run it for a test.
+``python -m lab.smarthost --listen ADDR --port 587 --login USER --password-file F --spool DIR
+[--cert F --key F]`` runs it in the namespace it is started in; :func:`start` / :func:`stop` run it
+for a test.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.dns import SMARTHOST as NAME
 from lab.proc import LabError, daemon_pid, netns_exec, stop_daemon, tail
 from lab.spec import NAMES
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-NAME = "smtp.relay.example"
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -80,24 +84,30 @@ class Handler:
         return "250 2.0.0 OK relayed as " + tmp.stem
 
 
-def serve(listen: str, port: int, login: str, password: str, spool: Path) -> None:
+def serve(listen: str, port: int, login: str, password: str, spool: Path, pair: tuple[Path, Path] | None) -> None:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
-    cert, key = self_signed(Path(tempfile.mkdtemp(prefix="smarthost-")))
+    cert, key = pair or self_signed(Path(tempfile.mkdtemp(prefix="smarthost-")))
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
 
+    attempts = spool.parent / "auth-attempts"
+
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (login.encode(), password.encode())
+        with attempts.open("a") as log:  # every login tried, so a test can tell none was
+            log.write(f"{mechanism} {'ok' if ok else 'refused'}\n")
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     implicit = port == 465
     smtp_args: dict[str, Any] = {
         "authenticator": authenticator,
         "auth_required": True,
-        "auth_require_tls": True,
+        # aiosmtpd counts only STARTTLS as TLS here and would hide AUTH on 465, where the whole
+        # session is TLS already.
+        "auth_require_tls": not implicit,
         "server_hostname": NAME,
     }
     if not implicit:
@@ -114,13 +124,16 @@ def serve(listen: str, port: int, login: str, password: str, spool: Path) -> Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.smarthost", description=__doc__.split("\n")[0])
     parser.add_argument("--listen", required=True)
-    parser.add_argument("--port", type=int, choices=(465, 587), required=True)
+    parser.add_argument("--port", type=int, required=True, help="465: implicit TLS; any other: STARTTLS")
     parser.add_argument("--login", required=True)
     parser.add_argument("--password-file", type=Path, required=True)
     parser.add_argument("--spool", type=Path, required=True)
+    parser.add_argument("--cert", type=Path, help="certificate (PEM); with --key, else self-signed")
+    parser.add_argument("--key", type=Path)
     args = parser.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    serve(args.listen, args.port, args.login, args.password_file.read_text().strip(), args.spool)
+    pair = (args.cert, args.key) if args.cert and args.key else None
+    serve(args.listen, args.port, args.login, args.password_file.read_text().strip(), args.spool, pair)
     return 0
 
 
@@ -139,15 +152,31 @@ class Smarthost:
     def received(self) -> list[bytes]:
         return [p.read_bytes() for p in sorted(self.spool.glob("*.eml"))]
 
+    def logins_tried(self) -> list[str]:
+        """Each AUTH it was offered: "<mechanism> ok|refused"."""
+        attempts = self.directory / "auth-attempts"
+        return attempts.read_text().splitlines() if attempts.exists() else []
 
-def start(directory: Path, listen: str, port: int, login: str, password: str, timeout: float = 20.0) -> Smarthost:
-    """Start the smarthost in sams-inet on listen:port; wait until it listens."""
+
+def start(
+    directory: Path,
+    listen: str,
+    port: int,
+    login: str,
+    password: str,
+    pair: tuple[Path, Path] | None = None,
+    timeout: float = 20.0,
+) -> Smarthost:
+    """Start the smarthost in sams-inet on listen:port (with this certificate and key, else a
+    self-signed pair); wait until it listens."""
     directory.mkdir(parents=True, exist_ok=True)
     secret = directory / "password"
     secret.write_text(password)
     secret.chmod(0o600)
     argv = [sys.executable, "-m", "lab.smarthost", "--listen", listen, "--port", str(port), "--login", login]
     argv += ["--password-file", str(secret), "--spool", str(directory / "spool")]
+    if pair:
+        argv += ["--cert", str(pair[0]), "--key", str(pair[1])]
     log = directory / "smarthost.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -7,10 +7,10 @@ Keys are camelCase, like every Pulumi config key; structured values are set with
 from __future__ import annotations
 
 from datetime import timedelta
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from settings.names import DomainName, SshPublicKey, WireGuardKey
@@ -79,11 +79,23 @@ class ClientAccess(_Config):
 class RelaySettings(_Config):
     """A smarthost for providers that block outbound port 25 (Vultr and OCI do by default)."""
 
-    host: str = Field(min_length=1)
+    host: DomainName = Field(
+        description="the relay's name: Postfix sends the password only after verifying that the relay's "
+        "certificate was issued for this name by a CA the host trusts"
+    )
     port: int = Field(default=587, gt=0, lt=65536)
     username: str | None = None
     # Included in SPF (include:...) when the relay signs for the domain's envelope senders.
     spf_include: str | None = None
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _a_name_not_an_address(cls, value: object) -> object:
+        try:
+            ip_address(str(value))
+        except ValueError:
+            return value
+        raise ValueError("give the relay's name, not an address: its certificate is verified against the name")
 
 
 class DmarcSettings(_Config):

@@ -134,6 +134,10 @@ CONFIG_CASES = {
         "sams:acme.caaIssuers = ['letsencrypt.org']: acme.directory https://acme.internal.example/dir is not "
         "Let's Encrypt",
     ),
+    "relay by address": (
+        {"sams:relay": {"host": "198.51.100.7", "port": 587, "username": "u"}},
+        "Pulumi.prod.yaml:23: sams:relay.host = '198.51.100.7': give the relay's name, not an address",
+    ),
     "ClamAV on a 2 GB plan": (
         {"sams:antivirus": {"clamav": True}},
         "Pulumi.prod.yaml:10: sams:vultr.plan = 'vc2-1c-2gb': has 2 GB of memory, but antivirus.clamav needs "

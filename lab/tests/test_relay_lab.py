@@ -1,11 +1,15 @@
 """The smarthost path (sams:relay), on the lab host: what every host on a provider that blocks
 outbound port 25 (Vultr and Oracle Cloud do by default) sends all its outbound mail through.
 
-A relay on the lab's internet (lab/smarthost.py: TLS required, then AUTH with its one login, as a
-mail provider's relay does) stands in for the provider's. The program is applied with sams:relay
-pointing at it and the password as sams:relayPassword; a user's mail to another domain must leave
-through it, signed, over TLS, logged in. With a wrong password the mail must wait in the queue (not
-bounce) and say why, and go out once `up` has put the right password in place.
+Relays on the lab's internet (lab/smarthost.py, named smtp.lab.example: TLS, then AUTH with one
+login, as a mail provider's relay) stand in for the provider's: on 587 (STARTTLS) and 465 (implicit
+TLS) with a certificate from the lab's CA, which the host trusts as it would a public CA's, and on
+2525 with a certificate of its own making, as anyone on the path could present. The program is
+applied with sams:relay pointing at one of them and the password as sams:relayPassword.
+
+A user's mail to another domain must leave through the relay, signed, over TLS, logged in. With a
+wrong password it must wait in the queue (not bounce) saying why, and go out once `up` has put the
+right password in place. To a relay whose certificate does not verify, the password is never sent.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from lab import program, smarthost
-from lab.dns import RECEIVER_DOMAIN
+from lab import acme, program, smarthost
+from lab.dns import RECEIVER_DOMAIN, SMARTHOST
 from lab.tests.conftest import Lab
 from lab.tests.test_mail_e2e import World, sh, subject, world
 
@@ -26,17 +30,23 @@ pytestmark = pytest.mark.lab
 
 LOGIN = "sams-lab@relay.example"
 PASSWORD = "Relay-pass-1"
-SUBMISSION = 587
+TRUSTED = (587, 465)  # STARTTLS, implicit TLS (Postfix's smtp_tls_wrappermode)
+UNTRUSTED = 2525
 
 
-def up(lab: Lab, password: str | None) -> program.ApplyReport:
-    """`pulumi up` with sams:relay at the smarthost (and this password), or without a relay (None)."""
+def up(lab: Lab, port: int | None, password: str = PASSWORD) -> program.ApplyReport:
+    """`pulumi up` with sams:relay at the smarthost on `port` (and this password), or without one (None)."""
     overrides = {}
-    if password is not None:
-        relay = {"host": lab.spec.inet_ipv4, "port": SUBMISSION, "username": LOGIN}
+    if port is not None:
+        relay = {"host": SMARTHOST, "port": port, "username": LOGIN}
         overrides = {"sams:relay": relay, "sams:relayPassword": password}
     run = program.lab_run(lab.paths, program.lab_keys(lab.paths), overrides)
     return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
+
+
+def queued(lab: Lab) -> list[dict[str, Any]]:
+    """Postfix's queue (postqueue -j): one object per message."""
+    return [json.loads(line) for line in sh(lab, "postqueue -j").splitlines() if line.strip()]
 
 
 def relayed(lab: Lab, host: smarthost.Smarthost, tag: str, wait: float = 60) -> bytes:
@@ -51,25 +61,38 @@ def relayed(lab: Lab, host: smarthost.Smarthost, tag: str, wait: float = 60) -> 
     raise AssertionError(f"nothing with {tag} reached the smarthost in {wait:.0f} s; the queue: {queued(lab)}")
 
 
-def queued(lab: Lab) -> list[dict[str, Any]]:
-    """Postfix's queue (postqueue -j): one object per message."""
-    return [json.loads(line) for line in sh(lab, "postqueue -j").splitlines() if line.strip()]
+def deferred(lab: Lab, wait: float = 60) -> dict[str, Any]:
+    """The one recipient waiting in the deferred queue, with its delay_reason."""
+    deadline = time.monotonic() + wait
+    waiting: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not waiting:
+        waiting = [m for m in queued(lab) if m.get("queue_name") == "deferred"]
+        time.sleep(0.5)
+    (message,) = waiting
+    (recipient,) = message["recipients"]
+    return dict(recipient)
 
 
 @pytest.fixture(scope="module")
-def relay(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[smarthost.Smarthost]:
-    host = smarthost.start(tmp_path_factory.mktemp("smarthost"), lab.spec.inet_ipv4, SUBMISSION, LOGIN, PASSWORD)
+def relays(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, smarthost.Smarthost]]:
+    base = tmp_path_factory.mktemp("smarthost")
+    pair = acme.issue(lab.paths, SMARTHOST, base, "smarthost")
+    trusted = (pair[1], pair[0])  # (certificate, key)
+    hosts: dict[int, smarthost.Smarthost] = {}
     try:
-        yield host
+        for port in (*TRUSTED, UNTRUSTED):
+            hosts[port] = smarthost.start(
+                base / str(port), lab.spec.inet_ipv4, port, LOGIN, PASSWORD, trusted if port in TRUSTED else None
+            )
+        yield hosts
     finally:
-        smarthost.stop(host)
+        for host in hosts.values():
+            smarthost.stop(host)
 
 
 @pytest.fixture(scope="module")
-def mail(lab: Lab, relay: smarthost.Smarthost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def mail(lab: Lab, relays: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
-        report = up(lab, PASSWORD)
-        assert {"mail-postfix"} <= set(report.ran), report.ran
         with world(lab, tmp_path_factory.mktemp("relay")) as w:
             yield w
     finally:
@@ -77,12 +100,14 @@ def mail(lab: Lab, relay: smarthost.Smarthost, tmp_path_factory: pytest.TempPath
         sh(lab, "postsuper -d ALL deferred >/dev/null 2>&1 || true")
 
 
+@pytest.mark.parametrize("port", TRUSTED)
 def test_mail_to_another_domain_leaves_through_the_relay_over_tls_logged_in(
-    mail: World, relay: smarthost.Smarthost
+    lab: Lab, mail: World, relays: dict[int, smarthost.Smarthost], port: int
 ) -> None:
-    tag = subject("relay")
-    mail.submit(SUBMISSION, "alice@sams.test", [f"someone@{RECEIVER_DOMAIN}"], tag)
-    got = relayed(mail.lab, relay, tag)
+    assert "mail-postfix" in up(lab, port).ran
+    tag = subject(f"relay-{port}")
+    mail.submit(587, "alice@sams.test", [f"someone@{RECEIVER_DOMAIN}"], tag)
+    got = relayed(lab, relays[port], tag)
     head = got.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
     assert f"X-Smarthost-Login: {LOGIN}" in head, head
     assert "X-Smarthost-TLS: TLSv1.3" in head or "X-Smarthost-TLS: TLSv1.2" in head, head
@@ -92,23 +117,31 @@ def test_mail_to_another_domain_leaves_through_the_relay_over_tls_logged_in(
 
 
 def test_a_wrong_relay_password_keeps_the_mail_queued_and_says_why(
-    lab: Lab, mail: World, relay: smarthost.Smarthost
+    lab: Lab, mail: World, relays: dict[int, smarthost.Smarthost]
 ) -> None:
-    up(lab, "not-the-password")
+    up(lab, 587, password="not-the-password")
     tag = subject("relay-wrong-password")
-    mail.submit(SUBMISSION, "alice@sams.test", [f"someone@{RECEIVER_DOMAIN}"], tag)
-    deadline = time.monotonic() + 60
-    waiting: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not waiting:
-        waiting = [m for m in queued(lab) if m.get("queue_name") == "deferred"]
-        time.sleep(0.5)
-    (message,) = waiting
-    (recipient,) = message["recipients"]
+    mail.submit(587, "alice@sams.test", [f"someone@{RECEIVER_DOMAIN}"], tag)
+    recipient = deferred(lab)
     assert "SASL authentication failed" in recipient["delay_reason"], recipient
-    assert not [m for m in relay.received() if tag.encode() in m]
+    assert not [m for m in relays[587].received() if tag.encode() in m]
     # The right password: the waiting mail goes out (Postfix retries within minimal_backoff_time, 5 min;
     # the test flushes the queue instead of waiting).
-    up(lab, PASSWORD)
+    up(lab, 587)
     sh(lab, "postqueue -f")
-    relayed(lab, relay, tag)
+    relayed(lab, relays[587], tag)
     assert queued(lab) == []
+
+
+def test_a_relay_whose_certificate_does_not_verify_never_gets_the_password(
+    lab: Lab, mail: World, relays: dict[int, smarthost.Smarthost]
+) -> None:
+    """The certificate names smtp.lab.example but no CA the host trusts signed it: Postfix stops after
+    the TLS handshake, before AUTH, and keeps the mail."""
+    up(lab, UNTRUSTED)
+    tag = subject("relay-untrusted")
+    mail.submit(587, "alice@sams.test", [f"someone@{RECEIVER_DOMAIN}"], tag)
+    recipient = deferred(lab)
+    assert "Server certificate not verified" in recipient["delay_reason"], recipient
+    assert relays[UNTRUSTED].logins_tried() == [] and relays[UNTRUSTED].received() == []
+    sh(lab, "postsuper -d ALL deferred >/dev/null")
