@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -152,3 +153,30 @@ def tail(path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return f"(no {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def start_lab_module(ns: str, module: str, args: Sequence[str], directory: Path, timeout: float = 20.0) -> int:
+    """`python -m lab.<module> ARGS` in network namespace `ns`, in a session of its own, its output in
+    <directory>/<module>.log and its pid in <directory>/<module>.pid; returns once the log says
+    "listening on" (a LabError with the log's tail if it exits or the time runs out first)."""
+    project = Path(__file__).resolve().parents[1]
+    directory.mkdir(parents=True, exist_ok=True)
+    log_file = directory / f"{module}.log"
+    argv = [sys.executable, "-m", f"lab.{module}", *args]
+    with open(log_file, "wb") as output:
+        proc = subprocess.Popen(
+            netns_exec(ns, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=project,
+            env={**os.environ, "PYTHONPATH": str(project)},
+        )
+    (directory / f"{module}.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while b"listening on" not in log_file.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"lab.{module} did not start\n--- {log_file} ---\n{tail(log_file)}")
+        time.sleep(0.1)
+    return proc.pid

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import email.utils
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -30,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
+from lab.proc import daemon_pid, run, start_lab_module, stop_daemon
 from lab.spec import NAMES, LabSpec, StatePaths
 
 log = logging.getLogger("lab.receiver")
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 # --- pure: DMARC and the header -----------------------------------------------------------------
@@ -207,29 +203,12 @@ def start(spec: LabSpec, paths: StatePaths, *, name: str, domain: str, timeout: 
     """Give sams-inet the receiver's address and start the receiver there; wait for its banner."""
     if not spec.receiver_ipv4:
         return None
-    d = directory(paths)
-    d.mkdir(parents=True, exist_ok=True)
     run(["ip", "-n", NAMES.ns_inet, "addr", "add", f"{spec.receiver_ipv4}/{spec.public_prefix}", "dev", NAMES.bridge])
-    argv = [sys.executable, "-m", "lab.receiver", "--listen", spec.receiver_ipv4, "--name", name]
-    argv += ["--dns", spec.inet_ipv4, "--spool", str(spool(paths)), "--domain", domain]
-    with open(d / "receiver.log", "wb") as out:
-        proc = subprocess.Popen(
-            netns_exec(NAMES.ns_inet, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=PROJECT_DIR,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
-        )
-    (d / "receiver.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while not (d / "receiver.log").read_bytes().count(b"listening on"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"the receiver did not start\n--- {d}/receiver.log ---\n{tail(d / 'receiver.log')}")
-        time.sleep(0.1)
-    log.info("receiver %s (pid %d) at %s:25", name, proc.pid, spec.receiver_ipv4)
-    return proc.pid
+    args = ["--listen", spec.receiver_ipv4, "--name", name, "--dns", spec.inet_ipv4]
+    args += ["--spool", str(spool(paths)), "--domain", domain]
+    pid = start_lab_module(NAMES.ns_inet, "receiver", args, directory(paths), timeout)
+    log.info("receiver %s (pid %d) at %s:25", name, pid, spec.receiver_ipv4)
+    return pid
 
 
 def running(paths: StatePaths) -> int | None:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.dns import SMARTHOST as NAME
-from lab.proc import LabError, daemon_pid, netns_exec, stop_daemon, tail
+from lab.proc import daemon_pid, start_lab_module, stop_daemon
 from lab.spec import NAMES
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -173,28 +169,11 @@ def start(
     secret = directory / "password"
     secret.write_text(password)
     secret.chmod(0o600)
-    argv = [sys.executable, "-m", "lab.smarthost", "--listen", listen, "--port", str(port), "--login", login]
-    argv += ["--password-file", str(secret), "--spool", str(directory / "spool")]
+    args = ["--listen", listen, "--port", str(port), "--login", login]
+    args += ["--password-file", str(secret), "--spool", str(directory / "spool")]
     if pair:
-        argv += ["--cert", str(pair[0]), "--key", str(pair[1])]
-    log = directory / "smarthost.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            netns_exec(NAMES.ns_inet, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=PROJECT_DIR,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
-        )
-    (directory / "smarthost.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while b"listening on" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"the smarthost did not start\n--- {log} ---\n{tail(log)}")
-        time.sleep(0.1)
-    return Smarthost(proc.pid, directory)
+        args += ["--cert", str(pair[0]), "--key", str(pair[1])]
+    return Smarthost(start_lab_module(NAMES.ns_inet, "smarthost", args, directory, timeout), directory)
 
 
 def stop(host: Smarthost) -> list[str]:

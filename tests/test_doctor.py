@@ -460,6 +460,19 @@ def test_probe_normal_form_matches_the_plans(lab: Expected) -> None:
         assert probe._rdata_value(r.type, rdata) == r.value, r
 
 
+def run_host_script(args: dict[str, Any]) -> dict[str, Any]:
+    """doctor/hostscript.py as the probe ships it (`python3 - ARGS`, the script on stdin): its JSON."""
+    out = subprocess.run(
+        [sys.executable, "-", json.dumps(args)],
+        input=probe.HOST_SCRIPT.read_text(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return dict(json.loads(out))
+
+
 def test_host_script_reports_facts(tmp_path: Path) -> None:
     stamp = tmp_path / "last-success"
     stamp.touch()
@@ -478,14 +491,7 @@ def test_host_script_reports_facts(tmp_path: Path) -> None:
             "wal_status": str(wal_status),
             "outbound": [["127.0.0.1", closed_port], ["no-such-host.invalid", 25]],
         }
-        out = subprocess.run(
-            [sys.executable, "-", json.dumps(args)],
-            input=probe.HOST_SCRIPT.read_text(),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    facts = host_facts(json.loads(out))
+        facts = host_facts(run_host_script(args))
     assert facts.disks and facts.disks[0].path == "/" and 0 < facts.disks[0].available <= facts.disks[0].size
     assert 0 < facts.mem_available <= facts.mem_total
     assert facts.backup_last == pytest.approx(stamp.stat().st_mtime)
@@ -516,17 +522,8 @@ def test_host_script_asks_clamd_only_where_clamav_is_on(tmp_path: Path) -> None:
         thread.start()
 
         def run(clamav: object) -> dict[str, Any]:
-            args = {"paths": ["/"], "stamp": "/nonexistent", "wal_status": "/nonexistent", "outbound": [],
-                    "clamav": clamav}  # fmt: skip
-            out = subprocess.run(
-                [sys.executable, "-", json.dumps(args)],
-                input=probe.HOST_SCRIPT.read_text(),
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=30,
-            ).stdout
-            return dict(json.loads(out))
+            nothing = {"paths": ["/"], "stamp": "/nonexistent", "wal_status": "/nonexistent", "outbound": []}
+            return run_host_script({**nothing, "clamav": clamav})
 
         on = host_facts(run({"socket": path, "daily": [str(tmp_path / "daily.cvd"), str(daily)]}))
         thread.join(5)

@@ -394,6 +394,10 @@ done
     )
 
 
+# Shell: `installed PKG` succeeds when Debian has PKG installed (the packages and antivirus steps).
+INSTALLED_FN = """installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }"""
+
+
 # --- ClamAV ---------------------------------------------------------------------------------------
 
 
@@ -408,7 +412,7 @@ def antivirus_step(settings: Settings) -> StepSpec:
         script = f"""\
 # ClamAV is off: stop and disable what an earlier setting (or the packages' postinst) started. The
 # packages and their signatures stay, so turning it on again downloads nothing twice.
-installed() {{ dpkg-query -W -f='${{Status}}' "$1" 2>/dev/null | grep -q "install ok installed"; }}
+{INSTALLED_FN}
 if installed clamav-daemon; then systemctl disable --now --quiet {" ".join(CLAMAV_UNITS[:2])}; fi
 if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNITS[2]}; fi
 """
@@ -587,8 +591,9 @@ def mail_packages_step(settings: Settings) -> StepSpec:
     """Install what is missing (nothing on a host whose image already has it)."""
     script = f"""\
 missing=""
+{INSTALLED_FN}
 for pkg in {" ".join(mail_packages(settings))}; do
-    dpkg-query -W -f='${{Status}}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+    installed "$pkg" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
     # Postfix asks how to configure itself: the postfix step writes main.cf instead.
