@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from components.database.steps import DATA_DIR
-from components.mail.services import CLAMAV_DB_DIR, CLAMD_SOCKET
+from components.mail.services import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET
 from doctor.checks import BACKUP_STAMP, reverse_name
 from doctor.model import (
     DnsAnswer,
@@ -245,7 +245,7 @@ def smtp_probe(hostname: str, opts: ProbeOptions) -> SmtpProbe:
 # Where PostgreSQL (its data directory mounted from the host) marks segments waiting to be archived.
 WAL_STATUS = f"{DATA_DIR}/pg_wal/archive_status"
 # Where freshclam keeps the daily signatures, in each form it writes (and Debian's units accept).
-CLAMAV_DAILY = tuple(f"{CLAMAV_DB_DIR}/daily.{ext}" for ext in ("cvd", "cld", "inc"))
+CLAMAV_DAILY = tuple(f"{CLAMAV_DB_DIR}/daily.{form}" for form in CLAMAV_DB_FORMS)
 
 # Runs `argv` on the host with `stdin`, returns stdout (raises on failure).
 HostRunner = Callable[[Sequence[str], str], str]

@@ -73,9 +73,11 @@ def host_memory_gb(cfg: StackConfig) -> tuple[Path, object, float] | None:
 
 
 def check_clamav_memory(cfg: StackConfig) -> Iterator[Finding]:
-    memory = host_memory_gb(cfg)
-    if cfg.antivirus.clamav and memory is not None and memory[2] < CLAMAV_MIN_MEMORY_GB:
-        key, value, gb = memory
+    memory = host_memory_gb(cfg) if cfg.antivirus.clamav else None
+    if memory is None:
+        return
+    key, value, gb = memory
+    if gb < CLAMAV_MIN_MEMORY_GB:
         yield (
             key,
             value,

@@ -81,8 +81,10 @@ CLAMAV_PACKAGES: tuple[str, ...] = ("clamav-daemon", "clamav-freshclam", "clamds
 CLAMD_CONF = "/etc/clamav/clamd.conf"
 CLAMD_SOCKET = "/run/clamav/clamd.ctl"  # clamav-daemon.socket's ListenStream
 CLAMAV_DB_DIR = "/var/lib/clamav"
-# Debian's clamav-daemon.socket and .service start only once these exist (their ConditionPathExistsGlob).
+# Debian's clamav-daemon.socket and .service start only once these exist (their ConditionPathExistsGlob),
+# each in one of the forms freshclam writes (CVD, its patched CLD, the older unpacked .inc directory).
 CLAMAV_FIRST_DATABASES = ("main", "daily")
+CLAMAV_DB_FORMS = ("cvd", "cld", "inc")
 CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
 # How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
@@ -422,7 +424,7 @@ if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNIT
 # Debian's postinst would rewrite clamd.conf from debconf at each upgrade: SAMS owns the file.
 echo "clamav-daemon clamav-daemon/debconf boolean false" | debconf-set-selections
 have() {{
-    for f in {CLAMAV_DB_DIR}/"$1".cvd {CLAMAV_DB_DIR}/"$1".cld {CLAMAV_DB_DIR}/"$1".inc; do
+    for f in {" ".join(f'{CLAMAV_DB_DIR}/"$1".{form}' for form in CLAMAV_DB_FORMS)}; do
         [ -e "$f" ] && return 0
     done
     return 1

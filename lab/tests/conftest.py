@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,12 @@ class Lab:
     first_apply: program.ApplyReport
     before: dict[str, set[str]]
     images: tuple[str, ...]
+
+
+def up_with(lab: Lab, overrides: dict[str, Any]) -> program.ApplyReport:
+    """`pulumi up` of the lab stack with these config overrides (values as in YAML; {}: the stack's own)."""
+    run = program.lab_run(lab.paths, program.lab_keys(lab.paths), overrides)
+    return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
 
 
 def _lines(cmd: list[str]) -> set[str]:

@@ -29,7 +29,7 @@ from doctor.expect import expected
 from doctor.model import Observations, host_facts
 from lab import program
 from lab.proc import LabError
-from lab.tests.conftest import Lab
+from lab.tests.conftest import Lab, up_with
 from lab.tests.test_mail_e2e import (
     SENDER_DOMAIN,
     WAIT_RSPAMD,
@@ -49,15 +49,13 @@ SIGNATURE = "SAMS.Lab.EICAR"
 DETECTED = f"{SIGNATURE}.UNOFFICIAL"  # clamd's name for a find from a database not signed by ClamAV
 LAB_DATABASE = f"{services.CLAMAV_DB_DIR}/sams-lab.ndb"
 FIRST_DATABASES = " ".join(f"{services.CLAMAV_DB_DIR}/{db}.inc" for db in services.CLAMAV_FIRST_DATABASES)
-RSPAMD_ANTIVIRUS = "/etc/rspamd/local.d/antivirus.conf"
+RSPAMD_ANTIVIRUS = f"{services.RSPAMD_LOCAL}/local.d/antivirus.conf"
 PING_TRIES = 60  # clamd loads the lab's one signature in well under a second
 
 
 def up(lab: Lab, *, clamav: bool) -> program.ApplyReport:
     """`pulumi up` of the lab stack with sams:antivirus.clamav set."""
-    keys = program.lab_keys(lab.paths)
-    run = program.lab_run(lab.paths, keys, overrides={"sams:antivirus": {"clamav": clamav}})
-    return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
+    return up_with(lab, {"sams:antivirus": {"clamav": clamav}})
 
 
 def with_attachment(sender: str, to: str, tag: str, payload: str, filename: str) -> bytes:

@@ -23,7 +23,7 @@ import pytest
 
 from lab import acme, program, smarthost
 from lab.dns import RECEIVER_DOMAIN, SMARTHOST
-from lab.tests.conftest import Lab
+from lab.tests.conftest import Lab, up_with
 from lab.tests.test_mail_e2e import World, sh, subject, world
 
 pytestmark = pytest.mark.lab
@@ -36,12 +36,10 @@ UNTRUSTED = 2525
 
 def up(lab: Lab, port: int | None, password: str = PASSWORD) -> program.ApplyReport:
     """`pulumi up` with sams:relay at the smarthost on `port` (and this password), or without one (None)."""
-    overrides = {}
-    if port is not None:
-        relay = {"host": SMARTHOST, "port": port, "username": LOGIN}
-        overrides = {"sams:relay": relay, "sams:relayPassword": password}
-    run = program.lab_run(lab.paths, program.lab_keys(lab.paths), overrides)
-    return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
+    if port is None:
+        return up_with(lab, {})
+    relay = {"host": SMARTHOST, "port": port, "username": LOGIN}
+    return up_with(lab, {"sams:relay": relay, "sams:relayPassword": password})
 
 
 def queued(lab: Lab) -> list[dict[str, Any]]:
