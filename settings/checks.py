@@ -30,8 +30,23 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
         yield ("wireguard", "hubAddress"), str(wg.hub_address), "must differ from wireguard.address"
     if cfg.oci is not None and not cfg.oci.subnet_cidr.subnet_of(cfg.oci.vcn_cidr):
         yield ("oci", "subnetCidr"), str(cfg.oci.subnet_cidr), f"is not inside oci.vcnCidr {cfg.oci.vcn_cidr}"
-    if cfg.backup.enabled and not cfg.backup.target:
-        yield ("backup", "target"), None, "backup.enabled is true, so a target is required"
+    if cfg.backup.enabled and not cfg.backup.repository and cfg.provider == "existing":
+        yield (
+            ("backup", "repository"),
+            None,
+            "backup.enabled is true and provider existing has no object storage the program can create: "
+            "name a restic repository",
+        )
+    copy = cfg.backup.copy_to
+    if copy is not None and copy.repository.startswith("s3:") and (cfg.backup.repository or "s3:").startswith("s3:"):
+        yield (
+            ("backup", "copyTo", "repository"),
+            copy.repository,
+            "restic takes one S3 key from its environment, so an S3 repository cannot be copied to another "
+            "S3 repository: make one of them a rest-server (rest:https://...)",
+        )
+    if cfg.backup.restore and not cfg.backup.enabled:
+        yield ("backup", "restore"), cfg.backup.restore, "restoring needs the repository: set backup.enabled"
     if cfg.oci is not None and cfg.provider == "oci" and vpn.overlaps(cfg.oci.vcn_cidr):
         yield ("wireguard", "network"), str(vpn), f"overlaps oci.vcnCidr {cfg.oci.vcn_cidr}"
     if vpn.overlaps(DOCKER_DEFAULT_BRIDGE):

@@ -30,7 +30,21 @@ from settings.yamlpos import Located, load_located
 NAMESPACE = "sams"
 
 # Secret config keys: read by the Pulumi shell with get_secret(), never part of Settings.
-SECRET_KEYS = frozenset({"sshPrivateKey", "relayPassword", "vaultToken", "acmeCloudflareToken"})
+SECRET_KEYS = frozenset(
+    {
+        "sshPrivateKey",
+        "relayPassword",
+        "vaultToken",
+        "acmeCloudflareToken",
+        # The restic repository's password (generated when unset) and its storage credential.
+        "backupPassword",
+        "backupKeyId",
+        "backupKeySecret",
+        # The second copy's credential (sams:backup.copyTo).
+        "backupCopyKeyId",
+        "backupCopyKeySecret",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,19 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
                 "required when sams:relay.username is set: pulumi config set --secret sams:relayPassword ...",
             )
         )
+
+    repository = cfg.backup.repository if cfg.backup.enabled else None
+    if repository and repository.startswith("s3:"):
+        for key in ("backupKeyId", "backupKeySecret"):
+            if f"{NAMESPACE}:{key}" not in raw_config:
+                problems.append(
+                    cfg_source.problem(
+                        (key,),
+                        MISSING,
+                        f"required by the s3 repository in sams:backup.repository (its access key): "
+                        f"pulumi config set --secret sams:{key} ...",
+                    )
+                )
 
     if cfg.acme.challenge == "dns-01-cloudflare" and f"{NAMESPACE}:acmeCloudflareToken" not in raw_config:
         problems.append(

@@ -6,11 +6,12 @@ Keys are camelCase, like every Pulumi config key; structured values are set with
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from settings.names import DomainName, SshPublicKey, WireGuardKey
@@ -104,10 +105,101 @@ class DmarcSettings(_Config):
     pct: int = Field(default=100, ge=0, le=100)
 
 
+# A restic repository: rest:https://..., s3:https://host/bucket[/path] (restic's own URL forms).
+# SFTP is not offered: it needs an SSH key and a pinned host key on the mail host, not built yet.
+REPOSITORY_PATTERN = r"^(rest:https?://[^\s@]+|s3:https?://[^\s@]+/[^\s@]+)$"
+# systemd's OnCalendar forms SAMS accepts: a shorthand, or `[weekdays] *-*-* hh:mm[:ss]` (weekdays
+# as Mon or Mon,Thu; dates as systemd writes them, e.g. *-*-* or *-*-01).
+_DAY = "(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_TIME = "([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?"
+CALENDAR_PATTERN = rf"^(daily|weekly|monthly|({_DAY}(,{_DAY})* )?[*0-9,]+-[*0-9,]+-[*0-9,]+ {_TIME})$"
+WEEKDAYS = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+def _repository(value: str) -> str:
+    if value.startswith("sftp:"):
+        raise ValueError(
+            "SFTP repositories are not offered yet (the host would need an SSH key and the server's pinned "
+            "host key): use a rest-server (rest:https://host:8000/path/) or S3 (s3:https://endpoint/bucket)"
+        )
+    if re.search(r"//[^/@]*@", value):
+        raise ValueError("no login in the URL: it would be in the stack file; set sams:backupKeyId/KeySecret")
+    if not re.match(REPOSITORY_PATTERN, value):
+        raise ValueError("not a restic repository: give rest:https://host:8000/path/ or s3:https://endpoint/bucket")
+    return value
+
+
+def _calendar(value: str) -> str:
+    if not re.match(CALENDAR_PATTERN, value):
+        raise ValueError(
+            "not a schedule SAMS accepts: daily, weekly, monthly or a systemd OnCalendar time such as "
+            "'*-*-* 02:30:00' or 'Sun *-*-* 03:00'"
+        )
+    return value
+
+
+Repository = Annotated[str, AfterValidator(_repository)]
+Calendar = Annotated[str, AfterValidator(_calendar)]
+
+
+class BackupKeep(_Config):
+    """restic forget's --keep-daily/--keep-weekly/--keep-monthly: which snapshots survive a prune."""
+
+    daily: int = Field(default=7, ge=1)
+    weekly: int = Field(default=5, ge=0)
+    monthly: int = Field(default=12, ge=0)
+
+
+class BackupCopy(_Config):
+    """A second copy of the repository (restic copy), e.g. monthly to long-term storage."""
+
+    repository: Repository = Field(description="the second restic repository")
+    schedule: Calendar = Field(default="monthly", description="systemd OnCalendar of `restic copy`")
+
+
 class BackupSettings(_Config):
+    """Nightly encrypted restic snapshots off the host (components/backup, docs/backup.md)."""
+
     enabled: bool = False
-    target: str | None = None
-    retention_days: int = Field(default=30, gt=0)
+    repository: Repository | None = Field(
+        default=None,
+        description=(
+            "the restic repository (rest:https://host:8000/path/ or s3:https://endpoint/bucket/path); "
+            "unset with provider oci or vultr: the program creates a bucket there"
+        ),
+    )
+    schedule: Calendar = Field(default="*-*-* 02:30:00", description="systemd OnCalendar of the nightly run (UTC)")
+    randomized_delay: Duration = Field(
+        default=timedelta(hours=1), description="systemd RandomizedDelaySec: spreads many hosts' runs"
+    )
+    keep: BackupKeep = Field(default_factory=BackupKeep)
+    forget: bool = Field(
+        default=True,
+        description=(
+            "the nightly run applies `keep` (restic forget --prune); false where the host's credential is "
+            "append-only and the backup server prunes (docs/backup.md)"
+        ),
+    )
+    read_data_subset: str = Field(
+        default="10%",
+        pattern=r"^(\d{1,2}(\.\d+)?%|100%|\d+/\d+)$",
+        description="restic check --read-data-subset on `read_data_on` (every run checks the structure)",
+    )
+    read_data_on: WEEKDAYS = Field(default="Sun", description="the weekday whose run also reads data back")
+    server_ca: str | None = Field(
+        default=None,
+        pattern=r"^-----BEGIN CERTIFICATE-----\n(.|\n)+-----END CERTIFICATE-----\n?$",
+        description="PEM of a private CA the repository's HTTPS certificate comes from (restic --cacert)",
+    )
+    copy_to: BackupCopy | None = Field(default=None, description="a second copy of every snapshot")
+    restore: str | None = Field(
+        default=None,
+        pattern=r"^(latest|[0-9a-f]{8,64})$",
+        description=(
+            "on a host that has never run SAMS's mail (a new or replaced host), restore this snapshot "
+            "(latest, or an id) before Postfix and Dovecot start; ignored once the host has mail"
+        ),
+    )
 
 
 # ClamAV's own figures: its engine holds ~1.2 GiB of signatures, twice that for a moment while it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +239,189 @@ def test_secret_keys_are_not_settings() -> None:
     cfg["sams:sshPrivateKey"] = json.dumps("-----BEGIN OPENSSH PRIVATE KEY-----")
     s = load("prod", cfg, PROJECT)
     assert "PRIVATE" not in repr(s)
+
+
+# --- sams:backup (settings/stack.py BackupSettings, settings/checks.py) ---------------------------------
+
+
+def _with_backup(tmp_path: Path, body: str, stack: str = "prod") -> tuple[Path, Path]:
+    """The project copy with the stack file's `sams:backup:` section replaced by `body` (its keys, as
+    written under the section): errors then point at the line the bad value is on."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    project = _project(tmp_path)
+    path = project / f"Pulumi.{stack}.yaml"
+    out, inside = [], False
+    for line in path.read_text().splitlines(keepends=True):
+        if line.startswith("  sams:backup:"):
+            inside = True
+            continue
+        if inside and (line.startswith("    ") or not line.strip()):
+            continue
+        inside = False
+        out.append(line)
+    path.write_text("".join(out) + "  sams:backup:\n" + textwrap.indent(body, "    "))
+    return project, path
+
+
+def _load_backup(project: Path, stack: str = "prod", **secrets: str) -> Any:
+    cfg = {**mockrun.stack_config(stack, project), **mockrun.TEST_SECRETS}
+    cfg.update({f"sams:{k}": v for k, v in secrets.items()})
+    return load(stack, cfg, project).config.backup
+
+
+def _where(path: Path, text: str) -> str:
+    """'Pulumi.prod.yaml:N' for the one line of `path` that starts with `text` (comments aside)."""
+    (n,) = [i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text)]
+    return f"{path.name}:{n}"
+
+
+def _backup_problems(project: Path, stack: str = "prod", **secrets: str) -> list[str]:
+    with pytest.raises(SettingsError) as exc:
+        _load_backup(project, stack, **secrets)
+    return [str(p) for p in exc.value.problems]
+
+
+def test_backup_defaults(tmp_path: Path) -> None:
+    """Nightly at 02:30 UTC within the hour after; 7 daily, 5 weekly and 12 monthly snapshots kept;
+    on Sundays restic check reads a tenth of the data back."""
+    project, _ = _with_backup(tmp_path, "enabled: true\nrepository: rest:https://backup.example.org:8000/sams/\n")
+    b = _load_backup(project)
+    assert b.enabled and b.repository == "rest:https://backup.example.org:8000/sams/"
+    assert (b.keep.daily, b.keep.weekly, b.keep.monthly) == (7, 5, 12)
+    assert (b.schedule, b.randomized_delay) == ("*-*-* 02:30:00", timedelta(hours=1))
+    assert (b.read_data_on, b.read_data_subset) == ("Sun", "10%")
+    assert b.forget is True and b.restore is None and b.server_ca is None and b.copy_to is None
+    # A stack without the section has backups off.
+    dev = load("dev", {**mockrun.stack_config("dev", PROJECT), **mockrun.TEST_SECRETS}, PROJECT).config.backup
+    assert dev.enabled is False and dev.repository is None
+
+
+def test_backup_settings_written_out(tmp_path: Path) -> None:
+    body = (
+        "enabled: true\n"
+        "repository: rest:https://backup.example.org:8000/sams/\n"
+        "schedule: Sun *-*-* 03:00\n"
+        "randomizedDelay: 90m\n"
+        "keep: {daily: 14, weekly: 0, monthly: 24}\n"
+        "readDataSubset: 1/5\n"
+        "readDataOn: Wed\n"
+        "restore: 4f3c2a1b\n"
+    )
+    project, _ = _with_backup(tmp_path, body)
+    b = _load_backup(project)
+    assert (b.schedule, b.randomized_delay, b.read_data_subset, b.read_data_on) == (
+        "Sun *-*-* 03:00",
+        timedelta(minutes=90),
+        "1/5",
+        "Wed",
+    )
+    assert (b.keep.daily, b.keep.weekly, b.keep.monthly, b.restore) == (14, 0, 24, "4f3c2a1b")
+    for i, schedule in enumerate(("daily", "*-*-* 02:30", "Sat *-*-* 23:15:00")):
+        project, _ = _with_backup(tmp_path / str(i), f"schedule: '{schedule}'\n")
+        assert _load_backup(project).schedule == schedule
+
+
+# Not calendar specs at all, and one that would smuggle a second line into the timer unit.
+@pytest.mark.parametrize("schedule", ["every night", "", "at 2:30 each day", "*-*-* 02:30\nOnCalendar=minutely"])
+def test_bad_backup_schedule(tmp_path: Path, schedule: str) -> None:
+    project, path = _with_backup(tmp_path, f"enabled: true\nschedule: {json.dumps(schedule)}\n")
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'schedule:')}: sams:backup.schedule = {schedule!r}: "), problem
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "rest:https://backup.example.org:8000/sams/",
+        "rest:http://10.100.0.1:8000/sams/",
+        "s3:https://s3.example.org/bucket",
+        "s3:https://fra1.vultrobjects.com/sams-backup/prod",
+    ],
+)
+def test_backup_repository_accepted(tmp_path: Path, repository: str) -> None:
+    project, _ = _with_backup(tmp_path, f"enabled: true\nrepository: {repository}\n")
+    assert _load_backup(project, backupKeyId="AKIA-TEST", backupKeySecret="secret").repository == repository
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "sftp:backup@backup.example.org:/srv/sams",  # needs an SSH key and a pinned host key: not offered
+        "sftp://backup@backup.example.org/sams",  # the old sams:backup.target example
+        "rest:https://sams:hunter2@backup.example.org:8000/sams/",  # credentials belong in the secrets
+        "s3:https://s3.example.org",  # no bucket
+        "/srv/backup",  # a local repository is on the disk it should survive
+        "b2:bucket:path",
+    ],
+)
+def test_bad_backup_repository(tmp_path: Path, repository: str) -> None:
+    project, path = _with_backup(tmp_path, f"enabled: true\nrepository: '{repository}'\n")
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'repository:')}: sams:backup.repository = {repository!r}: "), problem
+
+
+def test_an_s3_repository_needs_its_access_key(tmp_path: Path) -> None:
+    project, _ = _with_backup(tmp_path, "enabled: true\nrepository: s3:https://s3.example.org/bucket\n")
+    problems = _backup_problems(project)
+    assert [p.split(": required", 1)[0] for p in problems] == [
+        "Pulumi.prod.yaml:3: sams:backupKeyId = <missing>",
+        "Pulumi.prod.yaml:3: sams:backupKeySecret = <missing>",
+    ]
+    assert all("pulumi config set --secret" in p for p in problems)
+
+
+@pytest.mark.parametrize("restore", ["snap-1", "4f3c2a1", "LATEST", "4F3C2A1B"])
+def test_bad_backup_restore_id(tmp_path: Path, restore: str) -> None:
+    project, path = _with_backup(tmp_path, f"enabled: true\nrestore: '{restore}'\n")
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'restore:')}: sams:backup.restore = {restore!r}: "), problem
+
+
+def test_backup_restore_needs_backups_enabled(tmp_path: Path) -> None:
+    project, path = _with_backup(tmp_path, "enabled: false\nrestore: latest\n")
+    assert _backup_problems(project) == [
+        f"{_where(path, 'restore:')}: sams:backup.restore = 'latest': "
+        "restoring needs the repository: set backup.enabled"
+    ]
+    project, _ = _with_backup(tmp_path / "on", "enabled: true\nrestore: latest\n")
+    assert _load_backup(project).restore == "latest"
+
+
+def test_an_existing_host_needs_a_repository(tmp_path: Path) -> None:
+    """Provider existing has no object storage the program could make a bucket in; Vultr and OCI have."""
+    project, path = _with_backup(tmp_path, "enabled: true\n", stack="lab")
+    (problem,) = _backup_problems(project, stack="lab")
+    assert problem.startswith(f"{_where(path, 'sams:backup:')}: sams:backup.repository = None: backup.enabled is true")
+    assert "provider existing" in problem and "name a restic repository" in problem
+    project, _ = _with_backup(tmp_path / "off", "enabled: false\n", stack="lab")
+    assert _load_backup(project, stack="lab").enabled is False
+    project, _ = _with_backup(tmp_path / "vultr", "enabled: true\n")
+    assert _load_backup(project).repository is None  # the program's bucket on Vultr
+
+
+def test_bad_backup_values_are_each_named(tmp_path: Path) -> None:
+    body = "enabled: true\nrandomizedDelay: 1 hour\nkeep:\n  daily: 0\nreadDataSubset: 150%\nreadDataOn: Sunday\n"
+    project, path = _with_backup(tmp_path, body)
+    problems = _backup_problems(project)
+    assert len(problems) == 4, problems
+    for key, line, shown, message in (
+        ("randomizedDelay", "randomizedDelay:", "'1 hour'", "not a duration: write a number and a unit"),
+        ("keep.daily", "daily: 0", "0", "Input should be greater than or equal to 1"),
+        ("readDataSubset", "readDataSubset:", "'150%'", ""),
+        ("readDataOn", "readDataOn:", "'Sunday'", "Input should be 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat' or 'Sun'"),
+    ):
+        start = f"{_where(path, line)}: sams:backup.{key} = {shown}: {message}"
+        assert any(p.startswith(start) for p in problems), (start, problems)
+
+
+def test_the_old_backup_keys_are_refused(tmp_path: Path) -> None:
+    """sams:backup.target and retentionDays are gone (repository and keep replace them): a stack file that
+    still has them is told so, not silently given defaults."""
+    body = "enabled: true\ntarget: sftp://backup@backup.example.org/sams\nretentionDays: 30\n"
+    project, path = _with_backup(tmp_path, body)
+    assert _backup_problems(project) == [
+        f"{_where(path, 'target:')}: sams:backup.target = 'sftp://backup@backup.example.org/sams': unknown key "
+        "(check its spelling; keys are listed in docs/settings.md)",
+        f"{_where(path, 'retentionDays:')}: sams:backup.retentionDays = 30: unknown key "
+        "(check its spelling; keys are listed in docs/settings.md)",
+    ]
