@@ -24,7 +24,8 @@ class Host(pulumi.ComponentResource):
     public_ipv4: pulumi.Output[str]
     public_ipv6: pulumi.Output[str | None]
     has_ipv6: bool  # known at evaluation time, so the DNS plan knows whether to publish AAAA
-    instance_id: pulumi.Output[str] | None = None
+    # Which machine this is (a Vultr or OCI instance id): a new one re-runs every remote step.
+    instance_id: pulumi.Output[str]
     firewall: Firewall
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None):
@@ -46,7 +47,14 @@ class Host(pulumi.ComponentResource):
             self.public_ipv4 = pulumi.Output.from_input(str(cfg.existing.ipv4))
             self.public_ipv6 = pulumi.Output.from_input(str(cfg.existing.ipv6) if cfg.existing.ipv6 else None)
             self.has_ipv6 = cfg.existing.ipv6 is not None
+            # SAMS cannot tell one existing machine from another at the same address: the address is its identity.
+            self.instance_id = pulumi.Output.from_input(f"existing:{cfg.existing.ipv4}")
         self.vpn_address = str(cfg.wireguard.address)
         self.register_outputs(
-            {"publicIpv4": self.public_ipv4, "publicIpv6": self.public_ipv6, "vpnAddress": self.vpn_address}
+            {
+                "publicIpv4": self.public_ipv4,
+                "publicIpv6": self.public_ipv6,
+                "vpnAddress": self.vpn_address,
+                "instanceId": self.instance_id,
+            }
         )

@@ -2,8 +2,10 @@
 
 Every change after first boot reaches the host through a RemoteStep. Both resources carry the
 step's content hash in `triggers`, so an unchanged step is a no-op and a changed one re-runs
-`sams-apply` (the Pulumi twin of an Ansible handler). Secrets travel only on stdin, and steps
-that carry them log nothing.
+`sams-apply` (the Pulumi twin of an Ansible handler). The triggers also carry the host's identity
+(`Tunnel.host_id`), so a replaced host (`pulumi up --replace`, or a lost instance re-created after
+`pulumi refresh`) gets every step again: its content is unchanged, but the machine is new.
+Secrets travel only on stdin, and steps that carry them log nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class Tunnel:
     host_key: pulumi.Input[str]
     private_key: pulumi.Input[str] | None = None  # None: use the SSH agent
     proxy: remote.ProxyConnectionArgs | None = None
+    # The host's identity (Host.instance_id): a new machine at the same address re-runs every step.
+    host_id: pulumi.Input[str] | None = None
+
+    def identity(self) -> list[pulumi.Input[str]]:
+        """What every step adds to its triggers so that a new host is configured again: [host_id] or []."""
+        return [] if self.host_id is None else [self.host_id]
 
     def connection(self) -> pulumi.Output[remote.ConnectionArgs]:
         args = remote.ConnectionArgs(
@@ -84,12 +92,12 @@ class RemoteStep(pulumi.ComponentResource):
             source=pulumi.FileArchive(str(local_dir)),
             # An existing directory: the step's folder lands inside it as <STAGE_ROOT>/<step>.
             remote_path=STAGE_ROOT,
-            triggers=[content],
+            triggers=[content, *args.tunnel.identity()],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
 
         stdin: pulumi.Output[str] | None = None
-        triggers: list[pulumi.Input[str]] = [content]
+        triggers: list[pulumi.Input[str]] = [content, *args.tunnel.identity()]
         if spec.late_values:
             stdin = pulumi.Output.secret(
                 pulumi.Output.all(**dict(args.late)).apply(lambda v: json.dumps(v, sort_keys=True))

@@ -111,7 +111,7 @@ class Users(pulumi.ComponentResource):
             connection=conn,
             source=pulumi.FileArchive(str(local_dir)),
             remote_path=STAGE_ROOT,
-            triggers=[content],
+            triggers=[content, *args.tunnel.identity()],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
         stdin: pulumi.Output[str] = pulumi.Output.secret(
@@ -124,7 +124,11 @@ class Users(pulumi.ComponentResource):
             connection=conn,
             create=sync_command(spec, settings),
             stdin=stdin,
-            triggers=[content, stdin.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())],
+            triggers=[
+                content,
+                *args.tunnel.identity(),
+                stdin.apply(lambda s: hashlib.sha256(s.encode()).hexdigest()),
+            ],
             logging=remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.copy, self.secrets]),
         )
