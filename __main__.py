@@ -6,6 +6,7 @@ import pulumi
 from pulumi_command import remote
 
 from cloudinit import BootSecrets, hub_peer, user_data
+from components.backup import Backup, BackupArgs
 from components.database import Database, DatabaseArgs
 from components.dns import Dns, DnsArgs
 from components.host import Host, HostArgs
@@ -44,9 +45,14 @@ tunnel = Tunnel(
     proxy=remote.ProxyConnectionArgs(host=bastion.host, user=bastion.user, port=bastion.port, private_key=ssh_key)
     if bastion
     else None,
+    # In every step's triggers: a replaced host gets every step again.
+    host_id=host.instance_id,
 )
 ready = RemoteStep("host-ready", RemoteStepArgs(READY, tunnel, after=(host,)))
-database = Database("database", DatabaseArgs(settings, tunnel, after=(ready,)))
+# Before the database: on a new host with sams:backup.restore the snapshot is back in place
+# before PostgreSQL first starts and before Postfix and Dovecot exist.
+backup = Backup("backup", BackupArgs(settings, tunnel, after=(ready,)))
+database = Database("database", DatabaseArgs(settings, tunnel, after=(backup,)))
 mail = Mail(
     "mail",
     MailArgs(
@@ -107,7 +113,14 @@ pulumi.export("clientSettings", client_settings(settings))
 # Read by the policy pack (backups must be on in prod) and by status checks.
 pulumi.export(
     "backup",
-    {"enabled": cfg.backup.enabled, "target": cfg.backup.target, "retentionDays": cfg.backup.retention_days},
+    {
+        "enabled": cfg.backup.enabled,
+        "repository": backup.repository,
+        "schedule": cfg.backup.schedule,
+        "keep": cfg.backup.keep.model_dump(),
+        "forget": cfg.backup.forget,
+        "restore": cfg.backup.restore,
+    },
 )
 # For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your
 # hoster's "user data" field). It carries private keys: `pulumi stack output --show-secrets`.

@@ -5,7 +5,8 @@ CLI would, with `pulumi.runtime.set_mocks`, and read back every registered resou
 parent, dependencies, inputs with their secret markers) and the stack outputs.
 
 The mocks return realistic outputs keyed on resource type: real RSA/Ed25519 keys for
-tls:PrivateKey, real random bytes and passwords, addresses for instances, and they honour
+tls:PrivateKey, real random bytes and passwords, addresses and ids for instances, object storage
+endpoints and S3 keys, and they honour
 `additional_secret_outputs` (the stock mock engine ignores it). With a `KeyStore`, generated
 values survive between runs, which is what the lab needs to behave like persisted state.
 """
@@ -20,6 +21,7 @@ import secrets
 import string
 import sys
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,10 @@ TEST_SECRETS: dict[str, str] = {
 # Addresses the mocks hand out for cloud instances: documentation ranges, never routed here.
 MOCK_IPV4 = "198.51.100.25"
 MOCK_IPV6 = "2001:db8::25"
+# Object storage as the clouds answer for it: OCI's tenancy namespace (12 lowercase letters and
+# digits), and Vultr's Standard tier and clusters (one per region, <region>1.vultrobjects.com).
+MOCK_OCI_NAMESPACE = "axsamsmock25"
+MOCK_VULTR_TIER_ID = 2
 
 
 def _unwrap(value: Any, path: str, secret_paths: set[str]) -> Any:
@@ -161,6 +167,15 @@ def _random_bytes(length: int) -> dict[str, Any]:
     return {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
 
 
+def _token(length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def mock_vultr_cluster(region: str) -> dict[str, Any]:
+    """The Object Storage cluster the mocks report for a Vultr region (ids stable across runs)."""
+    return {"id": 100 + sum(region.encode()) % 900, "region": region, "hostname": f"{region}1.vultrobjects.com"}
+
+
 DYNAMIC = "pulumi-python:dynamic:Resource"
 
 
@@ -171,6 +186,7 @@ class SamsMocks(pulumi.runtime.Mocks):
         # dynamic=True runs dynamic providers' real code the way the engine would: create or
         # update (state kept in the store) on `up`, nothing but diff on a preview.
         self.dynamic, self.preview = dynamic, preview
+        self.vultr_clusters: dict[int, dict[str, Any]] = {}  # cluster id -> what its lookup returned
 
     def _dynamic(self, name: str, plain: dict[str, Any]) -> dict[str, Any]:
         import dill
@@ -195,6 +211,7 @@ class SamsMocks(pulumi.runtime.Mocks):
         plain = _unwrap(inputs, "", set())
         key = f"{args.typ}::{args.name}"
         extra: dict[str, Any] = {}
+        id_ = f"{args.name}-id"
         t = args.typ
         if t == "random:index/randomBytes:RandomBytes":
             extra = self.store.get(key, lambda: _random_bytes(int(plain["length"])))
@@ -203,14 +220,30 @@ class SamsMocks(pulumi.runtime.Mocks):
         elif t == "tls:index/privateKey:PrivateKey":
             extra = self.store.get(key, lambda: _private_key(plain["algorithm"], plain.get("rsaBits")))
         elif t == "vultr:index/instance:Instance":
+            # A new machine gets a new id (Vultr's are UUIDs); with a KeyStore it survives between runs.
+            id_ = self.store.get(key, lambda: {"id": str(uuid.uuid4())})["id"]
             extra = {"mainIp": MOCK_IPV4, "v6MainIp": MOCK_IPV6 if plain.get("enableIpv6") else ""}
         elif t == "oci:Core/instance:Instance":
+            id_ = self.store.get(key, lambda: {"id": f"ocid1.instance.oc1.mock.{secrets.token_hex(16)}"})["id"]
             extra = {"publicIp": MOCK_IPV4, "privateIp": "10.0.0.25"}
         elif t == "command:remote:Command":
             extra = {"stdout": "", "stderr": ""}
+        elif t == "oci:ObjectStorage/bucket:Bucket":
+            extra = {"bucketId": f"ocid1.bucket.oc1..{args.name}", "etag": "mock-etag", "isReadOnly": False}
+        elif t == "oci:Identity/customerSecretKey:CustomerSecretKey":
+            # The id is the access key (40 hex digits); `key`, the secret half, is returned on create.
+            made = self.store.get(key, lambda: {"id": secrets.token_hex(20), "key": _token(44)})
+            id_, extra = made["id"], {"key": made["key"], "state": "ACTIVE"}
+        elif t == "vultr:index/objectStorage:ObjectStorage":
+            cluster = self.vultr_clusters[int(plain["clusterId"])]
+            made = self.store.get(
+                key,
+                lambda: {"s3AccessKey": _token(20, string.ascii_uppercase + string.digits), "s3SecretKey": _token(40)},
+            )
+            extra = {**made, "s3Hostname": cluster["hostname"], "region": cluster["region"], "status": "active"}
         elif t == DYNAMIC and self.dynamic:
             extra = self._dynamic(args.name, plain)
-        return f"{args.name}-id", {**inputs, **extra}
+        return id_, {**inputs, **extra}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> Any:  # a dict: no check failures
         plain = _unwrap(dict(args.args), "", set())
@@ -218,6 +251,26 @@ class SamsMocks(pulumi.runtime.Mocks):
         if args.token == "cloudflare:index/getZone:getZone":
             name = plain["filter"]["name"]
             return {"id": f"zone-{name}", "zoneId": f"zone-{name}", "name": name}
+        if args.token == "oci:ObjectStorage/getNamespace:getNamespace":
+            namespace = {"id": MOCK_OCI_NAMESPACE, "namespace": MOCK_OCI_NAMESPACE}
+            return {**namespace, "compartmentId": plain.get("compartmentId")}
+        if args.token == "vultr:index/getObjectStorageCluster:getObjectStorageCluster":
+            wanted = {f["name"]: f["values"] for f in plain["filters"]}
+            cluster = {**mock_vultr_cluster(wanted["region"][0]), "deploy": "yes"}
+            self.vultr_clusters[cluster["id"]] = cluster
+            return {**cluster, "filters": plain["filters"]}
+        if args.token == "vultr:index/getObjectStorageTier:getObjectStorageTier":
+            # The one tier the filter names (the program asks for Standard); no locations: the mocks
+            # sell it in every cluster.
+            return {
+                "id": MOCK_VULTR_TIER_ID,
+                "slug": "mock-standard",
+                "price": 18,
+                "rateLimitBytes": 524288000,
+                "rateLimitOperations": 1000,
+                "locations": [],
+                "filters": plain["filters"],
+            }
         raise NotImplementedError(f"the program called {args.token}, which the mocks do not model")
 
 

@@ -46,6 +46,12 @@ def archive_command(directory: str) -> str:
     return f"if test -f {final}; then cmp -s %p {final}; else cp %p {temporary} && mv {temporary} {final}; fi"
 
 
+def restore_command(directory: str) -> str:
+    """PostgreSQL's restore_command: where recovery (sams-backup restore-*) reads archived WAL; unused
+    outside recovery."""
+    return f"cp {directory}/%f %p"
+
+
 def postgres_step(settings: Settings) -> StepSpec:
     image = settings.config.database.image
     archive = archive_command(WAL_ARCHIVE)
@@ -61,6 +67,7 @@ def postgres_step(settings: Settings) -> StepSpec:
         image=image,
         listen_addresses=",".join(listen_addresses(settings)),
         archive_command=archive,
+        restore_command=restore_command(WAL_ARCHIVE),
     )
     psql = f"docker exec -i {CONTAINER} psql"
     script = f"""\

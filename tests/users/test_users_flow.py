@@ -172,7 +172,8 @@ def test_a_changed_password_survives_a_rerun(world: World) -> None:
     )
     before = {a: world.password(a) for a in ALL}
     # Lose the provider's state too: it must then read the existing secrets, never overwrite them.
-    world.store.values.clear()
+    # Only its own: a regenerated backup password would (rightly) be refused by the backup key's Vault write.
+    del world.store.values[f"{mockrun.DYNAMIC}::users-secrets"]
     assert world.up()["first_passwords"] == []  # every mailbox has a password: none is set again
     world.up()
     assert world.hash_of(address) == changed_hash

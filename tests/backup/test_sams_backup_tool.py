@@ -1,0 +1,135 @@
+"""sams-backup's pure parts: which archived WAL a run may delete, Maildir identity, the check's schedule,
+restic's times, picking snapshots. The real runs, restores and faults are lab tests
+(lab/tests/test_backup_lab.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.backup.steps import TOOL_SOURCE
+from tests.scripts import load_script
+
+tool = load_script("sams_backup", TOOL_SOURCE)
+
+
+def test_wal_older_than_the_newest_base_backup_is_pruned_and_history_kept() -> None:
+    names = [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000002.00000028.backup",
+        "000000010000000000000003",
+        "000000010000000000000005",
+        "000000010000000000000005.00000060.backup",
+        "000000010000000000000006",
+        "00000002.history",
+        ".000000010000000000000007.tmp",
+    ]
+    assert tool.prunable_segments(names) == [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000002.00000028.backup",
+        "000000010000000000000003",
+    ]
+
+
+def test_without_a_base_backup_label_nothing_is_pruned() -> None:
+    # A run whose base backup never reached the archive must not delete the only copy of the WAL.
+    assert tool.prunable_segments(["000000010000000000000001", "000000010000000000000002"]) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("1733330000.M1P2.mail:2,S", "1733330000.M1P2.mail"),
+        ("1733330000.M1P2.mail,S=1234,W=1260:2,FS", "1733330000.M1P2.mail"),
+        ("1733330000.M1P2.mail,S=1234", "1733330000.M1P2.mail"),
+        ("1733330000.M1P2.mail", "1733330000.M1P2.mail"),
+    ],
+)
+def test_a_message_is_the_same_whatever_its_flags(name: str, key: str) -> None:
+    assert tool.maildir_key(name) == key
+
+
+def test_data_is_read_back_only_on_the_configured_weekday() -> None:
+    cfg = {"read_data_on": "Sun", "read_data_subset": "10%"}
+    assert tool.check_args(cfg, dt.date(2026, 12, 6)) == ["check", "--read-data-subset=10%"]  # a Sunday
+    assert tool.check_args(cfg, dt.date(2026, 12, 7)) == ["check"]
+
+
+def test_restic_and_cli_times_parse_as_utc() -> None:
+    assert tool.parse_time("2026-12-04T18:31:03.05216409Z") == dt.datetime(2026, 12, 4, 18, 31, 3, 52164, dt.UTC)
+    assert tool.parse_time("2026-12-04 18:31:03") == dt.datetime(2026, 12, 4, 18, 31, 3, tzinfo=dt.UTC)
+    assert tool.parse_time("2026-12-04T19:31:03+01:00") == dt.datetime(2026, 12, 4, 18, 31, 3, tzinfo=dt.UTC)
+
+
+SNAPS = [
+    {"id": "aa11" * 16, "short_id": "aa11aa11", "time": "2026-12-01T02:30:00Z", "tags": ["sams", "run:1", "files"]},
+    {"id": "bb22" * 16, "short_id": "bb22bb22", "time": "2026-12-02T02:30:00Z", "tags": ["sams", "run:2", "files"]},
+]
+BASES = [
+    {"id": "cc33" * 16, "short_id": "cc33cc33", "time": "2026-12-01T02:29:00Z", "tags": ["sams", "run:1", "postgres"]},
+]
+
+
+def test_pick_latest_by_id_and_refuses_what_is_not_there() -> None:
+    assert tool.pick(SNAPS, None, "files", "rest:x")["short_id"] == "bb22bb22"
+    assert tool.pick(SNAPS, "latest", "files", "rest:x")["short_id"] == "bb22bb22"
+    assert tool.pick(SNAPS, "aa11aa11", "files", "rest:x")["short_id"] == "aa11aa11"
+    with pytest.raises(tool.Failure, match="no files snapshot deadbeef in rest:x"):
+        tool.pick(SNAPS, "deadbeef", "files", "rest:x")
+    with pytest.raises(tool.Failure, match="no files snapshot in rest:x"):
+        tool.pick([], None, "files", "rest:x")
+
+
+def test_a_files_snapshot_restores_with_the_database_of_its_own_run() -> None:
+    assert tool.partner(SNAPS[0], BASES, "postgres")["short_id"] == "cc33cc33"
+    with pytest.raises(tool.Failure, match=r"bb22bb22 has no postgres snapshot from the same run \(run:2\)"):
+        tool.partner(SNAPS[1], BASES, "postgres")
+
+
+def cfg(tmp_path: Path) -> dict[str, Any]:
+    return {"status_file": str(tmp_path / "status.json")}
+
+
+def test_a_failed_run_keeps_the_last_success(tmp_path: Path) -> None:
+    c = cfg(tmp_path)
+    tool.write_status(c, {"result": "ok", "last_success": "2026-12-03T02:40:00Z", "last_success_snapshots": {"a": 1}})
+    tool.write_status(c, {"result": "failed", "message": "restic backup failed on rest:x"})
+    record = json.loads(Path(c["status_file"]).read_text())
+    assert record["result"] == "failed"
+    assert record["last_success"] == "2026-12-03T02:40:00Z"
+    assert record["last_success_snapshots"] == {"a": 1}
+    assert Path(c["status_file"]).stat().st_mode & 0o777 == 0o644
+
+
+def test_credentials_never_reach_a_message_or_the_status(tmp_path: Path) -> None:
+    c = {
+        "repository": "rest:https://sams:hunter2@backup.example.org:8000/sams/",
+        "env_file": str(tmp_path / "env"),
+        "password_file": str(tmp_path / "password"),
+        "cache_dir": str(tmp_path),
+    }
+    restic = tool.Restic(c)
+    assert restic.repository == "rest:https://backup.example.org:8000/sams/"
+    assert restic.env["RESTIC_REPOSITORY"] == c["repository"]  # restic itself still gets the login
+
+
+def test_env_file_lines(tmp_path: Path) -> None:
+    f = tmp_path / "env"
+    f.write_text("AWS_ACCESS_KEY_ID=abc\nAWS_SECRET_ACCESS_KEY=x=y/z\n\n# comment\n")
+    assert tool.read_env_file(f) == {"AWS_ACCESS_KEY_ID": "abc", "AWS_SECRET_ACCESS_KEY": "x=y/z"}
+
+
+def test_for_a_copy_rest_logins_move_into_their_urls_and_s3_keys_stay() -> None:
+    """Two repositories in one restic: the environment holds one login, so a rest-server's goes into
+    its URL (escaped), an S3 key stays in the environment."""
+    login = {"RESTIC_REST_USERNAME": "sams", "RESTIC_REST_PASSWORD": "p@ss/word"}
+    url, env = tool.with_login("rest:https://backup.example.org:8000/sams/", login)
+    assert (url, env) == ("rest:https://sams:p%40ss%2Fword@backup.example.org:8000/sams/", {})
+    keys = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    assert tool.with_login("s3:https://s3.example.org/archive", keys) == ("s3:https://s3.example.org/archive", keys)
