@@ -52,7 +52,9 @@ def _resource_policy(rule: rules.ResourceRule) -> ResourceValidationPolicy:
 
 def _stack_policy(rule: rules.StackRule) -> StackValidationPolicy:
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
-        resources = [rules.Resource(r.resource_type, r.urn, r.props) for r in args.resources]
+        resources = [
+            rules.Resource(r.resource_type, r.urn, r.props, r.parent.urn if r.parent else None) for r in args.resources
+        ]
         if not resources:
             return
         ctx = _context(resources[0].urn, args.get_config())

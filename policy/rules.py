@@ -31,6 +31,9 @@ OCI_SECURITY_LIST = "oci:Core/securityList:SecurityList"
 OCI_NSG_RULE = "oci:Core/networkSecurityGroupSecurityRule:NetworkSecurityGroupSecurityRule"
 DNS_RECORD = "cloudflare:index/dnsRecord:DnsRecord"
 REMOTE_TYPES = frozenset({"command:remote:Command", "command:remote:CopyToRemote"})
+BACKUP_TYPE = "sams:backup:Backup"
+# What components/backup/storage.py creates when sams:backup.repository is unset.
+STORAGE_TYPES = frozenset({"oci:ObjectStorage/bucket:Bucket", "vultr:index/objectStorage:ObjectStorage"})
 
 DEFAULT_PROD_STACKS: tuple[str, ...] = ("prod",)
 DEFAULT_VPN_NETWORKS: tuple[str, ...] = (str(WireGuardSettings.model_fields["network"].default),)
@@ -76,6 +79,7 @@ class Resource:
     type: str
     urn: str
     props: Mapping[str, Any]
+    parent: str | None = None  # the parent's URN (the mock engine's URNs name only the parent's own type)
 
 
 # --- firewalls: nothing that must stay private is open to the world -----------------------------
@@ -232,22 +236,86 @@ def check_remote_host(type_: str, props: Mapping[str, Any], ctx: Context) -> lis
 
 # --- backups: on in production ----------------------------------------------------------------
 
+UNKNOWN = object()  # a value the engine does not know yet (a preview): pulumi-policy's proxy raises on it
 
-def check_backups(stack_outputs: Mapping[str, Any] | None, ctx: Context) -> list[str]:
-    """In production the program's `backup` stack output says enabled, with a target."""
+
+def _known(props: Mapping[str, Any], key: str) -> Any:
+    """props.get(key), or UNKNOWN where the policy SDK says the value is computed during the update."""
+    from pulumi_policy.proxy import UnknownValueError  # here: the rest of the rules need no policy SDK
+
+    try:
+        return props.get(key)
+    except UnknownValueError:
+        return UNKNOWN
+
+
+def type_chain(urn: str) -> tuple[str, ...]:
+    """'urn:pulumi:s::p::a:b:C$d:e:F::name' -> ('a:b:C', 'd:e:F'): the types of the ancestors, then its own."""
+    return tuple(urn.split("::", 3)[2].split("$"))
+
+
+def under(resources: Sequence[Resource], ancestor_type: str) -> list[Resource]:
+    """The resources with an ancestor of `ancestor_type`, by their parents or, lacking those, their URNs."""
+    by_urn = {r.urn: r for r in resources}
+
+    def inside(r: Resource) -> bool:
+        if ancestor_type in type_chain(r.urn)[:-1]:
+            return True
+        seen: set[str] = set()
+        parent = r.parent
+        while parent and parent not in seen and parent in by_urn:
+            seen.add(parent)
+            if by_urn[parent].type == ancestor_type:
+                return True
+            parent = by_urn[parent].parent
+        return False
+
+    return [r for r in resources if inside(r)]
+
+
+def backup_problems(resources: Sequence[Resource], stack_outputs: Mapping[str, Any] | None, ctx: Context) -> list[str]:
+    """In production the backups are real, not a config echo: a `sams:backup:Backup` component whose
+    remote step (CopyToRemote + Command, `backup-backup-copy`/`-apply`) exists and carries its
+    secrets on stdin (the password and the repository: the backups-off step has no stdin), and a
+    `backup` stack output that says enabled, with a repository. In a preview the repository of a
+    bucket the program creates is not known yet (unknown, or None): a storage resource under the
+    Backup component then stands for it."""
     if not ctx.is_prod:
         return []
-    backup = (stack_outputs or {}).get("backup")
+    where = f"production stack {ctx.stack!r}"
+    if not any(r.type == BACKUP_TYPE for r in resources):
+        return [f"{where} has no {BACKUP_TYPE} component, so nothing sets up backups on the host"]
+    children = under(resources, BACKUP_TYPE)
+    commands = [r for r in children if r.type == "command:remote:Command"]
+    problems = []
+    if not commands or not any(r.type == "command:remote:CopyToRemote" for r in children):
+        problems.append(
+            f"the {BACKUP_TYPE} component of {where} has no remote step (backup-backup-copy and "
+            "backup-backup-apply): the host is never set up to take backups"
+        )
+    elif not any(_known(r.props, "stdin") for r in commands):  # UNKNOWN counts: it is set during the update
+        problems.append(
+            f"the backup step of {where} carries no password or repository on stdin: it is the backups-off step"
+        )
+    backup = _known(stack_outputs or {}, "backup")
+    if backup is UNKNOWN:
+        return problems  # computed as a whole: the component and its step are what a preview can check
     if not isinstance(backup, Mapping):
         return [
-            f"production stack {ctx.stack!r} exports no `backup` output, so backups cannot be verified "
-            "(the program exports sams:backup as the `backup` stack output)"
+            *problems,
+            f"{where} exports no `backup` output, so backups cannot be verified "
+            "(the program exports sams:backup as the `backup` stack output)",
         ]
-    if backup.get("enabled") is not True:
-        return [f"backups are off in production stack {ctx.stack!r}: set sams:backup.enabled to true"]
-    if not backup.get("target"):
-        return [f"backups in production stack {ctx.stack!r} have no target: set sams:backup.target"]
-    return []
+    if _known(backup, "enabled") is not True:
+        return [*problems, f"backups are off in {where}: set sams:backup.enabled to true"]
+    repository = _known(backup, "repository")
+    pending = repository is UNKNOWN or repository is None
+    if (pending and not any(r.type in STORAGE_TYPES for r in children)) or (not pending and not repository):
+        problems.append(
+            f"backups in {where} have no repository: set sams:backup.repository "
+            "(or, with provider oci or vultr, leave it unset and the program creates a bucket)"
+        )
+    return problems
 
 
 # --- the rule set, as the pack registers it and tests run it ---------------------------------
@@ -284,7 +352,7 @@ def _stack_dmarc(resources: Sequence[Resource], ctx: Context) -> list[tuple[str,
 
 def _stack_backups(resources: Sequence[Resource], ctx: Context) -> list[tuple[str, str | None]]:
     urn, outputs = stack_outputs(resources)
-    return [(m, urn) for m in check_backups(outputs, ctx)]
+    return [(m, urn) for m in backup_problems(resources, outputs, ctx)]
 
 
 RESOURCE_RULES: tuple[ResourceRule, ...] = (
@@ -311,7 +379,11 @@ STACK_RULES: tuple[StackRule, ...] = (
         "Production's DNS record table (also for manual DNS) publishes DMARC p=quarantine or p=reject.",
         _stack_dmarc,
     ),
-    StackRule("backups-enabled-in-prod", "Production has backups enabled, with a target.", _stack_backups),
+    StackRule(
+        "backups-enabled-in-prod",
+        "Production takes backups: the Backup component's remote step exists, and backups are on, with a repository.",
+        _stack_backups,
+    ),
 )
 
 

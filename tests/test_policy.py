@@ -26,12 +26,14 @@ PROD_DMARC_OFF = {"sams:dmarc": {"policy": "none", "rua": "dmarc-reports@example
 
 
 def resources_of(run: mockrun.Run) -> list[Resource]:
-    """What the engine hands the pack: each resource's inputs, plus the Stack with its outputs."""
-    out = [Resource(c.type, c.urn, copy.deepcopy(c.inputs)) for c in run.resources]
-    out.append(
-        Resource(rules.STACK_TYPE, f"urn:pulumi:{run.stack}::sams::{rules.STACK_TYPE}::sams-{run.stack}", run.outputs)
-    )
+    """What the engine hands the pack: each resource's inputs and parent, plus the Stack with its outputs."""
+    out = [Resource(c.type, c.urn, copy.deepcopy(c.inputs), c.parent or None) for c in run.resources]
+    out.append(Resource(rules.STACK_TYPE, stack_urn(run.stack), run.outputs))
     return out
+
+
+def stack_urn(stack: str) -> str:
+    return f"urn:pulumi:{stack}::sams::{rules.STACK_TYPE}::sams-{stack}"
 
 
 def context_of(run: mockrun.Run) -> Context:
@@ -51,7 +53,7 @@ def replace(resources: list[Resource], name_suffix: str, change: Callable[[dict[
         if r.urn.endswith("::" + name_suffix):
             props = copy.deepcopy(dict(r.props))
             change(props)
-            r = Resource(r.type, r.urn, props)
+            r = Resource(r.type, r.urn, props, r.parent)
             hits += 1
         out.append(r)
     assert hits == 1, f"expected one resource named {name_suffix}"
@@ -267,30 +269,152 @@ def test_vpn_networks_come_from_policy_config(runner: Callable[[str], mockrun.Ru
 BACKUPS = "backups-enabled-in-prod"
 
 
+REST = "rest:https://backup.example.org:8000/sams-prod/"
+PROGRAM_BUCKET = {"sams:backup": {"enabled": True}}  # prod is Vultr: the program creates the storage
+
+
+def with_outputs(resources: list[Resource], backup: Any) -> list[Resource]:
+    """The same stack with another `backup` stack output (None: none at all)."""
+    stack = next(r for r in resources if r.type == rules.STACK_TYPE)
+    outputs = {k: v for k, v in stack.props.items() if k != "backup"}
+    if backup is not None:
+        outputs["backup"] = backup
+    return [r for r in resources if r is not stack] + [Resource(rules.STACK_TYPE, stack.urn, outputs)]
+
+
+def named(name: str) -> Callable[[Resource], bool]:
+    return lambda r: r.urn.endswith("::" + name)
+
+
+def without(resources: list[Resource], drop: Callable[[Resource], bool]) -> list[Resource]:
+    gone = [r for r in resources if drop(r)]
+    assert gone, "the mutation must remove something"
+    return [r for r in resources if not drop(r)]
+
+
 @pytest.mark.parametrize(
     ("backup", "says"),
     [
-        ({"enabled": False, "target": "sftp://b/x", "retentionDays": 30}, "backups are off"),
-        ({"enabled": True, "target": None, "retentionDays": 30}, "no target"),
+        ({"enabled": False, "repository": REST}, "backups are off in production stack 'prod'"),
+        ({"enabled": True, "repository": None}, "have no repository: set sams:backup.repository"),
+        ({"enabled": True, "repository": ""}, "have no repository"),
+        ({"enabled": True}, "have no repository"),
         (None, "exports no `backup` output"),
     ],
 )
-def test_backups_off_in_prod_violates(runner: Callable[[str], mockrun.Run], backup: Any, says: str) -> None:
+def test_backup_output_off_or_without_repository_in_prod_violates(
+    runner: Callable[[str], mockrun.Run], backup: Any, says: str
+) -> None:
     run = runner("prod")
-    outputs = {k: v for k, v in run.outputs.items() if k != "backup"}
-    if backup is not None:
-        outputs["backup"] = backup
-    resources = [r for r in resources_of(run) if r.type != rules.STACK_TYPE]
-    resources.append(Resource(rules.STACK_TYPE, "urn:pulumi:prod::sams::pulumi:pulumi:Stack::sams-prod", outputs))
+    resources = with_outputs(resources_of(run), backup)
     found = violations(resources, context_of(run), BACKUPS)
-    assert len(found) == 1 and says in found[0]
-    # Outside production the same outputs are fine.
-    assert not rules.check_backups(outputs, Context.of("dev"))
+    assert len(found) == 1 and says in found[0], found
+    # Outside production the same stack is fine.
+    assert not rules.backup_problems(resources, None, Context.of("dev"))
 
 
 def test_prod_program_with_backups_off_violates() -> None:
     run = mockrun.run("prod", secret_config=mockrun.TEST_SECRETS, overrides={"sams:backup": {"enabled": False}})
-    assert violations(resources_of(run), context_of(run), BACKUPS)
+    found = violations(resources_of(run), context_of(run), BACKUPS)
+    # The output says off, and the step the host gets is the one that stops the timer (no secrets).
+    assert len(found) == 2
+    assert "backups are off" in found[1] and "it is the backups-off step" in found[0]
+
+
+def test_an_output_that_says_enabled_is_not_enough(runner: Callable[[str], mockrun.Run]) -> None:
+    """The rule reads the resources, not only the config echo in the `backup` output."""
+    run = runner("prod")
+    resources = resources_of(run)
+    assert run.outputs["backup"]["enabled"] is True and run.outputs["backup"]["repository"] == REST
+
+    no_component = without(resources, lambda r: r.type == rules.BACKUP_TYPE or "backup-" in r.urn.rsplit("::", 1)[1])
+    assert violations(no_component, context_of(run), BACKUPS) == [
+        "production stack 'prod' has no sams:backup:Backup component, so nothing sets up backups on the host"
+    ]
+    for step in ("backup-backup-apply", "backup-backup-copy"):
+        no_step = without(resources, named(step))
+        (found,) = violations(no_step, context_of(run), BACKUPS)
+        assert "has no remote step (backup-backup-copy and backup-backup-apply)" in found
+
+    def no_stdin(props: dict[str, Any]) -> None:
+        del props["stdin"]
+
+    (found,) = violations(replace(resources, "backup-backup-apply", no_stdin), context_of(run), BACKUPS)
+    assert "carries no password or repository on stdin" in found
+
+
+def test_a_step_elsewhere_does_not_count(runner: Callable[[str], mockrun.Run]) -> None:
+    """Another component's step with stdin is not the backup step: the rule follows parents."""
+    run = runner("prod")
+    resources = resources_of(run)
+    step = next(r for r in resources if r.urn.endswith("::backup-backup"))
+    orphaned = [Resource(r.type, r.urn, r.props, None) if r is step else r for r in resources]
+    (found,) = violations(orphaned, context_of(run), BACKUPS)
+    assert "has no remote step" in found
+
+
+def test_a_program_created_bucket_passes_even_before_its_url_is_known() -> None:
+    run = mockrun.run("prod", secret_config=mockrun.TEST_SECRETS, overrides=PROGRAM_BUCKET)
+    resources = resources_of(run)
+    assert run.outputs["backup"]["repository"].startswith("s3:https://")
+    assert not violations(resources, context_of(run), BACKUPS)
+    # A preview: the bucket's URL is not known yet; the storage under the Backup component stands for it.
+    preview = with_outputs(resources, {**run.outputs["backup"], "repository": None})
+    assert not violations(preview, context_of(run), BACKUPS)
+    no_storage = without(preview, lambda r: r.type in rules.STORAGE_TYPES)
+    (found,) = violations(no_storage, context_of(run), BACKUPS)
+    assert "have no repository" in found
+
+
+def _policy_resources(resources: list[Resource], unknown: set[tuple[str, str]]) -> list[Any]:
+    """The resources as the analyzer builds them in a preview: props behind pulumi-policy's unknown-checking
+    proxy, parents linked, and the (urn suffix, key) pairs in `unknown` replaced by its unknown sentinel."""
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+    made: dict[str, Any] = {}
+    for r in resources:
+        props = copy.deepcopy(dict(r.props))
+        for suffix, key in unknown:
+            if r.urn.endswith("::" + suffix):
+                if key == "backup.repository":
+                    props["backup"] = {**props["backup"], "repository": UNKNOWN_STRING_VALUE}
+                else:
+                    props[key] = UNKNOWN_STRING_VALUE
+        name = r.urn.rsplit("::", 1)[-1]
+        unused: Any = None  # options and provider: the rules read neither
+        made[r.urn] = pulumi_policy.PolicyResource(
+            r.type, unknown_checking_proxy(props), r.urn, name, unused, unused, None, [], {}
+        )
+    for r in resources:
+        made[r.urn].parent = made.get(r.parent or "")
+    return list(made.values())
+
+
+def test_the_pack_checks_a_preview_with_unknown_values(
+    monkeypatch: pytest.MonkeyPatch, runner: Callable[[str], mockrun.Run]
+) -> None:
+    """Through the pack's own wiring: unknown repository and stdin (a preview of a program-created bucket)
+    pass while the storage is there, and an unknown repository without it does not."""
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", _Pack)
+    _Pack.made.clear()
+    runpy.run_path(str(PROJECT / "policy" / "__main__.py"), run_name="__main__")
+    (policy,) = [p for p in _Pack.made[0].policies if p.name == BACKUPS]
+    run = mockrun.run("prod", secret_config=mockrun.TEST_SECRETS, overrides=PROGRAM_BUCKET)
+    unknown = {(f"sams-{run.stack}", "backup.repository"), ("backup-backup-apply", "stdin")}
+
+    def report(resources: list[Resource]) -> list[str]:
+        reported: list[str] = []
+        args = pulumi_policy.StackValidationArgs(_policy_resources(resources, unknown), {})
+        policy.validate(args, lambda m, u=None: reported.append(m))
+        return reported
+
+    assert report(resources_of(run)) == []
+    found = report(without(resources_of(run), lambda r: r.type in rules.STORAGE_TYPES))
+    assert len(found) == 1 and "have no repository" in found[0]
+    # And the parents the pack links are what finds the step: the mock engine's URNs name only the parent's type.
+    assert rules.BACKUP_TYPE not in rules.type_chain(
+        next(r.urn for r in run.resources if r.name == "backup-backup-apply")
+    )
 
 
 # --- the pack's wiring ------------------------------------------------------------------------
@@ -331,11 +455,7 @@ def test_policy_pack_wraps_every_rule(monkeypatch: pytest.MonkeyPatch, runner: C
     # A stack policy over the real prod stack with backups switched off.
     run = runner("prod")
     reported.clear()
-    stack = [
-        pulumi_policy.PolicyResource(r.type, r.props, r.urn, r.urn.rsplit("::", 1)[-1], None, None, None, [], {})  # type: ignore[arg-type]
-        for r in resources_of(run)
-    ]
-    stack[-1].props = {**run.outputs, "backup": {"enabled": False, "target": "x"}}
+    stack = _policy_resources(with_outputs(resources_of(run), {"enabled": False, "repository": REST}), set())
     by_name[BACKUPS].validate(pulumi_policy.StackValidationArgs(stack, {}), lambda m, u=None: reported.append((m, u)))
     assert [m for m, _ in reported] == ["backups are off in production stack 'prod': set sams:backup.enabled to true"]
     assert reported[0][1] is not None and reported[0][1].endswith("pulumi:pulumi:Stack::sams-prod")
