@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from components.backup.plan import STATUS_FILE, UNIT
 from doctor.model import (
+    BackupStatus,
     CheckInfo,
     DnsAnswer,
     Expected,
@@ -27,8 +29,9 @@ from doctor.model import (
 # A certificate closer than this to its end fails: certbot renews at 30 days left, so 14 means
 # renewal has failed for two weeks.
 CERT_MIN_DAYS = 14
-# Backups: a daily job, with a day's slack.
-BACKUP_MAX_AGE = timedelta(hours=48)
+# Backups: the nightly run, with two hours' slack for its randomized delay and its own length; older
+# than this, a night was missed (issue 20: alert when the last successful backup is older than 26 hours).
+BACKUP_MAX_AGE = timedelta(hours=26)
 # WAL archiving: PostgreSQL retries a failing archive_command every minute; a segment still waiting
 # after this long means it keeps failing.
 WAL_MAX_WAIT = timedelta(minutes=15)
@@ -39,8 +42,6 @@ SIGNATURES_MAX_AGE = timedelta(hours=72)
 # below 15 %/10 %).
 DISK_WARN, DISK_FAIL = 0.30, 0.15
 MEMORY_WARN, MEMORY_FAIL = 0.20, 0.10
-# Where a backup job records its last success (its mtime is the time); doctor/hostfacts.py reads it.
-BACKUP_STAMP = "/var/lib/sams/backup/last-success"
 
 CHECKS: dict[str, CheckInfo] = {
     c.id: c
@@ -119,11 +120,17 @@ CHECKS: dict[str, CheckInfo] = {
         ),
         CheckInfo(
             "backup",
-            "Backups are recent",
-            "Without a recent backup a lost disk loses the mail.",
-            f"Over SSH, the time of {BACKUP_STAMP} (written by the backup job after each success).",
-            "Set sams:backup.enabled and sams:backup.target; on the host `journalctl -u sams-backup` "
-            "tells why the last run failed.",
+            "Backups are recent and the repository is sound",
+            "Without a recent backup a lost disk loses the mail; a repository that restic check finds damaged "
+            "may not restore.",
+            f"Over SSH, the record {STATUS_FILE} that sams-backup writes after every run: fails when no run "
+            f"has written one, when the last run failed (quoting its reason), when the last successful backup "
+            f"is more than {BACKUP_MAX_AGE.total_seconds() / 3600:.0f} hours old, or when the run's restic "
+            "check found a problem.",
+            f"Set sams:backup.enabled (and sams:backup.repository, unless the program creates a bucket on Vultr "
+            f"or Oracle Cloud). On the host `sudo journalctl -u {UNIT}` tells why the last run failed, "
+            f"`sudo systemctl start {UNIT}` runs one now and `systemctl list-timers {UNIT}` shows when the next "
+            "runs; docs/backup.md.",
         ),
         CheckInfo(
             "wal",
@@ -553,44 +560,138 @@ def _no_host(obs: Observations) -> str:
     return obs.host_error or "no host access given (--ssh sams@<wireguardAddress>, or --host-facts FILE)"
 
 
+def _repository(expected: Expected, status: BackupStatus | None = None) -> str:
+    """The repository as the last run named it, else as the stack does."""
+    if status is not None and status.repository:
+        return status.repository
+    return expected.backup_repository or "the program's bucket"
+
+
+def _bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _ids(snapshots: tuple[tuple[str, str], ...]) -> str:
+    """restic's short ids (its first 8 hex digits), by kind: 'files 9e8d7c6b, postgres 4f3c2a1b'."""
+    return ", ".join(f"{kind} {sid[:8]}" for kind, sid in snapshots)
+
+
+def _last_success(host_time: float, status: BackupStatus) -> str:
+    if status.last_success is None:
+        return "No backup has succeeded yet."
+    hours = (host_time - status.last_success) / 3600
+    held = f" ({_ids(status.last_success_snapshots)})" if status.last_success_snapshots else ""
+    return f"The last successful backup finished {hours:.0f} hours ago, {_when(status.last_success)}{held}."
+
+
 def check_backup(expected: Expected, obs: Observations) -> list[Finding]:
     subject = "backups"
     if not expected.backup_enabled:
+        where = (
+            "; pulumi config set --path sams:backup.repository rest:https://<server>:8000/<path>/ "
+            "(its login: pulumi config set --secret sams:backupKeyId, sams:backupKeySecret)"
+            if expected.provider == "existing"
+            else " (the program creates a bucket for the repository, unless sams:backup.repository names one)"
+        )
         return [
             _f(
                 "backup",
                 subject,
                 "warn",
                 "Backups are off (sams:backup.enabled is false): a lost disk loses the mail.",
-                "pulumi config set --path sams:backup.enabled true; "
-                "pulumi config set --path sams:backup.target <where>",
+                f"pulumi config set --path sams:backup.enabled true{where}; docs/backup.md",
             )
         ]
     if obs.host is None:
-        return [
-            _f("backup", subject, "unchecked", f"Backups to {expected.backup_target} not checked: {_no_host(obs)}.")
-        ]
+        return [_f("backup", subject, "unchecked", f"Backups to {_repository(expected)} not checked: {_no_host(obs)}.")]
     host = obs.host
-    fix = (
-        f"Run a backup now and read why the last failed: `sudo systemctl start sams-backup; "
-        f"sudo journalctl -u sams-backup -n 50` (target {expected.backup_target})."
-    )
-    if host.backup_last is None:
-        return [_f("backup", subject, "fail", f"No backup has completed: {host.backup_stamp} does not exist.", fix)]
-    age = timedelta(seconds=host.taken_at - host.backup_last)
-    hours = age.total_seconds() / 3600
-    if age > BACKUP_MAX_AGE:
+    status = host.backup_status
+    journal = f"`sudo journalctl -u {UNIT} -n 50` shows the last run"
+    run_now = f"`sudo systemctl start {UNIT}` runs one now"
+    if status is None and host.backup_status_error:
         return [
             _f(
                 "backup",
                 subject,
                 "fail",
-                f"The last backup completed {hours:.0f} hours ago (more than "
-                f"{BACKUP_MAX_AGE.total_seconds() / 3600:.0f}).",
-                fix,
+                f"The backup status record {host.backup_status_file} cannot be read ({host.backup_status_error}).",
+                f"{journal}; {run_now} and writes the record again.",
             )
         ]
-    return [_f("backup", subject, "ok", f"the last backup completed {hours:.1f} hours ago")]
+    if status is None:
+        return [
+            _f(
+                "backup",
+                subject,
+                "fail",
+                f"No backup has run yet: {host.backup_status_file} does not exist "
+                f"(backups go to {_repository(expected)}).",
+                f"{run_now}; `sudo journalctl -u {UNIT}` shows how it went; `systemctl list-timers {UNIT}` "
+                "shows when the nightly run comes.",
+            )
+        ]
+    repository = _repository(expected, status)
+    ended = f", {_when(status.finished)}" if status.finished is not None else ""
+    if status.check == "failed":
+        reason = f": {status.message}" if status.result != "ok" and status.message else ""
+        return [
+            _f(
+                "backup",
+                subject,
+                "fail",
+                f"restic check found a problem in the repository {repository} (run {status.run}{ended})"
+                f"{reason}. {_last_success(host.taken_at, status)}",
+                f"{journal} with restic check's report; `sudo sams-backup check --read-data` reads every pack "
+                "back; repair the repository (restic's docs: Troubleshooting) before the next prune.",
+            )
+        ]
+    if status.result != "ok":
+        return [
+            _f(
+                "backup",
+                subject,
+                "fail",
+                f"The last backup run failed (run {status.run}{ended}): {status.message}. "
+                f"{_last_success(host.taken_at, status)}",
+                f"{journal}; once its cause is fixed, {run_now}.",
+            )
+        ]
+    last = status.last_success
+    assert last is not None  # an ok record always has it (doctor.model.backup_status)
+    hours = (host.taken_at - last) / 3600
+    if hours > BACKUP_MAX_AGE.total_seconds() / 3600:
+        return [
+            _f(
+                "backup",
+                subject,
+                "fail",
+                f"The last successful backup finished {hours:.0f} hours ago, {_when(last)} (more than "
+                f"{BACKUP_MAX_AGE.total_seconds() / 3600:.0f}): no run since.",
+                f"`systemctl list-timers {UNIT}` shows when it runs next; {run_now}; "
+                f"`sudo journalctl -u {UNIT}` shows the runs.",
+            )
+        ]
+    added = f"; {_bytes(status.bytes_added)} added" if status.bytes_added is not None else ""
+    check = "; " + " ".join(("restic check", *status.check_args, "ok")) if status.check == "ok" else ""
+    return [
+        _f(
+            "backup",
+            subject,
+            "ok",
+            f"the last backup finished {hours:.1f} hours ago, {_when(last)}, to {repository}: "
+            f"snapshots {_ids(status.snapshots or status.last_success_snapshots)}{added}{check}",
+        )
+    ]
 
 
 def check_wal(expected: Expected, obs: Observations) -> list[Finding]:

@@ -151,7 +151,7 @@ def expected(stack: str, settings: Settings, outputs: Mapping[str, Any]) -> Expe
         tls=tuple(sorted(tls, key=lambda t: t.port)),
         relay=(cfg.relay.host, cfg.relay.port) if cfg.relay else None,
         backup_enabled=cfg.backup.enabled,
-        backup_target=cfg.backup.target,
+        backup_repository=cfg.backup.repository,
         mail_root=VMAIL_ROOT,
         antivirus=cfg.antivirus.clamav,
     )

@@ -1,10 +1,11 @@
 """Runs ON the mail host (shipped over SSH as `python3 - ARGS`; standard library only).
 
 Prints one JSON object of facts: the host's clock, free space of the given paths' filesystems,
-memory, the backup stamp's time, the WAL segments PostgreSQL has not archived yet, whether TCP
-connections to the given targets open, and (where ClamAV is on) clamd's answer and the age of its
-signatures. It changes nothing. ARGS is one JSON object: {"paths": [...], "stamp": "...",
-"wal_status": "...", "outbound": [[host, port], ...], "clamav": {"socket": "...", "daily": [...]} or null}.
+memory, the backup tool's record of its last run, the WAL segments PostgreSQL has not archived
+yet, whether TCP connections to the given targets open, and (where ClamAV is on) clamd's answer
+and the age of its signatures. It changes nothing. ARGS is one JSON object: {"paths": [...],
+"backup_status": "...", "wal_status": "...", "outbound": [[host, port], ...],
+"clamav": {"socket": "...", "daily": [...]} or null}.
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ def connect(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
         return {**result, "result": "error", "detail": str(exc)}
 
 
+def backup_status(path: str) -> dict[str, Any]:
+    """The record sams-backup writes after every run, as it is (the doctor reads it); null when no
+    run has written one yet, and why when it cannot be read."""
+    out: dict[str, Any] = {"backup_status_file": path, "backup_status": None, "backup_status_error": ""}
+    try:
+        with open(path) as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        return out
+    except (OSError, ValueError) as exc:
+        return {**out, "backup_status_error": f"{type(exc).__name__}: {exc}"}
+    if not isinstance(record, dict):
+        return {**out, "backup_status_error": f"not a JSON object but {type(record).__name__}"}
+    return {**out, "backup_status": record}
+
+
 def wal(status_dir: str) -> dict[str, Any]:
     """PostgreSQL marks a finished segment NAME.ready there and renames it NAME.done once
     archive_command succeeded: old .ready files mean archiving fails."""
@@ -84,17 +101,11 @@ def clamav(socket_path: str, daily: list[str]) -> dict[str, Any]:
 
 
 def facts(args: dict[str, Any]) -> dict[str, Any]:
-    stamp = args["stamp"]
-    try:
-        last: float | None = os.stat(stamp).st_mtime
-    except FileNotFoundError:
-        last = None
     return {
         "taken_at": time.time(),
         "disks": disks(args["paths"]),
         **memory(),
-        "backup_stamp": stamp,
-        "backup_last": last,
+        **backup_status(args["backup_status"]),
         "outbound": [connect(h, int(p)) for h, p in args["outbound"]],
         **wal(args["wal_status"]),
         **(clamav(args["clamav"]["socket"], args["clamav"]["daily"]) if args.get("clamav") else {}),

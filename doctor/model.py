@@ -1,14 +1,14 @@
 """What the doctor knows: findings, the plan it checks against, and what the probes observed.
 
 Everything here is plain, frozen data (JSON round-trips through :mod:`doctor.report` and
-:mod:`doctor.hostfacts`): the checks in :mod:`doctor.checks` are pure functions of these values.
+:mod:`doctor.hostscript`): the checks in :mod:`doctor.checks` are pure functions of these values.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -84,7 +84,7 @@ class Expected:
     tls: tuple[TlsEndpoint, ...]
     relay: tuple[str, int] | None  # sams:relay host and port, when mail leaves through one
     backup_enabled: bool
-    backup_target: str | None
+    backup_repository: str | None  # sams:backup.repository; None: the bucket the program creates
     mail_root: str  # where the mailboxes live on the host (for the disk check)
     antivirus: bool = False  # sams:antivirus.clamav
 
@@ -156,14 +156,34 @@ class Outbound:
 
 
 @dataclass(frozen=True)
+class BackupStatus:
+    """The last run's record, as sams-backup writes it after every run (components/backup/plan.py
+    STATUS_FILE); times as epoch seconds, None where the record has none."""
+
+    result: str  # "ok" or "failed"
+    message: str  # on failure: what failed, naming the repository and restic's reason
+    repository: str = ""  # without credentials
+    run: str = ""  # the run's id (its snapshots' run: tag)
+    started: float | None = None
+    finished: float | None = None
+    snapshots: tuple[tuple[str, str], ...] = ()  # (kind, id) this run made (files, postgres), by kind
+    bytes_added: int | None = None  # new data the run stored in the repository
+    check: str = ""  # restic check's result, "ok" or "failed"; "": the run stopped before it
+    check_args: tuple[str, ...] = ()  # its options (--read-data-subset=... on the read-back day)
+    last_success: float | None = None  # the last ok run's end (this run's, if ok), carried over by failed runs
+    last_success_snapshots: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class HostFacts:
     taken_at: float  # the host's clock, epoch seconds
     disks: tuple[Disk, ...]
     mem_total: int  # bytes
     mem_available: int  # bytes
-    backup_stamp: str  # the path looked at
-    backup_last: float | None  # mtime of the stamp, epoch seconds; None: the file does not exist
+    backup_status_file: str  # the path looked at
+    backup_status: BackupStatus | None  # None: no record (no run yet), or it could not be read
     outbound: tuple[Outbound, ...]
+    backup_status_error: str = ""  # why the record could not be read ("" when it was, or is absent)
     # PostgreSQL's archive_status directory: the segments still waiting for archive_command.
     wal_status: str = ""  # the path looked at
     wal_seen: bool = False  # the directory exists
@@ -215,16 +235,65 @@ def txt_kind(value: str) -> str:
     return head if head.startswith("v=") else ""
 
 
+def _epoch(value: Any) -> float | None:
+    """An ISO 8601 time with its zone ('2026-03-01T02:41:07Z') as epoch seconds; None when absent."""
+    if value is None or value == "":
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"a time without its zone: {value!r}")
+    return parsed.timestamp()
+
+
+def _snapshots(value: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (value or {}).items()))
+
+
+def backup_status(record: Mapping[str, Any]) -> BackupStatus:
+    """BackupStatus from the status record's JSON (ValueError when it is not one)."""
+    if not isinstance(record, Mapping) or record.get("result") not in ("ok", "failed"):
+        raise ValueError("not a backup status record (no result ok or failed)")
+    check = record.get("check") or {}
+    try:
+        status = BackupStatus(
+            result=str(record["result"]),
+            message=str(record.get("message", "")),
+            repository=str(record.get("repository", "")),
+            run=str(record.get("run", "")),
+            started=_epoch(record.get("started")),
+            finished=_epoch(record.get("finished")),
+            snapshots=_snapshots(record.get("snapshots")),
+            bytes_added=None if record.get("bytes_added") is None else int(record["bytes_added"]),
+            check=str(check.get("result", "")),
+            check_args=tuple(str(a) for a in check.get("args", ())),
+            last_success=_epoch(record.get("last_success")),
+            last_success_snapshots=_snapshots(record.get("last_success_snapshots")),
+        )
+    except (AttributeError, TypeError) as exc:
+        raise ValueError(f"not a backup status record: {exc}") from None
+    if status.result == "ok" and status.last_success is None:
+        if status.finished is None:
+            raise ValueError("not a backup status record: an ok run without its time")
+        status = replace(status, last_success=status.finished, last_success_snapshots=status.snapshots)
+    return status
+
+
 def host_facts(data: Mapping[str, Any]) -> HostFacts:
     """HostFacts from the JSON doctor/hostscript.py prints."""
-    last = data["backup_last"]
+    status, status_error = None, str(data.get("backup_status_error", ""))
+    if data.get("backup_status") is not None:
+        try:
+            status = backup_status(data["backup_status"])
+        except ValueError as exc:
+            status_error = str(exc)
     return HostFacts(
         taken_at=float(data["taken_at"]),
         disks=tuple(Disk(**x) for x in data["disks"]),
         mem_total=int(data["mem_total"]),
         mem_available=int(data["mem_available"]),
-        backup_stamp=str(data["backup_stamp"]),
-        backup_last=None if last is None else float(last),
+        backup_status_file=str(data["backup_status_file"]),
+        backup_status=status,
+        backup_status_error=status_error,
         outbound=tuple(Outbound(**x) for x in data["outbound"]),
         wal_status=str(data["wal_status"]),
         wal_seen=bool(data["wal_seen"]),

@@ -21,9 +21,10 @@ from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO
 
+from components.backup.plan import STATUS_FILE
 from components.database.steps import DATA_DIR
 from components.mail.services import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET
-from doctor.checks import BACKUP_STAMP, reverse_name
+from doctor.checks import reverse_name
 from doctor.model import (
     DnsAnswer,
     Expected,
@@ -255,12 +256,12 @@ def host_script_args(expected: Expected, opts: ProbeOptions) -> list[str]:
     target = [expected.relay[0], expected.relay[1]] if expected.relay else [opts.outbound_target, 25]
     args: dict[str, object] = {
         "paths": ["/", expected.mail_root],
-        "stamp": BACKUP_STAMP,
+        "backup_status": STATUS_FILE,
         "wal_status": WAL_STATUS,
         "outbound": [target],
         "clamav": {"socket": CLAMD_SOCKET, "daily": list(CLAMAV_DAILY)} if expected.antivirus else None,
     }
-    # As root: the backup stamp, the mail root and PostgreSQL's data need not be readable by the admin user.
+    # As root: the backup status record, the mail root and PostgreSQL's data need not be readable by the admin user.
     return ["sudo", "-n", "python3", "-", json.dumps(args)]
 
 

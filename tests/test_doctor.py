@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 
 import mockrun
+from components.backup.plan import STATUS_FILE
 from components.dns.plan import table
 from doctor import checks, probe, report
 from doctor.expect import expected, table_rows, unquote_txt
 from doctor.model import (
+    BackupStatus,
     Disk,
     DnsAnswer,
     Expected,
@@ -37,6 +39,7 @@ from doctor.model import (
     SmtpProbe,
     TlsEndpoint,
     TlsProbe,
+    backup_status,
     host_facts,
 )
 from tests.conftest import VARIANTS, run_variant
@@ -62,6 +65,58 @@ def plan_of(variant: str, **changes: Any) -> Expected:
 @pytest.fixture(scope="module")
 def lab() -> Expected:
     return plan_of("lab")
+
+
+# The record sams-backup writes after a good night's run (components/backup/files/sams-backup.py
+# run_backup): 9 hours before NOW, a Sunday, so restic check also read 10 % of the data back.
+LAB_REPOSITORY = "rest:https://backup.lab.example:8000/sams/"
+POSTGRES_SNAPSHOT = "4f3c2a1b" + "0d9e8f7a" * 7
+FILES_SNAPSHOT = "9e8d7c6b" + "5a4f3e2d" * 7
+OK_RECORD: dict[str, Any] = {
+    "started": "2026-03-01T02:41:07Z",
+    "finished": "2026-03-01T02:44:31Z",
+    "result": "ok",
+    "message": "opened the repository; removed 3 archived WAL files the snapshot holds; applied the retention",
+    "repository": LAB_REPOSITORY,
+    "run": "20260301T024107Z",
+    "duration_s": 204.3,
+    "snapshots": {"files": FILES_SNAPSHOT, "postgres": POSTGRES_SNAPSHOT},
+    "bytes_added": 13_107_200,
+    "files": 18_204,
+    "bytes_total": 2_254_857_830,
+    "check": {"result": "ok", "args": ["--read-data-subset=10%"]},
+    "last_success": "2026-03-01T02:44:31Z",
+    "last_success_snapshots": {"files": FILES_SNAPSHOT, "postgres": POSTGRES_SNAPSHOT},
+}
+# The next night's run, when the backup server's disk was full: no snapshots, the last success carried over.
+FAILED_RECORD: dict[str, Any] = {
+    "started": "2026-03-02T02:38:55Z",
+    "finished": "2026-03-02T02:39:12Z",
+    "result": "failed",
+    "message": f"restic backup failed on {LAB_REPOSITORY} (exit 1): Fatal: unable to save snapshot: "
+    "server response unexpected: 507 Insufficient Storage (507)",
+    "repository": LAB_REPOSITORY,
+    "run": "20260302T023855Z",
+    "duration_s": 17.4,
+    "last_success": "2026-03-01T02:44:31Z",
+    "last_success_snapshots": {"files": FILES_SNAPSHOT, "postgres": POSTGRES_SNAPSHOT},
+}
+# A run that backed up, then failed in restic check: sams-backup records the check as failed, and the run too.
+CHECK_FAILED_RECORD: dict[str, Any] = {
+    **FAILED_RECORD,
+    "message": f"restic check failed on {LAB_REPOSITORY} (exit 1): Fatal: repository contains errors",
+    "check": {"result": "failed", "args": ["--read-data-subset=10%"]},
+}
+
+
+def with_backup(
+    obs: Observations, record: dict[str, Any] | None, *, at: dt.datetime = NOW, error: str = ""
+) -> Observations:
+    """The observations with the host's status record (None: no file) read at `at`."""
+    assert obs.host
+    status = None if record is None else backup_status(record)
+    host = dataclasses.replace(obs.host, backup_status=status, backup_status_error=error, taken_at=at.timestamp())
+    return dataclasses.replace(obs, host=host)
 
 
 def healthy(e: Expected) -> Observations:
@@ -98,8 +153,8 @@ def healthy(e: Expected) -> Observations:
         disks=(Disk("/", 50 * 2**30, 30 * 2**30),),
         mem_total=4 * 2**30,
         mem_available=2 * 2**30,
-        backup_stamp=checks.BACKUP_STAMP,
-        backup_last=NOW.timestamp() - 3600,
+        backup_status_file=STATUS_FILE,
+        backup_status=backup_status(OK_RECORD),
         outbound=(Outbound(target, e.relay[1] if e.relay else 25, "open"),),
         wal_status=probe.WAL_STATUS,
         wal_seen=True,
@@ -357,20 +412,183 @@ def test_outbound(lab: Expected) -> None:
 # --- host facts ---------------------------------------------------------------------------------------
 
 
-def test_backups(lab: Expected) -> None:
-    on = dataclasses.replace(lab, backup_enabled=True, backup_target="s3://bucket")
-    obs = healthy(lab)
-    assert obs.host
-    assert checks.check_backup(on, obs)[0].status == "ok"
-    stale = dataclasses.replace(obs.host, backup_last=NOW.timestamp() - 3 * 86400)
-    f = checks.check_backup(on, dataclasses.replace(obs, host=stale))[0]
-    assert f.status == "fail" and "72 hours ago" in f.message
-    never = dataclasses.replace(obs.host, backup_last=None)
-    f = checks.check_backup(on, dataclasses.replace(obs, host=never))[0]
-    assert f.status == "fail" and checks.BACKUP_STAMP in f.message
-    assert checks.check_backup(on, dataclasses.replace(obs, host=None))[0].status == "unchecked"
-    off = checks.check_backup(lab, obs)[0]
-    assert off.status == "warn" and "sams:backup.enabled" in off.fix
+def test_backup_repository_comes_from_the_stack() -> None:
+    assert plan_of("lab").backup_repository == LAB_REPOSITORY
+    assert plan_of("prod").backup_repository == "rest:https://backup.example.org:8000/sams-prod/"
+    # Unset on Vultr or Oracle Cloud: the program makes a bucket, and the doctor says so.
+    bucket = dataclasses.replace(plan_of("prod"), backup_repository=None)
+    (f,) = checks.check_backup(bucket, Observations(host_error="ssh: timeout"))
+    assert (f.status, f.message) == ("unchecked", "Backups to the program's bucket not checked: ssh: timeout.")
+
+
+def test_backups_off_warn_and_say_how_to_turn_them_on(lab: Expected) -> None:
+    (f,) = checks.check_backup(dataclasses.replace(lab, backup_enabled=False), healthy(lab))
+    assert f.status == "warn" and "sams:backup.enabled is false" in f.message
+    # An existing host has no object storage the program could create a bucket in.
+    assert f.fix.startswith("pulumi config set --path sams:backup.enabled true; ")
+    assert "pulumi config set --path sams:backup.repository rest:https://" in f.fix and "backupKeyId" in f.fix
+    prod = plan_of("prod")
+    (f,) = checks.check_backup(dataclasses.replace(prod, backup_enabled=False), healthy(prod))
+    assert f.status == "warn" and "the program creates a bucket" in f.fix
+
+
+def test_a_good_nights_backup_is_ok_with_its_snapshots_and_size(lab: Expected) -> None:
+    assert lab.backup_enabled
+    (f,) = checks.check_backup(lab, healthy(lab))
+    assert f.status == "ok" and f.fix == ""
+    assert f.message == (
+        f"the last backup finished 9.3 hours ago, 2026-03-01 02:44 UTC, to {LAB_REPOSITORY}: "
+        "snapshots files 9e8d7c6b, postgres 4f3c2a1b; 12.5 MiB added; restic check --read-data-subset=10% ok"
+    )
+    # A weekday's run checks the structure only.
+    plain = {**OK_RECORD, "check": {"result": "ok", "args": []}, "bytes_added": 812}
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), plain))
+    assert f.status == "ok" and f.message.endswith("; 812 B added; restic check ok")
+
+
+def test_no_backup_run_yet_fails_saying_how_to_run_one(lab: Expected) -> None:
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), None))
+    assert f.status == "fail"
+    assert f.message == f"No backup has run yet: {STATUS_FILE} does not exist (backups go to {LAB_REPOSITORY})."
+    assert "`sudo systemctl start sams-backup` runs one now" in f.fix and "journalctl -u sams-backup" in f.fix
+
+
+def test_an_unreadable_status_record_fails(lab: Expected) -> None:
+    error = "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), None, error=error))
+    assert f.status == "fail" and STATUS_FILE in f.message and error in f.message
+
+
+def test_a_failed_run_fails_quoting_its_reason(lab: Expected) -> None:
+    at = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), FAILED_RECORD, at=at))
+    assert f.status == "fail"
+    assert f.message == (
+        f"The last backup run failed (run 20260302T023855Z, 2026-03-02 02:39 UTC): {FAILED_RECORD['message']}. "
+        "The last successful backup finished 29 hours ago, 2026-03-01 02:44 UTC (files 9e8d7c6b, postgres 4f3c2a1b)."
+    )
+    assert "journalctl -u sams-backup" in f.fix and "systemctl start sams-backup" in f.fix
+    # Failed an hour after a good run (a manual start), the last success is recent: still a failure.
+    retry = {**FAILED_RECORD, "started": "2026-03-01T03:40:00Z", "finished": "2026-03-01T03:40:09Z"}
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), retry))
+    assert f.status == "fail" and "507 Insufficient Storage" in f.message and "9 hours ago" in f.message
+    # The very first run failed: nothing to fall back on.
+    first = {**FAILED_RECORD, "last_success": None, "last_success_snapshots": None}
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), first, at=at))
+    assert f.status == "fail" and f.message.endswith("No backup has succeeded yet.")
+
+
+@pytest.mark.parametrize(("hours", "status"), [(25, "ok"), (27, "fail"), (72, "fail")])
+def test_the_last_success_older_than_26_hours_fails(lab: Expected, hours: int, status: str) -> None:
+    """The timer did not run (host down, timer off): the record still says ok, but it is old."""
+    finished = dt.datetime(2026, 3, 1, 2, 44, 31, tzinfo=dt.UTC)
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), OK_RECORD, at=finished + dt.timedelta(hours=hours)))
+    assert f.status == status
+    if status == "fail":
+        assert f"finished {hours} hours ago, 2026-03-01 02:44 UTC (more than 26): no run since" in f.message
+        assert "systemctl list-timers sams-backup" in f.fix and "systemctl start sams-backup" in f.fix
+
+
+@pytest.mark.parametrize("run_result", ["failed", "ok"])
+def test_a_failed_restic_check_fails_naming_the_repository(lab: Expected, run_result: str) -> None:
+    record = {**CHECK_FAILED_RECORD, "result": run_result}
+    at = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
+    (f,) = checks.check_backup(lab, with_backup(healthy(lab), record, at=at))
+    assert f.status == "fail"
+    assert f.message.startswith(
+        f"restic check found a problem in the repository {LAB_REPOSITORY} (run 20260302T023855Z"
+    )
+    assert ("Fatal: repository contains errors" in f.message) == (run_result == "failed")
+    assert "sams-backup check --read-data" in f.fix
+
+
+def test_the_status_record_parses_strictly() -> None:
+    """Times with their zone, as sams-backup writes them; an ok run is its own last success; anything
+    else is not taken for a record (the check then says it cannot read it)."""
+    status = backup_status(OK_RECORD)
+    assert status.finished == status.last_success == dt.datetime(2026, 3, 1, 2, 44, 31, tzinfo=dt.UTC).timestamp()
+    assert status.check_args == ("--read-data-subset=10%",) and status.bytes_added == 13_107_200
+    bare = {k: v for k, v in OK_RECORD.items() if not k.startswith("last_success")}
+    assert backup_status(bare) == status
+    for bad in ({"result": "ok"}, {**OK_RECORD, "finished": "2026-03-01 02:44:31"}, {**OK_RECORD, "check": "ok"}):
+        with pytest.raises(ValueError, match=r"time|record"):
+            backup_status(bad)
+
+
+def test_backups_unchecked_without_the_host(lab: Expected) -> None:
+    (f,) = checks.check_backup(lab, dataclasses.replace(healthy(lab), host=None))
+    assert f.status == "unchecked" and LAB_REPOSITORY in f.message and "--ssh" in f.message
+
+
+def test_the_doctor_reads_the_records_sams_backup_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sams-backup's own run_backup, restic replaced by a stand-in on PATH, writes the record the host
+    script reads: a good run is ok; a failing restic check, then a failing backup, fail with restic's
+    words, the last success carried over."""
+    from components.backup.steps import TOOL_SOURCE, tool_config
+    from tests.scripts import load_script
+
+    tool = load_script("sams_backup_for_doctor", TOOL_SOURCE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    restic = bin_dir / "restic"
+    restic.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "args = [a for a in sys.argv[1:] if a not in ('--retry-lock', '10m')]\n"
+        "if args[0] == 'backup' and os.environ.get('FAKE_BACKUP_FAILS'):\n"
+        "    print('Fatal: unable to save snapshot: server response unexpected: 507 Insufficient Storage',\n"
+        "          file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+        "elif args[0] == 'backup':\n"
+        "    kind = 'postgres' if 'postgres' in args else 'files'\n"
+        "    sid = ('4f3c2a1b' if kind == 'postgres' else '9e8d7c6b') + '0' * 56\n"
+        "    print(json.dumps({'message_type': 'summary', 'snapshot_id': sid, 'data_added': 1048576,\n"
+        "                      'total_files_processed': 3, 'total_bytes_processed': 4096}))\n"
+        "elif args[0] == 'check' and os.environ.get('FAKE_CHECK_FAILS'):\n"
+        "    print('Fatal: repository contains errors', file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+    )
+    restic.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg: dict[str, Any] = {
+        **tool_config(settings_of("lab")),
+        "repository": LAB_REPOSITORY,
+        "env_file": str(tmp_path / "env"),
+        "password_file": str(tmp_path / "password"),
+        "cacert": None,
+        "cache_dir": str(tmp_path / "cache"),
+        "status_file": str(tmp_path / "status.json"),
+        "paths": [str(tmp_path / "vmail")],
+        "excludes": [],
+    }
+    cfg["postgres"] = {**cfg["postgres"], "wal_archive": str(tmp_path / "wal")}
+    (tmp_path / "vmail").mkdir()
+
+    def doctor() -> Finding:
+        args = {"paths": ["/"], "backup_status": cfg["status_file"], "wal_status": "/nonexistent", "outbound": []}
+        facts = host_facts(run_host_script(args))
+        (f,) = checks.check_backup(plan_of("lab"), Observations(host=facts))
+        return f
+
+    f = doctor()
+    assert f.status == "fail" and "No backup has run yet" in f.message
+    assert tool.run_backup(cfg)["result"] == "ok"
+    f = doctor()
+    assert f.status == "ok" and "0.0 hours ago" in f.message and "files 9e8d7c6b, postgres 4f3c2a1b" in f.message
+    assert "2.0 MiB added" in f.message
+    monkeypatch.setenv("FAKE_CHECK_FAILS", "1")
+    assert tool.run_backup(cfg)["result"] == "failed"
+    f = doctor()
+    assert f.status == "fail" and f"restic check found a problem in the repository {LAB_REPOSITORY}" in f.message
+    assert "Fatal: repository contains errors" in f.message
+    assert "The last successful backup finished 0 hours ago" in f.message and "files 9e8d7c6b" in f.message
+    monkeypatch.delenv("FAKE_CHECK_FAILS")
+    monkeypatch.setenv("FAKE_BACKUP_FAILS", "1")
+    assert tool.run_backup(cfg)["result"] == "failed"
+    f = doctor()
+    assert f.status == "fail" and f.message.startswith("The last backup run failed (run ")
+    assert f"restic backup failed on {LAB_REPOSITORY} (exit 1): Fatal: unable to save snapshot" in f.message
+    assert "The last successful backup finished 0 hours ago" in f.message and "files 9e8d7c6b" in f.message
 
 
 def test_wal_archiving(lab: Expected) -> None:
@@ -474,8 +692,8 @@ def run_host_script(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_host_script_reports_facts(tmp_path: Path) -> None:
-    stamp = tmp_path / "last-success"
-    stamp.touch()
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps(FAILED_RECORD, indent=1, sort_keys=True) + "\n")
     wal_status = tmp_path / "archive_status"
     wal_status.mkdir()
     for name, age in (("000000010000000000000002.ready", 600), ("000000010000000000000003.ready", 60)):
@@ -487,14 +705,24 @@ def test_host_script_reports_facts(tmp_path: Path) -> None:
         closed_port = listener.getsockname()[1]  # bound, never listening: refused
         args = {
             "paths": ["/", str(tmp_path)],
-            "stamp": str(stamp),
+            "backup_status": str(status),
             "wal_status": str(wal_status),
             "outbound": [["127.0.0.1", closed_port], ["no-such-host.invalid", 25]],
         }
         facts = host_facts(run_host_script(args))
     assert facts.disks and facts.disks[0].path == "/" and 0 < facts.disks[0].available <= facts.disks[0].size
     assert 0 < facts.mem_available <= facts.mem_total
-    assert facts.backup_last == pytest.approx(stamp.stat().st_mtime)
+    assert facts.backup_status_file == str(status) and facts.backup_status_error == ""
+    assert facts.backup_status == BackupStatus(
+        result="failed",
+        message=FAILED_RECORD["message"],
+        repository=LAB_REPOSITORY,
+        run="20260302T023855Z",
+        started=dt.datetime(2026, 3, 2, 2, 38, 55, tzinfo=dt.UTC).timestamp(),
+        finished=dt.datetime(2026, 3, 2, 2, 39, 12, tzinfo=dt.UTC).timestamp(),
+        last_success=dt.datetime(2026, 3, 1, 2, 44, 31, tzinfo=dt.UTC).timestamp(),
+        last_success_snapshots=(("files", FILES_SNAPSHOT), ("postgres", POSTGRES_SNAPSHOT)),
+    )
     assert (facts.wal_seen, facts.wal_waiting) == (True, 2)
     assert facts.wal_oldest == pytest.approx(time.time() - 600, abs=5)
     assert [o.result for o in facts.outbound] == ["closed", "unresolved"]
@@ -522,7 +750,7 @@ def test_host_script_asks_clamd_only_where_clamav_is_on(tmp_path: Path) -> None:
         thread.start()
 
         def run(clamav: object) -> dict[str, Any]:
-            nothing = {"paths": ["/"], "stamp": "/nonexistent", "wal_status": "/nonexistent", "outbound": []}
+            nothing = {"paths": ["/"], "backup_status": "/nonexistent", "wal_status": "/nonexistent", "outbound": []}
             return run_host_script({**nothing, "clamav": clamav})
 
         on = host_facts(run({"socket": path, "daily": [str(tmp_path / "daily.cvd"), str(daily)]}))
@@ -533,6 +761,28 @@ def test_host_script_asks_clamd_only_where_clamav_is_on(tmp_path: Path) -> None:
     assert gone.clamd.startswith("ConnectionRefusedError") and gone.clamav_daily is None
     off = run(None)
     assert "clamd" not in off and host_facts(off).clamd == ""
+
+
+def test_host_script_reads_no_record_and_a_broken_one(tmp_path: Path) -> None:
+    def facts(content: str | None) -> HostFacts:
+        path = tmp_path / "status.json"
+        path.unlink(missing_ok=True)
+        if content is not None:
+            path.write_text(content)
+        args = {"paths": ["/"], "backup_status": str(path), "wal_status": "/nonexistent", "outbound": []}
+        return host_facts(run_host_script(args))
+
+    none = facts(None)
+    assert (none.backup_status, none.backup_status_error) == (None, "")
+    cut = facts('{"started": "2026-03-01T02:41:07Z", "res')
+    assert cut.backup_status is None and cut.backup_status_error.startswith("JSONDecodeError: ")
+    assert facts("[]").backup_status_error == "not a JSON object but list"
+    # Valid JSON, but not the tool's record: said, not taken for a success.
+    odd = facts('{"result": "maybe"}')
+    assert odd.backup_status is None and "not a backup status record" in odd.backup_status_error
+    ok = facts(json.dumps(OK_RECORD))
+    assert ok.backup_status and ok.backup_status.check == "ok" and ok.backup_status.bytes_added == 13_107_200
+    assert ok.backup_status.snapshots == (("files", FILES_SNAPSHOT), ("postgres", POSTGRES_SNAPSHOT))
 
 
 @pytest.fixture
