@@ -133,3 +133,34 @@ def test_for_a_copy_rest_logins_move_into_their_urls_and_s3_keys_stay() -> None:
     assert (url, env) == ("rest:https://sams:p%40ss%2Fword@backup.example.org:8000/sams/", {})
     keys = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
     assert tool.with_login("s3:https://s3.example.org/archive", keys) == ("s3:https://s3.example.org/archive", keys)
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("rest:https://backup.example.org:8000/sams/", ("backup.example.org", 8000)),
+        ("rest:https://sams:pw@backup.example.org/sams/", ("backup.example.org", 443)),
+        ("s3:https://s3.example.org/bucket/path", ("s3.example.org", 443)),
+        ("s3:http://127.0.0.1:9000/bucket", ("127.0.0.1", 9000)),
+        ("/srv/restic", ("", 0)),
+    ],
+)
+def test_the_server_a_repository_lives_on(url: str, where: tuple[str, int]) -> None:
+    assert tool.endpoint(url) == where
+
+
+def test_an_unreachable_repository_fails_fast_naming_it(tmp_path: Path) -> None:
+    """restic would retry a refused connection for 15 minutes; the tool says so after its own tries."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    c = {
+        "repository": f"rest:http://sams:pw@127.0.0.1:{port}/sams/",
+        "env_file": str(tmp_path / "env"),
+        "password_file": str(tmp_path / "password"),
+        "cache_dir": str(tmp_path),
+    }
+    with pytest.raises(tool.Failure, match=rf"cannot reach the repository rest:http://127.0.0.1:{port}/sams/"):
+        tool.Restic(c).reach(tries=2, wait=0.01)

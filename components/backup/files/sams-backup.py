@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -85,6 +86,19 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def redact(url: str) -> str:
+    return re.sub(r"//[^/@]+@", "//", url)
+
+
+def endpoint(url: str) -> tuple[str, int]:
+    """The host and port of a rest: or s3: repository URL ("", 0 for other forms)."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ("rest", "s3"):
+        return "", 0
+    parsed = urllib.parse.urlsplit(rest)
+    return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
 # --- restic ----------------------------------------------------------------------------------------
 
 
@@ -93,8 +107,9 @@ class Restic:
         """restic on the repository (the primary one unless `repository` with its credential `env`)."""
         self.cfg = cfg
         url = repository or cfg["repository"]
+        self.url = url
         # Named in every message and in the status record: never with credentials in it.
-        self.repository = re.sub(r"//[^/@]+@", "//", url)
+        self.repository = redact(url)
         self.env = {
             **os.environ,
             **(read_env_file(Path(cfg["env_file"])) if env is None else env),
@@ -133,8 +148,26 @@ class Restic:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout or "null")
 
+    def reach(self, tries: int = 3, wait: float = 10.0) -> None:
+        """Fail at once, naming the repository, when its server cannot be reached: restic itself retries
+        a refused or unanswered connection for up to 15 minutes before it gives up."""
+        host, port = endpoint(self.url)
+        if not host:
+            return
+        error: OSError | None = None
+        for attempt in range(tries):
+            try:
+                socket.create_connection((host, port), timeout=10).close()
+                return
+            except OSError as exc:
+                error = exc
+                if attempt + 1 < tries:
+                    time.sleep(wait)
+        raise Failure(f"cannot reach the repository {self.repository} ({host}:{port}): {error}")
+
     def ensure_repository(self) -> bool:
         """Open the repository, or create it where none exists yet; True if it was created."""
+        self.reach()
         proc = self.run("cat", "config", check=False)
         if proc.returncode == 0:
             return False
@@ -144,6 +177,7 @@ class Restic:
         return True
 
     def snapshots(self, *tags: str) -> list[dict[str, Any]]:
+        self.reach(tries=1)  # every restore starts here: say at once that the server is not there
         args = ["snapshots", "--tag", ",".join((TAG, *tags))]
         found = self.json(*args) or []
         return sorted(found, key=lambda s: parse_time(s["time"]))
@@ -246,11 +280,22 @@ def run_backup(cfg: dict[str, Any]) -> dict[str, Any]:
         steps.append(f"removed {len(pruned)} archived WAL files the snapshot holds")
         if cfg["forget"]:
             keep = cfg["keep"]
-            restic.run(
-                "forget", "--tag", TAG, "--group-by", "host,tags", "--prune",
+            # Grouped by host and paths: the database's snapshots and the files' are kept apart, and the
+            # per-run tag (run:<time>) must not make every snapshot a group of its own.
+            forget = restic.run(
+                "forget", "--tag", TAG, "--group-by", "host,paths", "--prune",
                 "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
-                "--keep-monthly", str(keep["monthly"]),
+                "--keep-monthly", str(keep["monthly"]), check=False,
             )  # fmt: skip
+            # A server that refuses deletes answers 403; restic forget alone even exits 0 then.
+            if "unable to remove" in forget.stderr or "403 Forbidden" in forget.stderr:
+                raise Failure(
+                    f"restic forget could not delete old snapshots on {restic.repository} (the server refuses "
+                    "deletes: an append-only credential?): set sams:backup.forget to false and prune on the "
+                    "backup server (docs/backup_targets.md)"
+                )
+            if forget.returncode != 0:
+                raise Failure(restic.explain(forget, "forget"))
             steps.append("applied the retention")
         check = check_args(cfg, started.date())
         record["check"] = {"result": "failed", "args": check[1:]}
@@ -308,6 +353,8 @@ def run_copy(cfg: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"started": iso(started), "repository": restic.repository}
     from_repo = ["--from-repo", source, "--from-password-file", cfg["password_file"]]
     try:
+        restic.reach()
+        Restic(cfg, source, source_env).reach()
         proc = restic.run("cat", "config", check=False)
         if proc.returncode == RESTIC_NO_REPOSITORY:
             # The same chunker parameters as the source: its chunks deduplicate in the copy too.
@@ -397,10 +444,12 @@ def restore_mailbox(cfg: dict[str, Any], address: str, folder: str | None, wante
         if not source.is_dir():
             raise Failure(f"snapshot {snap['short_id']} ({snap['time'][:19]}) has no {sub}")
         restored = kept = 0
+        expected: dict[str, int] = {}  # IMAP mailbox -> the messages its Maildir holds now
         # INBOX alone is the Maildir's own cur/new/tmp; other folders are its .Name subdirectories.
         dirs = [source] if sub != maildir or folder == "INBOX" else [source, *sorted(source.glob(".*"))]
         for mdir in dirs:
             target = sub if mdir == source else sub / mdir.name
+            name = target.name[1:] if target != maildir else "INBOX"
             present = {
                 maildir_key(p.name) for d in ("cur", "new") if (target / d).is_dir() for p in (target / d).iterdir()
             }
@@ -417,14 +466,35 @@ def restore_mailbox(cfg: dict[str, Any], address: str, folder: str | None, wante
                     shutil.copy2(msg, dest)
                     os.chown(dest, vm["uid"], vm["uid"])
                     restored += 1
-        mailbox = "*" if folder is None else folder
-        proc = subprocess.run(["doveadm", "force-resync", "-u", address, mailbox], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise Failure(f"doveadm force-resync -u {address}: {proc.stderr.strip()}")
+            expected[name] = sum(1 for d in ("cur", "new") for _ in (target / d).iterdir())
+        resync(address, "*" if folder is None else folder, expected)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"mailbox": address, "folder": folder, "snapshot": snap["short_id"], "time": snap["time"],
             "restored": restored, "already_there": kept}  # fmt: skip
+
+
+def resync(address: str, mailbox: str, expected: dict[str, int], tries: int = 10) -> None:
+    """doveadm force-resync until Dovecot's index counts every message file: a scan in the same second
+    as the last change of cur/ can miss files (Dovecot trusts the directory's mtime to the second)."""
+    counts: dict[str, int] = {}
+    for _ in range(tries):
+        time.sleep(1.05 - time.time() % 1)  # into the next second after the last file was written
+        proc = subprocess.run(["doveadm", "force-resync", "-u", address, mailbox], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise Failure(f"doveadm force-resync -u {address} {mailbox}: {proc.stderr.strip()}")
+        for name in expected:
+            status = subprocess.run(
+                ["doveadm", "-f", "flow", "mailbox", "status", "-u", address, "messages", name],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            found = re.search(r"messages=(\d+)", status.stdout)
+            counts[name] = int(found.group(1)) if found else -1
+        if all(counts[n] >= want for n, want in expected.items()):
+            return
+    raise Failure(
+        f"Dovecot counts {counts} messages in {address}'s folders after the restore, the files are {expected}"
+    )
 
 
 def _restore_wal(restic: Restic, cfg: dict[str, Any], snapshots: list[dict[str, Any]]) -> int:
@@ -643,7 +713,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(read_status(cfg), indent=1, sort_keys=True))
             return 0
         if args.command == "check":
-            proc = Restic(cfg).run("check", *(["--read-data"] if args.read_data else []))
+            restic = Restic(cfg)
+            restic.reach()
+            # restic check does not see a killed run's lock as stale; unlock (stale ones only) does.
+            restic.run("unlock")
+            proc = restic.run("check", *(["--read-data"] if args.read_data else []))
             print(proc.stdout.strip())
             return 0
         if args.command == "snapshots":
