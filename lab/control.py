@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab import acme, dns, host, netns, receiver, rootfs, wg
+from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, wg
 from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
@@ -62,6 +62,7 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     dns.start(spec, paths)
     receiver.start(spec, paths, name=f"mx.{dns.RECEIVER_DOMAIN}", domain=dns.RECEIVER_DOMAIN)
     acme.start(spec, paths)  # Pebble: certbot on the host gets its certificates here
+    backupserver.start(paths, spec.inet_ipv4)  # sams:backup's repository
     t["internet"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -100,6 +101,33 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     return report
 
 
+def replace_host(spec: LabSpec, paths: StatePaths, *, cloud_init_timeout: float = 300.0) -> dict[str, float]:
+    """Lose the host and boot a new one in its place: what a dead disk and `pulumi up` after it do.
+
+    The host's whole tree goes (its disk, every file on it); the lab's internet (DNS, receiver,
+    ACME, backup server), the hub and the program's state (the keystore) stay, so the new host
+    boots from the same user-data with the same keys, like a replaced instance. No step counts as
+    applied on it. Returns the timings.
+    """
+    t0 = time.monotonic()
+    with contextlib.suppress(LabError):
+        HostShell.from_state(paths).close_master()
+    host.stop(paths)
+    rootfs.remove_tree(paths.tree)
+    (paths.run / "applied.json").unlink(missing_ok=True)  # lab/program.py's record of what ran there
+    rootfs.fresh_tree(rootfs.ensure_pristine(spec.packages), paths.tree)
+    host.seed(paths.tree, spec, f"sams-lab-{uuid.uuid4().hex[:12]}")
+    mark = time.monotonic()
+    host.start(paths)
+    host.wait_cloud_init(paths, timeout=cloud_init_timeout)
+    booted = time.monotonic() - mark
+    pin_host_keys(paths.tree, spec.vpn_host, paths.known_hosts)
+    shell = HostShell(SshTarget.load(paths.target))
+    shell.wait_ready(timeout=60)
+    shell.open_master()
+    return {"boot_to_cloud_init_done": round(booted, 2), "total": round(time.monotonic() - t0, 2)}
+
+
 def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     """Remove everything the lab made, and nothing else; idempotent.
 
@@ -116,6 +144,8 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     removed += wg.down(paths)
     removed += host.stop(paths)
     removed += acme.stop(paths)
+    removed += backupserver.stop(paths)
+    removed += s3server.stop(paths)  # started by the backup tests, not by up
     removed += receiver.stop(paths)
     removed += dns.stop(paths)
     removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())

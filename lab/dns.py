@@ -44,6 +44,10 @@ LAB_ZONE = "lab.example"
 NAMESERVER = f"ns.{LAB_ZONE}"
 # A mail provider's relay for sams:relay (lab/smarthost.py, started by the relay test).
 SMARTHOST = f"smtp.{LAB_ZONE}"
+# The backup server for sams:backup (lab/backupserver.py, restic-rest-server), started by `up`.
+BACKUP_SERVER = f"backup.{LAB_ZONE}"
+# An S3-compatible object store (lab/s3server.py, rclone serve s3), started by the backup tests.
+S3_SERVER = f"s3.{LAB_ZONE}"
 SENDER_DOMAIN = "sender.example"
 RECEIVER_DOMAIN = "receiver.example"
 TTL = 300
@@ -70,6 +74,8 @@ def lab_records(*, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv
     return [
         ZoneRecord(NAMESERVER, "A", TTL, inet_ipv4),
         ZoneRecord(SMARTHOST, "A", TTL, inet_ipv4),
+        ZoneRecord(BACKUP_SERVER, "A", TTL, inet_ipv4),
+        ZoneRecord(S3_SERVER, "A", TTL, inet_ipv4),
         # The provider's reverse DNS (Vultr's ReverseIpv4 for real): PTR = hostname = HELO.
         ZoneRecord(ptr(public_ipv4), "PTR", TTL, zonefile.absolute(hostname)),
         ZoneRecord(ptr(inet_ipv4), "PTR", TTL, zonefile.absolute(sender_mx)),

@@ -26,8 +26,9 @@ from typing import Any
 
 import mockrun
 from cloudinit import BASE_PACKAGES
+from components.backup.plan import BACKUP_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
-from lab import acme, dns
+from lab import acme, backupserver, dns
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
 from lab.ssh import HostShell
@@ -42,7 +43,7 @@ RECEIVER_HOST = 20
 # the stack's options need (ClamAV, SASL for a relay login), which lab tests turn on; while ClamAV is
 # off its step stops its units. Debian's kernels have WireGuard built in but this machine's has not:
 # add the userspace one.
-LAB_PACKAGES = (*MAIL_PACKAGES, *RELAY_SASL_PACKAGES, *CLAMAV_PACKAGES, "wireguard-go")
+LAB_PACKAGES = (*MAIL_PACKAGES, *RELAY_SASL_PACKAGES, *CLAMAV_PACKAGES, *BACKUP_PACKAGES, "wireguard-go")
 BUILD_IMAGE = Path(__file__).resolve().parent / "docker" / "build_postgres_image.sh"
 
 
@@ -53,6 +54,7 @@ class LabKeys:
     hub_private_key: str
     hub_public_key: str
     acme_server_ca: str = ""  # PEM: the CA of the lab's ACME server (lab/acme.py), sams:acme.serverCa
+    backup_password: str = ""  # the host's login on the lab's backup server (lab/backupserver.py)
 
 
 def lab_keys(paths: StatePaths) -> LabKeys:
@@ -83,6 +85,7 @@ def lab_keys(paths: StatePaths) -> LabKeys:
         private,
         wireguard_public_key(private),
         acme.server_ca(paths),
+        backupserver.password(paths),
     )
 
 
@@ -94,6 +97,13 @@ def _config(keys: LabKeys) -> dict[str, str]:
     cfg["sams:adminSshKeys"] = json.dumps([keys.ssh_public_key])
     if keys.acme_server_ca:
         cfg.update(acme.stack_overrides(cfg, keys.acme_server_ca))
+        # The backup server's certificate comes from the same CA (acme.issue).
+        backup = json.loads(cfg.get("sams:backup", "{}"))
+        backup["serverCa"] = keys.acme_server_ca
+        cfg["sams:backup"] = json.dumps(backup)
+    if keys.backup_password:
+        cfg["sams:backupKeyId"] = backupserver.USER
+        cfg["sams:backupKeySecret"] = keys.backup_password
     return cfg
 
 
