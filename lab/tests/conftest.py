@@ -28,6 +28,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: boots the local nspawn/WireGuard lab (needs root and host tools)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that destroy and rebuild the host run last, so every other test meets the first host."""
+    items.sort(key=lambda item: item.get_closest_marker("replaces_host") is not None)
+
+
 @dataclass
 class Lab:
     paths: StatePaths
