@@ -362,9 +362,17 @@ def test_nothing_stops_while_a_backup_runs(mail: World, before: dict[str, Any]) 
     assert seen["failures"] == [] and seen["rounds"] >= 5, seen
     assert running in ("activating", "inactive"), running
     assert status(lab)["result"] == "ok"
-    # The retention ran (keep: 7 daily, 5 weekly, 12 monthly): of today's runs one of each kind is left.
-    kinds = sorted(t for s in snapshots(lab) for t in s["tags"] if t in ("files", "postgres"))
-    assert kinds == ["files", "postgres"], kinds
+    # The retention (keep: 7 daily, 5 weekly, 12 monthly; restic groups by host and paths): with every
+    # snapshot from today, restic keeps each group's newest and, while its buckets are not filled, its
+    # oldest. One more run leaves exactly those two, and this run's snapshots are gone.
+    middle = set(status(lab)["snapshots"].values())
+    assert run_unit(lab)[0]
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for snap in snapshots(lab):
+        groups.setdefault((snap["hostname"], tuple(snap["paths"])), []).append(snap["id"])
+    assert ("mail.sams.test", ("/postgres-base.tar",)) in groups, groups
+    assert {len(ids) for ids in groups.values()} == {2}, groups
+    assert not middle & {i for ids in groups.values() for i in ids}, (middle, groups)
 
 
 # --- one mailbox, one folder ---------------------------------------------------------------------------
