@@ -74,7 +74,7 @@ for user in users:
         with open(name, "wb") as f:
             f.write(head.encode() + bytes(body))
         os.chown(name, 5000, 5000)
-    for d in (f"{root}/{user}", f"{root}/{user}/Maildir", cur):
+    for d in (root, f"{root}/{user}", f"{root}/{user}/Maildir", cur):  # made by root: vmail's again
         os.chown(d, 5000, 5000)
 """
 
