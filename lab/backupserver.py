@@ -16,12 +16,11 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab import acme, dns
-from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
+from lab.proc import daemon_pid, run, start_listener, stop_daemon
 from lab.spec import NAMES, StatePaths, cache_dir
 
 log = logging.getLogger("lab")
@@ -104,24 +103,9 @@ def start(paths: StatePaths, listen: str, *, append_only: bool = False, timeout:
     argv += ["--tls", "--tls-cert", str(cert), "--tls-key", str(key)]
     if append_only:
         argv.append("--append-only")
-    log_file = d / "rest-server.log"
-    with open(log_file, "ab") as output:
-        proc = subprocess.Popen(
-            netns_exec(NAMES.ns_inet, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (d / "rest-server.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    probe = ["python3", "-c", f"import socket; socket.create_connection(({listen!r}, {PORT}), 1)"]
-    while run(netns_exec(NAMES.ns_inet, probe), check=False).returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"restic-rest-server did not start\n--- {log_file} ---\n{tail(log_file)}")
-        time.sleep(0.1)
-    log.info("backup server %s (pid %d) at %s:%d%s", NAME, proc.pid, listen, PORT, " append-only" * append_only)
-    return BackupServer(proc.pid, d)
+    pid = start_listener(NAMES.ns_inet, argv, d, "rest-server", listen, PORT, timeout)
+    log.info("backup server %s (pid %d) at %s:%d%s", NAME, pid, listen, PORT, " append-only" * append_only)
+    return BackupServer(pid, d)
 
 
 def running(paths: StatePaths) -> int | None:

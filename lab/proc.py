@@ -180,3 +180,24 @@ def start_lab_module(ns: str, module: str, args: Sequence[str], directory: Path,
             raise LabError(f"lab.{module} did not start\n--- {log_file} ---\n{tail(log_file)}")
         time.sleep(0.1)
     return proc.pid
+
+
+def start_listener(ns: str, argv: Sequence[str], directory: Path, name: str, address: str, port: int,
+                   timeout: float = 20.0) -> int:  # fmt: skip
+    """A server binary in network namespace `ns`, in a session of its own, its output in
+    <directory>/<name>.log and its pid in <directory>/<name>.pid; returns once address:port accepts a
+    connection (a LabError with the log's tail if it exits or the time runs out first)."""
+    log_file = directory / f"{name}.log"
+    with open(log_file, "ab") as output:
+        proc = subprocess.Popen(
+            netns_exec(ns, argv), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    (directory / f"{name}.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    probe = ["python3", "-c", f"import socket; socket.create_connection(({address!r}, {port}), 1)"]
+    while run(netns_exec(ns, probe), check=False).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"{name} did not start\n--- {log_file} ---\n{tail(log_file)}")
+        time.sleep(0.1)
+    return proc.pid

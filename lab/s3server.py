@@ -9,14 +9,12 @@ trusts as sams:backup.serverCa), SigV4 with one access key. rclone comes from Py
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab import acme, dns
-from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
+from lab.proc import LabError, daemon_pid, start_listener, stop_daemon
 from lab.spec import NAMES, StatePaths
 
 NAME = dns.S3_SERVER
@@ -58,23 +56,8 @@ def start(paths: StatePaths, listen: str, secret_key: str, timeout: float = 20.0
         "--vfs-cache-mode", "writes", "--cache-dir", str(d / "cache"),
         str(d / "data"),
     ]  # fmt: skip
-    log_file = d / "rclone.log"
-    with open(log_file, "ab") as output:
-        proc = subprocess.Popen(
-            netns_exec(NAMES.ns_inet, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (d / "rclone.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    probe = ["python3", "-c", f"import socket; socket.create_connection(({listen!r}, {PORT}), 1)"]
-    while run(netns_exec(NAMES.ns_inet, probe), check=False).returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"rclone serve s3 did not start\n--- {log_file} ---\n{tail(log_file)}")
-        time.sleep(0.1)
-    return S3Server(proc.pid, d, secret_key)
+    pid = start_listener(NAMES.ns_inet, argv, d, "rclone", listen, PORT, timeout)
+    return S3Server(pid, d, secret_key)
 
 
 def stop(paths: StatePaths) -> list[str]:
