@@ -157,7 +157,8 @@ fi
 def disabled_step() -> StepSpec:
     """Backups off: stop the timers an earlier setting started and remove the secrets it left behind
     (the repository itself and its snapshots are not touched)."""
-    script = _remove_timer(UNIT) + _remove_timer(COPY_UNIT) + f"rm -f {PASSWORD_FILE} {ENV_FILE} {COPY_ENV_FILE}\n"
+    leftovers = f"{PASSWORD_FILE} {ENV_FILE} {COPY_ENV_FILE} {CONFIG_FILE} {CA_FILE} {TOOL}"
+    script = _remove_timer(UNIT) + _remove_timer(COPY_UNIT) + f"rm -f {leftovers}\n"
     return StepSpec(name="backup", script=script, description="backups off")
 
 
