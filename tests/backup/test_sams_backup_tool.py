@@ -164,3 +164,15 @@ def test_an_unreachable_repository_fails_fast_naming_it(tmp_path: Path) -> None:
     }
     with pytest.raises(tool.Failure, match=rf"cannot reach the repository rest:http://127.0.0.1:{port}/sams/"):
         tool.Restic(c).reach(tries=2, wait=0.01)
+
+
+def test_the_run_records_what_its_programs_cost() -> None:
+    """The status record's CPU and peak memory are the kernel's figures for the run's children:
+    after a child that touched 64 MiB the peak says at least that."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096])"], check=True)
+    usage = tool.children_usage()
+    assert usage["peak_rss_mib"] >= 64, usage
+    assert usage["cpu_s"] >= 0

@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -323,8 +324,16 @@ def run_backup(cfg: dict[str, Any]) -> dict[str, Any]:
             finished=iso(finished),
             duration_s=round((finished - started).total_seconds(), 1),
         )
+    record.update(children_usage())
     write_status(cfg, record)
     return record
+
+
+def children_usage() -> dict[str, float]:
+    """What the run's programs (restic, its dump command) cost: CPU seconds, and the peak resident
+    memory of the largest of them (the kernel's ru_maxrss, in KiB on Linux)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 # --- the second copy ---------------------------------------------------------------------------------
