@@ -120,6 +120,8 @@ pulumi.export(
         "keep": cfg.backup.keep.model_dump(),
         "forget": cfg.backup.forget,
         "restore": cfg.backup.restore,
+        # SFTP repositories: the line for the backup server's authorized_keys.
+        "sshPublicKey": backup.ssh_public_key,
     },
 )
 # For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from ipaddress import IPv4Network
 
-from settings.errors import Path
+from settings.errors import MISSING, Path
 from settings.mail_list import MailList
-from settings.stack import CLAMAV_MIN_MEMORY_GB, LETS_ENCRYPT, LETS_ENCRYPT_CAA, StackConfig
+from settings.stack import CLAMAV_MIN_MEMORY_GB, LETS_ENCRYPT, LETS_ENCRYPT_CAA, BackupCopy, BackupSettings, StackConfig
 from settings.times import format_duration
 
 # Docker creates docker0 on 172.17.0.0/16 even with host networking: a VPN there would lose its route.
@@ -45,6 +45,7 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
             "restic takes one S3 key from its environment, so an S3 repository cannot be copied to another "
             "S3 repository: make one of them a rest-server (rest:https://...)",
         )
+    yield from check_sftp_pins(cfg)
     if cfg.backup.restore and not cfg.backup.enabled:
         yield ("backup", "restore"), cfg.backup.restore, "restoring needs the repository: set backup.enabled"
     if cfg.oci is not None and cfg.provider == "oci" and vpn.overlaps(cfg.oci.vcn_cidr):
@@ -70,6 +71,24 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
         yield ("wireguard", "network"), str(vpn), "the VPN network must be a private range"
     yield from check_clamav_memory(cfg)
     yield from check_dkim_rotation(cfg)
+
+
+def check_sftp_pins(cfg: StackConfig) -> Iterator[Finding]:
+    """An sftp: repository needs its server's host key pinned, and a pin needs an sftp: repository."""
+    places: list[tuple[Path, BackupSettings | BackupCopy]] = [(("backup",), cfg.backup)]
+    if cfg.backup.copy_to is not None:
+        places.append((("backup", "copyTo"), cfg.backup.copy_to))
+    for path, place in places:
+        sftp = (place.repository or "").startswith("sftp:")
+        if sftp and place.sftp_host_key is None:
+            yield (
+                (*path, "sftpHostKey"),
+                MISSING,
+                f"required with the sftp: repository {place.repository}: the server's public host key, one "
+                "line as in its /etc/ssh/ssh_host_ed25519_key.pub (compare `ssh-keyscan -t ed25519 HOST`)",
+            )
+        if place.sftp_host_key is not None and not sftp:
+            yield (*path, "sftpHostKey"), place.sftp_host_key, "is only for an sftp: repository: remove it"
 
 
 # Vultr's plan ids end in their memory: vc2-1c-2gb, vhf-2c-4gb, voc-c-2c-4gb-50s...

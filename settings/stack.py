@@ -105,9 +105,14 @@ class DmarcSettings(_Config):
     pct: int = Field(default=100, ge=0, le=100)
 
 
-# A restic repository: rest:https://..., s3:https://host/bucket[/path] (restic's own URL forms).
-# SFTP is not offered: it needs an SSH key and a pinned host key on the mail host, not built yet.
-REPOSITORY_PATTERN = r"^(rest:https?://[^\s@]+|s3:https?://[^\s@]+/[^\s@]+)$"
+# A restic repository in one of restic's own URL forms: rest:https://..., s3:https://host/bucket[/path],
+# or SFTP as sftp:user@host:/path (port 22) or sftp://user@host[:port]//path (a single slash: relative
+# to the login's home). The SFTP login is a name, not a secret; the host authenticates with its own
+# SSH key (components/backup) and accepts only the host key pinned in sams:backup.sftpHostKey.
+_HOST = r"([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+_SFTP_USER = r"[A-Za-z0-9._][A-Za-z0-9._-]*"
+SFTP_PATTERN = rf"^sftp:(?://{_SFTP_USER}@{_HOST}(:\d{{1,5}})?/\S+|{_SFTP_USER}@{_HOST}:\S+)$"
+REPOSITORY_PATTERN = rf"^(rest:https?://[^\s@]+|s3:https?://[^\s@]+/[^\s@]+|{SFTP_PATTERN[1:-1]})$"
 # systemd's OnCalendar forms SAMS accepts: a shorthand, or `[weekdays] *-*-* hh:mm[:ss]` (weekdays
 # as Mon or Mon,Thu; dates as systemd writes them, e.g. *-*-* or *-*-01).
 _DAY = "(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
@@ -118,14 +123,18 @@ WEEKDAYS = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
 def _repository(value: str) -> str:
     if value.startswith("sftp:"):
-        raise ValueError(
-            "SFTP repositories are not offered yet (the host would need an SSH key and the server's pinned "
-            "host key): use a rest-server (rest:https://host:8000/path/) or S3 (s3:https://endpoint/bucket)"
-        )
+        if not re.match(SFTP_PATTERN, value):
+            raise ValueError(
+                "not an SFTP repository restic reads: give sftp:user@host:/path or sftp://user@host:port//path"
+            )
+        return value
     if re.search(r"//[^/@]*@", value):
         raise ValueError("no login in the URL: it would be in the stack file; set sams:backupKeyId/KeySecret")
     if not re.match(REPOSITORY_PATTERN, value):
-        raise ValueError("not a restic repository: give rest:https://host:8000/path/ or s3:https://endpoint/bucket")
+        raise ValueError(
+            "not a restic repository: give rest:https://host:8000/path/, s3:https://endpoint/bucket "
+            "or sftp:user@host:/path"
+        )
     return value
 
 
@@ -150,10 +159,17 @@ class BackupKeep(_Config):
     monthly: int = Field(default=12, ge=0)
 
 
+SFTP_HOST_KEY_HELP = (
+    "the SFTP server's public host key, one line as in its /etc/ssh/ssh_host_ed25519_key.pub "
+    "('ssh-ed25519 AAAA...'): the host refuses any other server; required with an sftp: repository"
+)
+
+
 class BackupCopy(_Config):
     """A second copy of the repository (restic copy), e.g. monthly to long-term storage."""
 
     repository: Repository = Field(description="the second restic repository")
+    sftp_host_key: SshPublicKey | None = Field(default=None, description=SFTP_HOST_KEY_HELP)
     schedule: Calendar = Field(default="monthly", description="systemd OnCalendar of `restic copy`")
 
 
@@ -164,10 +180,11 @@ class BackupSettings(_Config):
     repository: Repository | None = Field(
         default=None,
         description=(
-            "the restic repository (rest:https://host:8000/path/ or s3:https://endpoint/bucket/path); "
-            "unset with provider oci or vultr: the program creates a bucket there"
+            "the restic repository (rest:https://host:8000/path/, s3:https://endpoint/bucket/path or "
+            "sftp:user@host:/path); unset with provider oci or vultr: the program creates a bucket there"
         ),
     )
+    sftp_host_key: SshPublicKey | None = Field(default=None, description=SFTP_HOST_KEY_HELP)
     schedule: Calendar = Field(default="*-*-* 02:30:00", description="systemd OnCalendar of the nightly run (UTC)")
     randomized_delay: Duration = Field(
         default=timedelta(hours=1), description="systemd RandomizedDelaySec: spreads many hosts' runs"

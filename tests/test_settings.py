@@ -346,8 +346,9 @@ def test_backup_repository_accepted(tmp_path: Path, repository: str) -> None:
 @pytest.mark.parametrize(
     "repository",
     [
-        "sftp:backup@backup.example.org:/srv/sams",  # needs an SSH key and a pinned host key: not offered
-        "sftp://backup@backup.example.org/sams",  # the old sams:backup.target example
+        "sftp:backup.example.org:/srv/sams",  # no login: restic would log in as root's name
+        "sftp://backup:hunter2@backup.example.org/sams",  # a password in the stack file
+        "sftp:backup@backup.example.org",  # no path
         "rest:https://sams:hunter2@backup.example.org:8000/sams/",  # credentials belong in the secrets
         "s3:https://s3.example.org",  # no bucket
         "/srv/backup",  # a local repository is on the disk it should survive
@@ -358,6 +359,58 @@ def test_bad_backup_repository(tmp_path: Path, repository: str) -> None:
     project, path = _with_backup(tmp_path, f"enabled: true\nrepository: '{repository}'\n")
     (problem,) = _backup_problems(project)
     assert problem.startswith(f"{_where(path, 'repository:')}: sams:backup.repository = {repository!r}: "), problem
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q"
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "sftp:backup@backup.example.org:/srv/sams",
+        "sftp:backup@backup.example.org:sams",
+        "sftp://backup@backup.example.org:2222//srv/sams",
+        "sftp://backup@[2001:db8::5]:2222/sams",
+    ],
+)
+def test_an_sftp_repository_with_its_pinned_host_key(tmp_path: Path, repository: str) -> None:
+    project, _ = _with_backup(tmp_path, f"enabled: true\nrepository: '{repository}'\nsftpHostKey: {HOST_KEY} root@b\n")
+    b = _load_backup(project)
+    assert b.repository == repository and b.sftp_host_key == f"{HOST_KEY} root@b"
+
+
+def test_an_sftp_repository_needs_its_host_key(tmp_path: Path) -> None:
+    """Without a pinned key the host would trust whatever answers on the name: refused, saying how to get it."""
+    project, path = _with_backup(tmp_path, "enabled: true\nrepository: sftp:backup@backup.example.org:/srv/sams\n")
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'sams:backup:')}: sams:backup.sftpHostKey = <missing>: "), problem
+    assert "ssh-keyscan" in problem and "ssh_host_ed25519_key.pub" in problem, problem
+
+
+def test_a_host_key_without_sftp_and_a_bad_one_are_refused(tmp_path: Path) -> None:
+    project, path = _with_backup(
+        tmp_path, f"enabled: true\nrepository: rest:https://b.example.org/x/\nsftpHostKey: {HOST_KEY}\n"
+    )
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'sftpHostKey:')}: sams:backup.sftpHostKey = {HOST_KEY!r}: "), problem
+    assert "only for an sftp: repository" in problem
+    project, path = _with_backup(
+        tmp_path / "bad", "enabled: true\nrepository: sftp:b@b.example.org:/x\nsftpHostKey: AAAAC3Nz\n"
+    )
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'sftpHostKey:')}: sams:backup.sftpHostKey = 'AAAAC3Nz': "), problem
+
+
+def test_an_sftp_copy_needs_its_own_host_key(tmp_path: Path) -> None:
+    body = (
+        "enabled: true\nrepository: rest:https://b.example.org/x/\n"
+        "copyTo:\n  repository: sftp://archive@cold.example.org:23/sams\n"
+    )
+    project, path = _with_backup(tmp_path, body)
+    (problem,) = _backup_problems(project)
+    assert problem.startswith(f"{_where(path, 'copyTo:')}: sams:backup.copyTo.sftpHostKey = <missing>: "), problem
+    project, _ = _with_backup(tmp_path / "ok", body + f"  sftpHostKey: {HOST_KEY}\n")
+    assert _load_backup(project).copy_to.sftp_host_key == HOST_KEY
 
 
 def test_an_s3_repository_needs_its_access_key(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
 * the repository password: the secret `sams:backupPassword`, or generated and kept in state;
   also written to Vault beside the mailbox passwords, so that losing the host and the stack's
   machine still leaves the key (components/backup/vault.py);
+* for an SFTP repository, the host's SSH key (ED25519, generated and kept in state): its public half
+  is the stack output `backup.sshPublicKey`, for the server's authorized_keys;
 * the `backup` step (components/backup/steps.py): restic, sams-backup, its config and timer;
   secrets reach the host only on stdin.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
+import pulumi_tls as tls
 
 from components.backup.plan import (
     COPY_KEY_ID,
@@ -26,8 +29,12 @@ from components.backup.plan import (
     PASSWORD,
     REGION,
     REPOSITORY,
+    SSH_KEY,
     backend,
+    copy_credential_env,
+    credential_env,
     redact,
+    uses_sftp,
 )
 from components.backup.steps import backup_step
 from components.backup.vault import store_backup_key
@@ -44,6 +51,7 @@ class BackupArgs:
 
 class Backup(pulumi.ComponentResource):
     repository: pulumi.Output[str] | None = None  # redacted: no credential in it
+    ssh_public_key: pulumi.Output[str] | None = None  # SFTP: for the server's authorized_keys
 
     def __init__(self, name: str, args: BackupArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:backup:Backup", name, None, opts)
@@ -74,15 +82,17 @@ class Backup(pulumi.ComponentResource):
                 region = storage.region or ""
             self.repository = pulumi.Output.from_input(url).apply(redact)
             key_in_vault = store_backup_key(name, args.settings, self.password, self.repository, self)
-            late = {
-                PASSWORD: self.password,
-                REPOSITORY: pulumi.Output.secret(url),
-                KEY_ID: pulumi.Output.secret(key_id),
-                KEY_SECRET: pulumi.Output.secret(key_secret),
-            }
+            late = {PASSWORD: self.password, REPOSITORY: pulumi.Output.secret(url)}
+            if credential_env(args.settings):  # SFTP has none: its login is the key below
+                late[KEY_ID] = pulumi.Output.secret(key_id)
+                late[KEY_SECRET] = pulumi.Output.secret(key_secret)
             if backend(args.settings) == "s3":
                 late[REGION] = region
-            if cfg.backup.copy_to is not None:
+            if uses_sftp(args.settings):
+                ssh = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
+                late[SSH_KEY] = pulumi.Output.secret(ssh.private_key_openssh)
+                self.ssh_public_key = ssh.public_key_openssh.apply(lambda k: f"{k.strip()} sams-backup@{cfg.hostname}")
+            if copy_credential_env(args.settings):
                 late[COPY_KEY_ID] = pulumi.Output.secret(secrets.get_secret("backupCopyKeyId") or "")
                 late[COPY_KEY_SECRET] = pulumi.Output.secret(secrets.get_secret("backupCopyKeySecret") or "")
         # After the key is in Vault: no snapshot is encrypted with a password only the state holds.
@@ -92,4 +102,4 @@ class Backup(pulumi.ComponentResource):
             RemoteStepArgs(spec, args.tunnel, late=late, after=after),
             pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({"repository": self.repository})
+        self.register_outputs({"repository": self.repository, "sshPublicKey": self.ssh_public_key})

@@ -19,17 +19,25 @@ from components.backup.plan import (
     COPY_UNIT,
     ENV_FILE,
     EXCLUDES,
+    KNOWN_HOSTS_FILE,
     PASSWORD,
     PASSWORD_FILE,
     REPOSITORY,
     RESTORED_MARKER,
+    SFTP_FILES,
+    SFTP_PACKAGES,
     SNAPSHOT_PATHS,
+    SSH_CONFIG_FILE,
+    SSH_KEY,
+    SSH_KEY_FILE,
     STAGING_DIR,
     STATUS_FILE,
     TOOL,
     UNIT,
     copy_credential_env,
     credential_env,
+    known_hosts,
+    uses_sftp,
 )
 from components.database import SUPERUSER
 from components.database.steps import CONTAINER, DATA_DIR, PG_UID, WAL_ARCHIVE
@@ -54,6 +62,7 @@ def tool_config(settings: Settings) -> dict[str, object]:
         "env_file": ENV_FILE,
         "password_file": PASSWORD_FILE,
         "cacert": CA_FILE if backup.server_ca else None,
+        "ssh_config": SSH_CONFIG_FILE if uses_sftp(settings) else None,
         "cache_dir": CACHE_DIR,
         "staging_dir": STAGING_DIR,
         "status_file": STATUS_FILE,
@@ -103,6 +112,18 @@ def backup_step(settings: Settings) -> StepSpec:
     ]
     if backup.server_ca:
         files.append(File(CA_FILE, backup.server_ca.rstrip("\n") + "\n"))
+    sftp = uses_sftp(settings)
+    if sftp:
+        paths = {"ssh_config": SSH_CONFIG_FILE, "ssh_key": SSH_KEY_FILE, "known_hosts": KNOWN_HOSTS_FILE}
+        files += [
+            File(SSH_KEY_FILE, late(SSH_KEY), mode="0600"),
+            File(KNOWN_HOSTS_FILE, known_hosts(settings)),
+            File(SSH_CONFIG_FILE, render("backup", "etc/sams/backup/ssh_config.j2", **paths)),
+        ]
+        no_sftp = ""
+    else:
+        # An SFTP repository given up: its key and pins go with it.
+        no_sftp = f"rm -f {' '.join(SFTP_FILES)}\n"
     if backup.copy_to:
         files += [
             File(COPY_ENV_FILE, "".join(f"{var}={late(name)}\n" for var, name in copy_env.items()), mode="0600"),
@@ -121,7 +142,8 @@ def backup_step(settings: Settings) -> StepSpec:
     if backup.restore:
         # Only on a host that has never had mail: an existing host's data is never replaced by `up`.
         restore = f"/usr/bin/python3 {TOOL} restore-host --if-new --snapshot {backup.restore}\n"
-    checks = "\n".join(f'installed {p} || missing="$missing {p}"' for p in BACKUP_PACKAGES)
+    packages = (*BACKUP_PACKAGES, *(SFTP_PACKAGES if sftp else ()))
+    checks = "\n".join(f'installed {p} || missing="$missing {p}"' for p in packages)
     script = f"""\
 {INSTALLED_FN}
 missing=""
@@ -132,14 +154,14 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 fi
 install -d -m 0700 {CACHE_DIR} {STAGING_DIR}
-{restore}systemctl daemon-reload
+{no_sftp}{restore}systemctl daemon-reload
 systemctl enable --now {UNIT}.timer
 {copy_timer}"""
     return StepSpec(
         name="backup",
         files=tuple(files),
         script=script,
-        late_values=(PASSWORD, REPOSITORY, *env.values(), *copy_env.values()),
+        late_values=(PASSWORD, REPOSITORY, *env.values(), *copy_env.values(), *((SSH_KEY,) if sftp else ())),
         description="encrypted restic snapshots off the host, nightly",
     )
 
@@ -157,7 +179,7 @@ fi
 def disabled_step() -> StepSpec:
     """Backups off: stop the timers an earlier setting started and remove the secrets it left behind
     (the repository itself and its snapshots are not touched)."""
-    leftovers = f"{PASSWORD_FILE} {ENV_FILE} {COPY_ENV_FILE} {CONFIG_FILE} {CA_FILE} {TOOL}"
+    leftovers = " ".join((PASSWORD_FILE, ENV_FILE, COPY_ENV_FILE, CONFIG_FILE, CA_FILE, *SFTP_FILES, TOOL))
     script = _remove_timer(UNIT) + _remove_timer(COPY_UNIT) + f"rm -f {leftovers}\n"
     return StepSpec(name="backup", script=script, description="backups off")
 

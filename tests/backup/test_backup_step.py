@@ -11,7 +11,18 @@ from typing import Any
 import pytest
 
 import mockrun
-from components.backup.plan import CONFIG_FILE, COPY_ENV_FILE, COPY_UNIT, ENV_FILE, PASSWORD_FILE, SNAPSHOT_PATHS, UNIT
+from components.backup.plan import (
+    CONFIG_FILE,
+    COPY_ENV_FILE,
+    COPY_UNIT,
+    ENV_FILE,
+    KNOWN_HOSTS_FILE,
+    PASSWORD_FILE,
+    SNAPSHOT_PATHS,
+    SSH_CONFIG_FILE,
+    SSH_KEY_FILE,
+    UNIT,
+)
 from components.backup.steps import backup_step
 from components.database.steps import WAL_ARCHIVE
 from components.mail.services import VMAIL_ROOT
@@ -104,7 +115,11 @@ def test_backups_off_remove_the_timer_and_the_secrets() -> None:
 def test_scripts_are_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is part of the test tools (see ./run)"
-    for backup in ({"enabled": True, "repository": REST, "restore": "latest"}, {"enabled": False}):
+    for backup in (
+        {"enabled": True, "repository": REST, "restore": "latest"},
+        {"enabled": True, "repository": SFTP, "sftpHostKey": HOST_KEY},
+        {"enabled": False},
+    ):
         script = backup_step(settings_with("lab", backup)).script
         result = subprocess.run(
             [shellcheck, "-s", "sh", "-"], input="#!/bin/sh\n" + script, text=True, capture_output=True
@@ -150,3 +165,71 @@ def test_two_s3_repositories_cannot_be_copied_between() -> None:
         load("lab", cfg, PROJECT)
     assert "sams:backup.copyTo.repository = 's3:https://s3.example.org/archive'" in str(caught.value)
     assert "one S3 key" in str(caught.value)
+
+
+SFTP = "sftp://backup@backup.example.org:2222//srv/restic/sams"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q root@backup"
+
+
+def test_an_sftp_repository_pins_its_server_and_keeps_its_key_root_only() -> None:
+    """The host's SSH key arrives on stdin into a 0600 file; ssh accepts only the pinned host key
+    (the [host]:port form off port 22), never prompts, and restic's ssh reads SAMS's config."""
+    spec = backup_step(settings_with("lab", {"enabled": True, "repository": SFTP, "sftpHostKey": HOST_KEY}))
+    files = {f.path: f for f in spec.files}
+    assert files[SSH_KEY_FILE].content == "@@SAMS_LATE:backup_ssh_key@@" and files[SSH_KEY_FILE].mode == "0600"
+    assert "backup_ssh_key" in spec.late_values
+    # The comment of the pasted line is not part of the pin.
+    assert files[KNOWN_HOSTS_FILE].content == f"[backup.example.org]:2222 {' '.join(HOST_KEY.split()[:2])}\n"
+    ssh = files[SSH_CONFIG_FILE].content
+    for line in (
+        f"IdentityFile {SSH_KEY_FILE}",
+        f"UserKnownHostsFile {KNOWN_HOSTS_FILE}",
+        "StrictHostKeyChecking yes",
+        "BatchMode yes",
+        "IdentitiesOnly yes",
+        "GlobalKnownHostsFile /dev/null",
+    ):
+        assert f"    {line}\n" in ssh, line
+    assert json.loads(files[CONFIG_FILE].content)["ssh_config"] == SSH_CONFIG_FILE
+    assert files[ENV_FILE].content == ""  # no credential in the environment: the key is the login
+    assert "installed openssh-client" in spec.script
+    assert f"rm -f {SSH_KEY_FILE}" not in spec.script
+
+
+def test_leaving_sftp_or_backups_removes_the_key_and_pins() -> None:
+    rest = backup_step(settings_with("lab", {"enabled": True, "repository": REST}))
+    assert f"rm -f {SSH_KEY_FILE} {KNOWN_HOSTS_FILE} {SSH_CONFIG_FILE}" in rest.script
+    assert json.loads(next(f for f in rest.files if f.path == CONFIG_FILE).content)["ssh_config"] is None
+    off = backup_step(settings_with("lab", {"enabled": False}))
+    assert all(path in off.script for path in (SSH_KEY_FILE, KNOWN_HOSTS_FILE, SSH_CONFIG_FILE))
+
+
+def test_an_sftp_copy_is_pinned_beside_the_primary() -> None:
+    backup = {
+        "enabled": True,
+        "repository": "sftp:backup@b1.example.org:/srv/sams",
+        "sftpHostKey": HOST_KEY,
+        "copyTo": {
+            "repository": "sftp://archive@b2.example.org:23/sams",
+            "sftpHostKey": HOST_KEY.replace("IK0", "IK1"),
+        },
+    }
+    spec = backup_step(settings_with("lab", backup))
+    pins = next(f for f in spec.files if f.path == KNOWN_HOSTS_FILE).content.splitlines()
+    assert [p.split()[0] for p in pins] == ["b1.example.org", "[b2.example.org]:23"]
+    assert next(f for f in spec.files if f.path == COPY_ENV_FILE).content == ""
+
+
+def test_the_program_makes_the_sftp_key_and_exports_its_public_half() -> None:
+    backup = {"enabled": True, "repository": SFTP, "sftpHostKey": HOST_KEY}
+    run = mockrun.run("lab", config={**mockrun.stack_config("lab"), "sams:backup": json.dumps(backup)})
+    public = run.outputs["backup"]["sshPublicKey"]
+    assert public.startswith("ssh-ed25519 ") and public.endswith(" sams-backup@mail.sams.test"), public
+    key = next(r for r in run.of_type("tls:index/privateKey:PrivateKey") if r.name == "backup-ssh")
+    assert key.inputs["algorithm"] == "ED25519"
+    command = next(c for c in run.of_type("command:remote:Command") if c.name == "backup-backup-apply")
+    assert command.is_secret("stdin")
+    # Without SFTP there is no such key.
+    plain = mockrun.run("lab")
+    assert plain.outputs["backup"]["sshPublicKey"] is None
+    assert not [r for r in plain.of_type("tls:index/privateKey:PrivateKey") if r.name == "backup-ssh"]

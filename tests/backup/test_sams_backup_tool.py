@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from components.backup.plan import sftp_server
 from components.backup.steps import TOOL_SOURCE
 from tests.scripts import load_script
 
@@ -142,28 +143,67 @@ def test_for_a_copy_rest_logins_move_into_their_urls_and_s3_keys_stay() -> None:
         ("rest:https://sams:pw@backup.example.org/sams/", ("backup.example.org", 443)),
         ("s3:https://s3.example.org/bucket/path", ("s3.example.org", 443)),
         ("s3:http://127.0.0.1:9000/bucket", ("127.0.0.1", 9000)),
+        ("sftp:backup@backup.example.org:/srv/sams", ("backup.example.org", 22)),
+        ("sftp:backup@backup.example.org:sams", ("backup.example.org", 22)),
+        ("sftp://backup@backup.example.org:2222//srv/sams", ("backup.example.org", 2222)),
+        ("sftp://backup@[2001:db8::5]/sams", ("2001:db8::5", 22)),
+        ("sftp:backup@[2001:db8::5]:/srv/sams", ("2001:db8::5", 22)),
         ("/srv/restic", ("", 0)),
     ],
 )
 def test_the_server_a_repository_lives_on(url: str, where: tuple[str, int]) -> None:
     assert tool.endpoint(url) == where
+    if url.startswith("sftp:"):
+        # The program's own reading of the URL (the pinned known_hosts line) names the same server.
+        server = sftp_server(url)
+        assert (server.host, server.port) == where
 
 
-def test_an_unreachable_repository_fails_fast_naming_it(tmp_path: Path) -> None:
-    """restic would retry a refused connection for 15 minutes; the tool says so after its own tries."""
-    import socket
+def test_an_sftp_login_name_stays_in_messages_and_a_password_never_does() -> None:
+    assert (
+        tool.redact("sftp://backup@backup.example.org:2222//srv/sams")
+        == "sftp://backup@backup.example.org:2222//srv/sams"
+    )
+    assert tool.redact("rest:https://sams:p%40ss@b.example.org/sams/") == "rest:https://b.example.org/sams/"
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
+
+def test_restic_reads_the_ssh_config_for_sftp(tmp_path: Path) -> None:
     c = {
-        "repository": f"rest:http://sams:pw@127.0.0.1:{port}/sams/",
+        "repository": "sftp:backup@b.example.org:/srv/sams",
         "env_file": str(tmp_path / "env"),
         "password_file": str(tmp_path / "password"),
         "cache_dir": str(tmp_path),
+        "ssh_config": "/etc/sams/backup/ssh_config",
     }
-    with pytest.raises(tool.Failure, match=rf"cannot reach the repository rest:http://127.0.0.1:{port}/sams/"):
-        tool.Restic(c).reach(tries=2, wait=0.01)
+    assert tool.Restic(c).base[-2:] == ["-o", "sftp.args=-F /etc/sams/backup/ssh_config"]
+    assert "-o" not in tool.Restic({**c, "ssh_config": None}).base
+
+
+@pytest.mark.parametrize(
+    ("stderr", "says"),
+    [
+        ("Host key verification failed.\n", "did not show the pinned host key (sams:backup.sftpHostKey)"),
+        ("backup@b.example.org: Permission denied (publickey).\n", "add the stack output backup.sshPublicKey"),
+        ("ssh: connect to host b.example.org port 22: No route to host\n", "cannot log in to the SFTP server"),
+    ],
+)
+def test_ssh_refusals_say_what_to_do(tmp_path: Path, stderr: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The login check runs ssh as restic will (SAMS's ssh_config, the URL's login, host and port) and
+    turns its refusal into what to do; an ssh that prints what OpenSSH prints stands in for the server."""
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\nprintf '%s' '{stderr}' >&2\nexit 255\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    url = "sftp://backup@b.example.org:2222//srv/sams"
+    c = {"repository": url, "env_file": str(tmp_path / "e"), "password_file": "p", "cache_dir": str(tmp_path),
+         "ssh_config": "/etc/sams/backup/ssh_config"}  # fmt: skip
+    with pytest.raises(tool.Failure) as caught:
+        tool.Restic(c).ssh_login()
+    assert says in str(caught.value) and url in str(caught.value), caught.value
+    assert (tmp_path / "argv").read_text().split() == [
+        "-F", "/etc/sams/backup/ssh_config", "-p", "2222", "backup@b.example.org", "-s", "sftp"
+    ]  # fmt: skip
 
 
 def test_the_run_records_what_its_programs_cost() -> None:

@@ -88,12 +88,30 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def redact(url: str) -> str:
-    return re.sub(r"//[^/@]+@", "//", url)
+    """No password in a URL that is logged or recorded (an SFTP login name stays: it is no secret)."""
+    return re.sub(r"//[^/@:]*:[^/@]*@", "//", url)
+
+
+def sftp_login(url: str) -> tuple[str, str, int]:
+    """The login, host and port of an sftp: repository URL (ValueError for other forms)."""
+    rest = url.removeprefix("sftp:")
+    if rest.startswith("//"):  # sftp://user@host[:port]//path
+        parsed = urllib.parse.urlsplit(rest)
+        if parsed.username and parsed.hostname:
+            return parsed.username, parsed.hostname, parsed.port or 22
+    found = re.match(r"^([^@/]+)@(\[[^]]+\]|[^:/]+):", rest)  # sftp:user@host:path
+    if not url.startswith("sftp:") or not found:
+        raise ValueError(f"not an sftp: repository: {url}")
+    return found.group(1), found.group(2).strip("[]"), 22
 
 
 def endpoint(url: str) -> tuple[str, int]:
-    """The host and port of a rest: or s3: repository URL ("", 0 for other forms)."""
+    """The host and port of a rest:, s3: or sftp: repository URL ("", 0 for other forms)."""
     scheme, _, rest = url.partition(":")
+    if scheme == "sftp":
+        with contextlib.suppress(ValueError):
+            return sftp_login(url)[1:]
+        return "", 0
     if scheme not in ("rest", "s3"):
         return "", 0
     parsed = urllib.parse.urlsplit(rest)
@@ -122,6 +140,9 @@ class Restic:
         self.base = ["restic", "--retry-lock", "10m"]
         if cfg.get("cacert"):
             self.base += ["--cacert", cfg["cacert"]]
+        if cfg.get("ssh_config"):
+            # SFTP: restic's ssh reads SAMS's config (the backup key, the pinned host key, no prompts).
+            self.base += ["-o", f"sftp.args=-F {cfg['ssh_config']}"]
 
     def run(
         self, *args: str, check: bool = True, capture: bool = True, stdout: Any = None
@@ -159,12 +180,31 @@ class Restic:
         for attempt in range(tries):
             try:
                 socket.create_connection((host, port), timeout=10).close()
-                return
+                error = None
+                break
             except OSError as exc:
                 error = exc
                 if attempt + 1 < tries:
                     time.sleep(wait)
+        if error is None:
+            if self.url.startswith("sftp:"):
+                self.ssh_login()
+            return
         raise Failure(f"cannot reach the repository {self.repository} ({host}:{port}): {error}")
+
+    def ssh_login(self) -> None:
+        """Log in to an SFTP server as restic's ssh will and start its sftp subsystem: fail naming the
+        repository when the host key is not the pinned one or the server refuses the host's key (restic
+        itself often exits before ssh's own reason reaches its output)."""
+        user, host, port = sftp_login(self.url)
+        config = ["-F", self.cfg["ssh_config"]] if self.cfg.get("ssh_config") else []
+        argv = ["ssh", *config, "-p", str(port), f"{user}@{host}", "-s", "sftp"]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise Failure(f"the SFTP server of {self.repository} did not answer a login in 120 s") from exc
+        if proc.returncode != 0:
+            raise Failure(ssh_refusal(self.repository, proc.stderr))
 
     def ensure_repository(self) -> bool:
         """Open the repository, or create it where none exists yet; True if it was created."""
@@ -195,6 +235,22 @@ class Restic:
         if not summary.get("snapshot_id"):
             raise Failure(f"restic backup to {self.repository} made no snapshot: {proc.stderr.strip()[-300:]}")
         return summary
+
+
+def ssh_refusal(repository: str, stderr: str) -> str:
+    """What a failed ssh login to an SFTP repository's server means, and what to do about it."""
+    said = " ".join(stderr.strip().splitlines()[-2:])
+    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return (
+            f"the SFTP server of {repository} did not show the pinned host key (sams:backup.sftpHostKey): "
+            f"no snapshot goes to a server that may not be the one named ({said})"
+        )
+    if "Permission denied" in stderr:
+        return (
+            f"the SFTP server of {repository} refused the host's key: add the stack output "
+            f"backup.sshPublicKey to that login's authorized_keys ({said})"
+        )
+    return f"cannot log in to the SFTP server of {repository}: {said}"
 
 
 # --- the nightly run -----------------------------------------------------------------------------------
