@@ -44,7 +44,8 @@ LAB_ZONE = "lab.example"
 NAMESERVER = f"ns.{LAB_ZONE}"
 # A mail provider's relay for sams:relay (lab/smarthost.py, started by the relay test).
 SMARTHOST = f"smtp.{LAB_ZONE}"
-# The backup server for sams:backup (lab/backupserver.py, restic-rest-server), started by `up`.
+# The backup server for sams:backup (lab/backupserver.py, restic-rest-server), started by `up`; the
+# SFTP backup tests add an sshd on the same name (lab/sftpserver.py).
 BACKUP_SERVER = f"backup.{LAB_ZONE}"
 # An S3-compatible object store (lab/s3server.py, rclone serve s3), started by the backup tests.
 S3_SERVER = f"s3.{LAB_ZONE}"
