@@ -104,7 +104,8 @@ def backup_step(settings: Settings) -> StepSpec:
     copy_env = copy_credential_env(settings)
     files = [
         File(TOOL, TOOL_SOURCE.read_text(), mode="0755"),
-        File(CONFIG_FILE, json.dumps(tool_config(settings), indent=1, sort_keys=True) + "\n"),
+        # Root-only: the repository URL arrives as a late value (a created bucket's name and endpoint).
+        File(CONFIG_FILE, json.dumps(tool_config(settings), indent=1, sort_keys=True) + "\n", mode="0600"),
         File(PASSWORD_FILE, late(PASSWORD), mode="0600"),
         File(ENV_FILE, "".join(f"{var}={late(name)}\n" for var, name in env.items()), mode="0600"),
         File(f"/etc/systemd/system/{UNIT}.service", render("backup", f"etc/systemd/system/{UNIT}.service.j2", **ctx)),
