@@ -1,5 +1,6 @@
 """Invariants of every remote step, over every step a mock run of each stack variant stages
-(tests/conftest.py VARIANTS): a new component's step is checked without asking.
+(tests/conftest.py VARIANTS, and one with every optional step on): a new component's step is
+checked without asking.
 
 Read from the staged directories, as CopyToRemote ships them: manifest.json, files/, script.sh.
   * the script is POSIX sh that shellcheck passes;
@@ -28,10 +29,24 @@ TOKEN = re.compile(r"@@SAMS_LATE:([A-Za-z0-9_]+)@@")
 SCRIPT_LATE = re.compile(r"\$\{?SAMS_LATE_([A-Za-z0-9_]+)")
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q"
+# The steps' other forms: ClamAV on, backups to SFTP with a second copy.
+ALL_OPTIONS: dict[str, Any] = {
+    "sams:antivirus": {"clamav": True},
+    "sams:backup": {
+        "enabled": True,
+        "repository": "sftp:backup@backup.example.org:/srv/sams",
+        "sftpHostKey": HOST_KEY,
+        "copyTo": {"repository": "rest:https://archive.example.org/sams/"},
+    },
+}
+STACKS = {**VARIANTS, "lab-all-options": ("lab", ALL_OPTIONS)}
+
+
+@pytest.fixture(scope="module", params=sorted(STACKS))
 def staged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One variant's mock run, its steps staged in a directory of this test's own."""
-    stack, overrides = VARIANTS[request.param]
+    stack, overrides = STACKS[request.param]
     build = tmp_path_factory.mktemp(f"build-{request.param}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAMS_BUILD_DIR", str(build))

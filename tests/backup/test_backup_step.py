@@ -4,8 +4,6 @@ root-only files, a shellcheck-clean script, the new-host restore guarded, and ba
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -110,21 +108,6 @@ def test_backups_off_remove_the_timer_and_the_secrets() -> None:
     assert spec.files == () and spec.late_values == ()
     assert f"systemctl disable --now {UNIT}.timer" in spec.script
     assert f"rm -f {PASSWORD_FILE} {ENV_FILE}" in spec.script
-
-
-def test_scripts_are_shellcheck_clean() -> None:
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is part of the test tools (see ./run)"
-    for backup in (
-        {"enabled": True, "repository": REST, "restore": "latest"},
-        {"enabled": True, "repository": SFTP, "sftpHostKey": HOST_KEY},
-        {"enabled": False},
-    ):
-        script = backup_step(settings_with("lab", backup)).script
-        result = subprocess.run(
-            [shellcheck, "-s", "sh", "-"], input="#!/bin/sh\n" + script, text=True, capture_output=True
-        )
-        assert result.returncode == 0, result.stdout
 
 
 def test_a_second_copy_has_its_own_timer_and_credential() -> None:
