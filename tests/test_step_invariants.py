@@ -7,11 +7,13 @@ Read from the staged directories, as CopyToRemote ships them: manifest.json, fil
   * the late values the manifest declares are exactly those the files and the script use;
   * a file that receives a late value (a secret) is not readable by other users;
   * every path is absolute and normalised, and every listed file is staged;
-  * every step the program registers is staged, and nothing else is.
+  * every step the program registers is staged, and nothing else is;
+  * each step's trigger is the hash of what is shipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -119,3 +121,24 @@ def test_paths_are_absolute_and_every_file_is_staged(staged: dict[str, Any]) -> 
             assert re.fullmatch(r"0[0-7]{3}", f["mode"]), (name, path, f["mode"])
         for service in m["services"]:
             assert all(w.startswith("/") for w in service["watches"]), (name, service)
+
+
+def test_each_trigger_is_the_hash_of_what_is_shipped(staged: dict[str, Any]) -> None:
+    """Change any file, the script, a mode or sams-apply itself, and the step runs again: its
+    CopyToRemote's and Command's trigger is the hash of the staged directory's content."""
+    copies = {c.name.removesuffix("-copy"): c for c in staged["run"].of_type("command:remote:CopyToRemote")}
+    for name, step in staged["steps"].items():
+        (copy,) = [c for c in copies.values() if Path(c.inputs["source"]["path"]).name == name]
+        assert copy.inputs["triggers"][0] == shipped_digest(step), f"{staged['variant']}/{name}"
+
+
+def shipped_digest(step: Path) -> str:
+    """components.remote.steps.digest, recomputed from a staged directory as CopyToRemote ships it."""
+    m = manifest(step)
+    h = hashlib.sha256(json.dumps(m, sort_keys=True).encode())
+    for f in m["files"]:
+        h.update(f["path"].encode() + b"\0" + (step / f["src"]).read_bytes() + b"\0")
+    script = step / "script.sh"
+    h.update(script.read_bytes() if script.exists() else b"")
+    h.update((step / "sams-apply").read_bytes())
+    return h.hexdigest()

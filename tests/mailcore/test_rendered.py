@@ -94,10 +94,25 @@ def _master_services(master_cf: str) -> dict[str, tuple[list[str], dict[str, str
 
 
 def _main_cf(text: str) -> dict[str, str]:
-    return dict(
-        (k.strip(), v.strip())
-        for k, _, v in (line.partition("=") for line in text.splitlines() if line and not line.startswith("#"))
-    )
+    """main.cf as postconf(5) reads it: a line starting with white space continues the one before."""
+    logical: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            assert logical, f"a continuation line with nothing to continue: {line!r}"
+            logical[-1] += " " + line.strip()
+        else:
+            logical.append(line.strip())
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in logical)}
+
+
+def test_main_cf_reader_joins_continuation_lines() -> None:
+    text = "# c\nsmtpd_recipient_restrictions =\n    permit_mynetworks,\n    reject_unauth_destination\nx = 1\n"
+    assert _main_cf(text) == {
+        "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+        "x": "1",
+    }
 
 
 def test_auth_is_never_offered_on_port_25(lab_settings) -> None:
