@@ -157,6 +157,21 @@ def test_main_deploys_dev_then_prod_behind_an_environment() -> None:
         assert order.index("./.github/actions/wireguard:") < order.index(f"{pulumi_steps(job, 'up')[0]['uses']}:up")
 
 
+def test_a_daily_up_advances_a_dkim_rotation_gated_like_a_push() -> None:
+    """Rotation phases change with the clock: the deploy workflow also runs on a schedule, with the
+    same jobs (policy pack, prod behind its reviewers), after the nightly drift check."""
+    wf = workflow("deploy.yml")
+    (cron,) = [c["cron"] for c in wf["on"]["schedule"]]
+    minute, hour, *every_day = cron.split()
+    assert every_day == ["*", "*", "*"], cron  # daily: no phase waits more than a day past its time
+    drift = workflow("drift.yml")["on"]["schedule"][0]["cron"].split()
+    assert (int(hour), int(minute)) > (int(drift[1]), int(drift[0]))
+    jobs = wf["jobs"]
+    assert jobs["prod"]["environment"] == "production" and jobs["prod"]["needs"] == "dev"
+    assert "if" not in jobs["dev"] and "if" not in jobs["prod"]  # no path skips the gate or the policy pack
+    assert all(s["with"]["policyPacks"] == "policy" for job in jobs.values() for s in pulumi_steps(job, "up"))
+
+
 def test_nightly_drift_check_per_stack() -> None:
     wf = workflow("drift.yml")
     assert wf["on"]["schedule"][0]["cron"]
