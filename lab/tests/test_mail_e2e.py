@@ -5,10 +5,11 @@ Clients run in the lab's namespaces: `sams-inet` is the internet (other MTAs, a 
 that enters the namespace (setns) and speaks SMTP, IMAP, POP3 or ManageSieve with Python's
 standard library, verifying the host's certificate against the copy taken from the host.
 
-Users have no passwords until onboarding (the users/Vault issue) sets them: the `mail` fixture
-(`known_passwords`) writes a known ARGON2ID hash per user straight into the database, as the
-superuser, and puts the stored hashes back afterwards; onboarding replaces this. Names resolve
-through the lab DNS (lab/dns.py), which serves the zones the program publishes.
+The users step gives every user a generated first password that only Vault keeps (the lab runs
+no Vault, so no test knows it): the `mail` fixture (`known_passwords`) writes a known hash per user
+straight into the database, as a user's own password change would, and puts the stored hashes back
+afterwards. Names resolve through the lab DNS (lab/dns.py), which serves the zones the program
+publishes.
 """
 
 from __future__ import annotations
@@ -353,11 +354,11 @@ def stored_hashes(lab: Lab) -> dict[str, str | None]:
 def known_passwords(lab: Lab) -> Iterator[dict[str, str]]:
     """A known password per user while the tests run, the stored hashes back afterwards.
 
-    Onboarding (the users/Vault issue) sets real passwords; this stands in for it here and must
-    not leave its own behind for the modules after this one.
+    The users step's first passwords are in Vault only; this stands in for a user's own change and
+    must not leave its own behind for the modules after this one.
     """
     saved = stored_hashes(lab)
-    scheme = lab.settings.config.users.password_scheme  # what onboarding would have written
+    scheme = lab.settings.config.users.password_scheme  # the scheme the users step writes
     write_hashes(lab, {a: sh(lab, f"doveadm pw -s {scheme} -p '{password_of(a)}'").strip() for a in USERS})
     try:
         yield {a: password_of(a) for a in USERS}
