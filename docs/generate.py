@@ -21,8 +21,8 @@ if str(PROJECT) not in sys.path:
 
 from components.firewall.policy import public_ports  # noqa: E402
 from components.mail.clients import client_settings  # noqa: E402
-from settings import Settings, load  # noqa: E402
-from settings.loader import NAMESPACE, SECRET_KEYS  # noqa: E402
+from settings import Settings  # noqa: E402
+from settings.stackfile import read_stack  # noqa: E402
 
 DOCS = PROJECT / "docs"
 # The stack whose users the committed guide is for: the one real mailboxes live on.
@@ -30,13 +30,8 @@ GUIDE_STACK = "prod"
 
 
 def stack_settings(stack: str) -> Settings:
-    """The stack's validated settings, read from Pulumi.<stack>.yaml as the engine would hand them over."""
-    import mockrun
-
-    config = mockrun.stack_config(stack)
-    # Secrets are encrypted in the stack file; the docs need none of them, only that they are set.
-    config.update({f"{NAMESPACE}:{key}": "(secret)" for key in SECRET_KEYS})
-    return load(stack, config, PROJECT)
+    """The stack's validated settings, read from Pulumi.<stack>.yaml (the docs need no secret)."""
+    return read_stack(stack, PROJECT)
 
 
 def gmail_setup_guide(settings: Settings) -> str:

@@ -27,14 +27,10 @@ DOCS = PROJECT / "docs" / "doctor.md"
 
 
 def load_settings(stack: str) -> Any:
-    """The stack's validated settings from Pulumi.<stack>.yaml (secrets only need to be set)."""
-    import mockrun
-    from settings import load
-    from settings.loader import NAMESPACE, SECRET_KEYS
+    """The stack's validated settings from Pulumi.<stack>.yaml (the doctor reads no secret)."""
+    from settings.stackfile import read_stack
 
-    config = mockrun.stack_config(stack)
-    config.update({f"{NAMESPACE}:{key}": "(secret)" for key in SECRET_KEYS})
-    return load(stack, config, PROJECT)
+    return read_stack(stack, PROJECT)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.settings import SETTINGS, set_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
+
+from settings.stackfile import encode_config, stack_file_config
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -320,17 +321,8 @@ class RecordingMonitor(pmocks.MockMonitor):
 
 
 def stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
-    """The `config:` map of Pulumi.<stack>.yaml as the engine hands it over (JSON for objects)."""
-    data = yaml.safe_load((project_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
-    return {k: encode_config(v) for k, v in (data.get("config") or {}).items()}
-
-
-def encode_config(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """The `config:` map of Pulumi.<stack>.yaml as the engine hands it over (settings/stackfile.py)."""
+    return stack_file_config(stack, project_dir)
 
 
 def run(

@@ -107,8 +107,11 @@ def _validate(model: type[BaseModel], data: Any, source: _Source) -> Any:
         raise SettingsError(source.from_validation(exc)) from None
 
 
-def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Settings:
-    """Validate the stack's config and mail list; raise SettingsError listing every problem."""
+def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath, *, secrets_required: bool = True) -> Settings:
+    """Validate the stack's config and mail list; raise SettingsError listing every problem.
+
+    `secrets_required=False` (the tools' reader, settings/stackfile.py) skips only the checks that a
+    secret the stack needs is set: the tools never read one from the stack file."""
     config_file = f"Pulumi.{stack}.yaml"
     stack_file = project_dir / config_file
     located_cfg = load_located(stack_file.read_text(), config_file) if stack_file.exists() else Located({})
@@ -117,36 +120,8 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath) -> Sett
     data = stack_config_data(raw_config)
     cfg: StackConfig = _validate(StackConfig, data, cfg_source)
     problems = cfg_source.findings(check_stack(cfg))
-    if cfg.relay and cfg.relay.username and f"{NAMESPACE}:relayPassword" not in raw_config:
-        problems.append(
-            cfg_source.problem(
-                ("relayPassword",),
-                MISSING,
-                "required when sams:relay.username is set: pulumi config set --secret sams:relayPassword ...",
-            )
-        )
-
-    repository = cfg.backup.repository if cfg.backup.enabled else None
-    if repository and repository.startswith("s3:"):
-        for key in ("backupKeyId", "backupKeySecret"):
-            if f"{NAMESPACE}:{key}" not in raw_config:
-                problems.append(
-                    cfg_source.problem(
-                        (key,),
-                        MISSING,
-                        f"required by the s3 repository in sams:backup.repository (its access key): "
-                        f"pulumi config set --secret sams:{key} ...",
-                    )
-                )
-
-    if cfg.acme.challenge == "dns-01-cloudflare" and f"{NAMESPACE}:acmeCloudflareToken" not in raw_config:
-        problems.append(
-            cfg_source.problem(
-                ("acmeCloudflareToken",),
-                MISSING,
-                "required by acme.challenge dns-01-cloudflare: pulumi config set --secret sams:acmeCloudflareToken ...",
-            )
-        )
+    if secrets_required:
+        problems += list(_missing_secrets(cfg, raw_config, cfg_source))
 
     mail_rel = cfg.mail_list or f"stacks/{stack}/mail_list.yml"
     mail_path = project_dir / mail_rel
@@ -192,3 +167,37 @@ def from_pulumi(project_dir: FsPath) -> Settings:
     raw: dict[str, Any] = dict(runtime_config.get_config_env())
     raw.update(runtime_config.CONFIG.get())
     return load(pulumi.get_stack(), raw, project_dir)
+
+
+def _missing_secrets(cfg: StackConfig, raw_config: Mapping[str, Any], cfg_source: _ConfigSource) -> Iterable[Problem]:
+    """The secrets this stack's settings need that `pulumi config set --secret` has not set."""
+    if cfg.relay and cfg.relay.username and f"{NAMESPACE}:relayPassword" not in raw_config:
+        yield (
+            cfg_source.problem(
+                ("relayPassword",),
+                MISSING,
+                "required when sams:relay.username is set: pulumi config set --secret sams:relayPassword ...",
+            )
+        )
+
+    repository = cfg.backup.repository if cfg.backup.enabled else None
+    if repository and repository.startswith("s3:"):
+        for key in ("backupKeyId", "backupKeySecret"):
+            if f"{NAMESPACE}:{key}" not in raw_config:
+                yield (
+                    cfg_source.problem(
+                        (key,),
+                        MISSING,
+                        f"required by the s3 repository in sams:backup.repository (its access key): "
+                        f"pulumi config set --secret sams:{key} ...",
+                    )
+                )
+
+    if cfg.acme.challenge == "dns-01-cloudflare" and f"{NAMESPACE}:acmeCloudflareToken" not in raw_config:
+        yield (
+            cfg_source.problem(
+                ("acmeCloudflareToken",),
+                MISSING,
+                "required by acme.challenge dns-01-cloudflare: pulumi config set --secret sams:acmeCloudflareToken ...",
+            )
+        )

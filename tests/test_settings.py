@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -478,3 +481,59 @@ def test_the_old_backup_keys_are_refused(tmp_path: Path) -> None:
         f"{_where(path, 'retentionDays:')}: sams:backup.retentionDays = 30: unknown key "
         "(check its spelling; keys are listed in docs/settings.md)",
     ]
+
+
+# --- the tools' stack reader (settings/stackfile.py) ---------------------------------------------------
+
+SHIPPED_STACKS = sorted(p.name.split(".")[1] for p in PROJECT.glob("Pulumi.*.yaml"))
+
+
+@pytest.mark.parametrize("stack", SHIPPED_STACKS)
+def test_tools_read_every_shipped_stack_without_its_secrets(stack: str) -> None:
+    """The stack files hold no decryptable secret; the tools' reader validates everything else."""
+    from settings.stackfile import read_stack, stack_file_config
+
+    s = read_stack(stack, PROJECT)
+    assert s.stack == stack and s.mail.domains
+    assert stack_file_config(stack, PROJECT) == mockrun.stack_config(stack)  # the one reader
+
+
+def test_up_still_requires_the_secrets_a_stack_needs(tmp_path: Path) -> None:
+    """Only the tools skip the secret checks: the program's own load still names a missing one."""
+    project, _ = _with_backup(tmp_path, "enabled: true\nrepository: s3:https://s3.example.org/bucket\n")
+    from settings.stackfile import read_stack
+
+    assert read_stack("prod", project).config.backup.repository == "s3:https://s3.example.org/bucket"
+    assert any("sams:backupKeyId = <missing>" in p for p in _backup_problems(project))
+
+
+@pytest.mark.parametrize("stack", SHIPPED_STACKS)
+def test_password_rotation_reads_every_shipped_stack(stack: str) -> None:
+    """`python -m components.users rotate --stack S` gets past the stack file on every shipped stack
+    and asks only for what it really needs (Vault), not for the relay's or the backups' secrets."""
+    from settings.stackfile import read_stack
+
+    domain, user = read_stack(stack, PROJECT).mail.mailboxes[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "components.users", "rotate", "--stack", stack, "--user", f"{user.name}@{domain.name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode != 0
+    assert "VAULT_TOKEN" in result.stderr and "sams:" + "relayPassword" not in result.stderr, result.stderr
+
+
+def test_no_production_module_imports_the_test_harness() -> None:
+    """mockrun (Pulumi's mock engine and its SDK internals) is for tests, the lab and the benchmarks."""
+    harness = {"tests", "lab", "bench", "mockrun", ".venv"}
+    offenders = []
+    for path in PROJECT.rglob("*.py"):
+        parts = path.relative_to(PROJECT).parts
+        if parts[0] in harness or parts[0].startswith("."):
+            continue
+        if re.search(r"^\s*(import mockrun|from mockrun\b)", path.read_text(), re.M):
+            offenders.append(str(path.relative_to(PROJECT)))
+    assert offenders == []

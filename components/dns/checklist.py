@@ -9,11 +9,12 @@ after `pulumi up` are shown as the stack output that holds them.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-import mockrun
 from components.dns.plan import Ref, mta_sts_policy, plan, value_text
 from components.keys.rotation import DkimPhase, dkim_phase, now
-from settings import Settings, load
+from settings import Settings
+from settings.stackfile import read_stack
 
 PLACEHOLDERS = {
     "ipv4": "<publicIpv4>",
@@ -65,8 +66,11 @@ def checklist(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = No
     return "\n".join(lines)
 
 
+PROJECT = Path(__file__).resolve().parents[2]
+
+
 def for_stack(stack: str) -> str:
-    settings = load(stack, {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS}, mockrun.PROJECT_DIR)
+    settings = read_stack(stack, PROJECT)
     cfg = settings.config
     has_ipv6 = bool(
         (cfg.vultr and cfg.provider == "vultr" and cfg.vultr.enable_ipv6)

@@ -33,8 +33,8 @@ def _fail(message: str) -> SystemExit:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    import mockrun
     from settings import SettingsError, load
+    from settings.stackfile import stack_file_config
 
     parser = argparse.ArgumentParser(prog="python -m components.users", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     rot.add_argument("--config-json", help=argparse.SUPPRESS)  # tests: the stack's config map as JSON
     args = parser.parse_args(argv)
 
-    raw = json.loads(args.config_json) if args.config_json else mockrun.stack_config(args.stack)
+    raw = json.loads(args.config_json) if args.config_json else stack_file_config(args.stack, PROJECT)
     try:
-        settings = load(args.stack, raw, PROJECT)
+        # Rotation needs Vault's token (VAULT_TOKEN) and SSH, none of the stack's own secrets.
+        settings = load(args.stack, raw, PROJECT, secrets_required=False)
     except SettingsError as exc:
         raise _fail(str(exc)) from None
     listed = sorted(f"{u.name}@{d.name}" for d, u in settings.mail.mailboxes)
