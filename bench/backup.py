@@ -37,10 +37,11 @@ from bench.mail_path import Bench, imap_logins, lab_object, ms, pct
 from bench.record import record
 from components.backup.plan import STATUS_FILE, UNIT
 from lab import acme, control, program
+from lab.hostcmd import WAIT_RSPAMD, sh
 from lab.lock import machine_lock
+from lab.session import up_with
 from lab.spec import StatePaths
-from lab.tests.conftest import up_with
-from lab.tests.test_mail_e2e import WAIT_RSPAMD, World, sh, world
+from lab.world import World, world
 
 DOMAIN = "sams.test"
 RUN_LIMIT = 3600.0  # seconds, for one backup run

@@ -31,9 +31,9 @@ from pathlib import Path
 from bench.record import record
 from lab import control, program, rootfs
 from lab.lock import machine_lock
+from lab.netclient import dialogue, in_netns, message
 from lab.spec import NAMES, StatePaths
 from lab.ssh import HostShell
-from lab.tests.test_mail_e2e import dialogue, in_netns, message
 from lab.trixie_chroot import mounted, run_in
 
 RECIPIENT = ("bob", "sams.test")

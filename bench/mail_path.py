@@ -38,11 +38,14 @@ from typing import Any
 
 from bench.record import record
 from lab import control, program
+from lab.dns import SENDER_DOMAIN
+from lab.hostcmd import sh
 from lab.lock import machine_lock
+from lab.netclient import message, tls_context
+from lab.session import Lab
 from lab.spec import StatePaths, state_paths
 from lab.ssh import HostShell
-from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import SENDER_DOMAIN, World, message, sh, tls_context, world
+from lab.world import World, world
 
 SINK_PORT = 2525
 DEADLINE = 120.0  # seconds, for any one load or wait

@@ -10,18 +10,15 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import mockrun
 from lab import control, program
 from lab.lock import machine_lock
-from lab.spec import NAMES, LabSpec, StatePaths
+from lab.session import Lab
+from lab.spec import NAMES, StatePaths
 from lab.ssh import HostShell
-from settings import Settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,24 +28,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that destroy and rebuild the host run last, so every other test meets the first host."""
     items.sort(key=lambda item: item.get_closest_marker("replaces_host") is not None)
-
-
-@dataclass
-class Lab:
-    paths: StatePaths
-    spec: LabSpec
-    settings: Settings
-    run: mockrun.Run
-    shell: HostShell
-    first_apply: program.ApplyReport
-    before: dict[str, set[str]]
-    images: tuple[str, ...]
-
-
-def up_with(lab: Lab, overrides: dict[str, Any]) -> program.ApplyReport:
-    """`pulumi up` of the lab stack with these config overrides (values as in YAML; {}: the stack's own)."""
-    run = program.lab_run(lab.paths, program.lab_keys(lab.paths), overrides)
-    return program.apply(run, lab.paths, shell=lab.shell, images=lab.images)
 
 
 def _lines(cmd: list[str]) -> set[str]:

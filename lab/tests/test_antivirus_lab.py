@@ -28,18 +28,12 @@ from doctor import checks, probe
 from doctor.expect import expected
 from doctor.model import Observations, host_facts
 from lab import program
+from lab.dns import SENDER_DOMAIN
+from lab.hostcmd import WAIT_RSPAMD, sh
+from lab.netclient import mx_attempt, submit_attempt
 from lab.proc import LabError
-from lab.tests.conftest import Lab, up_with
-from lab.tests.test_mail_e2e import (
-    SENDER_DOMAIN,
-    WAIT_RSPAMD,
-    World,
-    mx_attempt,
-    sh,
-    subject,
-    submit_attempt,
-    world,
-)
+from lab.session import Lab, up_with
+from lab.world import World, subject, world
 
 pytestmark = pytest.mark.lab
 

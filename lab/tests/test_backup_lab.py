@@ -36,20 +36,12 @@ import mockrun
 from components.backup.plan import PASSWORD_FILE, STATUS_FILE, UNIT
 from lab import acme, backupserver, control, s3server
 from lab.dns import SENDER_DOMAIN
+from lab.dnsclient import verify_dkim
+from lab.hostcmd import PSQL, WAIT_RSPAMD, sh
+from lab.netclient import imap_logins, message, tls_context
+from lab.session import Lab, up_with
 from lab.spec import NAMES
-from lab.tests.conftest import Lab, up_with
-from lab.tests.test_mail_e2e import (
-    PSQL,
-    WAIT_RSPAMD,
-    World,
-    imap_logins,
-    message,
-    sh,
-    stored_hashes,
-    tls_context,
-    verify_dkim,
-    world,
-)
+from lab.world import World, stored_hashes, world
 
 pytestmark = [pytest.mark.lab, pytest.mark.replaces_host]
 

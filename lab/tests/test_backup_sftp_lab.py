@@ -24,9 +24,11 @@ import pytest
 from components.backup.plan import KNOWN_HOSTS_FILE, SSH_CONFIG_FILE, SSH_KEY_FILE
 from lab import program, sftpserver
 from lab.dns import SENDER_DOMAIN
-from lab.tests.conftest import Lab, up_with
+from lab.hostcmd import sh
+from lab.netclient import message
+from lab.session import Lab, up_with
 from lab.tests.test_backup_lab import backup_config, deliver_many, expunge, mailbox_state, run_unit, tool
-from lab.tests.test_mail_e2e import World, message, sh, world
+from lab.world import World, world
 
 pytestmark = pytest.mark.lab
 

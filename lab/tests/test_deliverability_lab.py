@@ -21,9 +21,12 @@ import pytest
 from components.dns import zonefile
 from lab import dns as labdns
 from lab import receiver
+from lab.dnsclient import query
+from lab.hostcmd import sh
+from lab.netclient import dialogue, message
 from lab.receiver import Verdicts, authentication_results, dmarc_result
-from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import World, dialogue, message, query, sh, subject, world
+from lab.session import Lab
+from lab.world import World, subject, world
 
 RECEIVER = f"someone@{labdns.RECEIVER_DOMAIN}"
 SAMS_DOMAINS = ("sams.test", "other.test")

@@ -31,9 +31,11 @@ from components.keys.rotation import NOW_ENV
 from components.mail.services import DKIM_KEY_DIR, dkim_key_path
 from lab import dns as labdns
 from lab import program, receiver
-from lab.tests.conftest import Lab
+from lab.hostcmd import sh
+from lab.netclient import dialogue
+from lab.session import Lab
 from lab.tests.test_deliverability_lab import RECEIVER, auth_results, query
-from lab.tests.test_mail_e2e import World, dialogue, sh, subject, world
+from lab.world import World, subject, world
 
 pytestmark = pytest.mark.lab
 

@@ -25,8 +25,8 @@ from doctor.model import Finding, Observations, host_facts
 from doctor.report import from_json
 from lab import acme, dns
 from lab.proc import netns_exec
+from lab.session import Lab
 from lab.spec import NAMES
-from lab.tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
 

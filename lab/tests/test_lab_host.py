@@ -12,8 +12,8 @@ import pytest
 
 from components.firewall.policy import NEVER_PUBLIC, public_ports
 from lab import program
+from lab.session import Lab
 from lab.spec import NAMES
-from lab.tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
 

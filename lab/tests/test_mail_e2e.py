@@ -1,289 +1,55 @@
 """The mail system, end to end with real clients: what a user and a sending server see.
 
 Clients run in the lab's namespaces: `sams-inet` is the internet (other MTAs, a user's phone),
-`sams-admin` is the admin's laptop behind the WireGuard tunnel. Each client call forks a child
-that enters the namespace (setns) and speaks SMTP, IMAP, POP3 or ManageSieve with Python's
-standard library, verifying the host's certificate against the copy taken from the host.
-
-The users step gives every user a generated first password that only Vault keeps (the lab runs
-no Vault, so no test knows it): the `mail` fixture (`known_passwords`) writes a known hash per user
-straight into the database, as a user's own password change would, and puts the stored hashes back
-afterwards. Names resolve through the lab DNS (lab/dns.py), which serves the zones the program
-publishes.
+`sams-admin` is the admin's laptop behind the WireGuard tunnel. The clients are lab/netclient.py
+(SMTP, IMAP, POP3 from inside a namespace) and lab/dnsclient.py (DNS, DKIM); the users' known
+passwords and the `World` they use are lab/world.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import email.message
 import email.utils
-import imaplib
-import json
-import os
-import pickle
-import poplib
 import re
-import select
-import signal
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import dkim
 import pytest
 
 from components.mail import services
-from components.remote.steps import File, StepSpec, apply_command, stage
-from lab import acme, program
+from components.remote.steps import File, StepSpec, stage
+from lab import program
 from lab.dns import RECEIVER_DOMAIN, SENDER_DOMAIN  # remote MTAs in sams-inet (SPF for the sender)
+from lab.dnsclient import dns_silent, verify_dkim
+from lab.hostcmd import PSQL, WAIT_OPENDKIM, WAIT_RSPAMD, run_step, sh
+from lab.netclient import (
+    banner,
+    dialogue,
+    imap_count,
+    imap_login_from,
+    imap_logins,
+    imap_plaintext_login,
+    message,
+    mx_attempt,
+    pop3_read,
+    submit_attempt,
+    tls_context,
+)
+from lab.session import Lab
 from lab.spec import NAMES
 from lab.tests import journal
-from lab.tests.conftest import Lab
+from lab.world import DOMAIN, GTUBE, World, subject, world, write_hashes
 
 pytestmark = pytest.mark.lab
-
-T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-DOMAIN = "sams.test"
-USERS = ("alice@sams.test", "bob@sams.test", "tiny@sams.test", "carol@other.test")
-# The GTUBE test string (rspamd rejects it like SpamAssassin's; split so this file is no GTUBE).
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
 # --- running a client inside a lab namespace ---------------------------------------------------
 
 
-def in_netns(ns: str, hosts: dict[str, str], fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
-    """fn(*args) in a forked child that has entered network namespace `ns`; its exception re-raised.
-
-    `hosts` is the child's /etc/hosts (its resolver is this machine's, not the lab DNS): clients
-    connect to the mail host by name, so SNI and certificate name checks are the real ones. The
-    result (or exception) comes back pickled over a pipe.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(read_end)
-            try:
-                fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-                os.close(fd)
-                _resolve_as(hosts)
-                outcome: tuple[bool, Any] = (True, fn(*args))
-            except BaseException as exc:
-                outcome = (False, exc)
-            try:
-                data = pickle.dumps(outcome)
-            except Exception:
-                data = pickle.dumps((False, RuntimeError(repr(outcome[1]))))
-            with os.fdopen(write_end, "wb") as fh:
-                fh.write(data)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    with os.fdopen(read_end, "rb") as fh:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fh], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise TimeoutError(f"client in {ns} took more than {timeout} s")
-            chunk = os.read(fh.fileno(), 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    os.waitpid(pid, 0)
-    ok, value = pickle.loads(b"".join(chunks))
-    if not ok:
-        raise value
-    return value
-
-
-def _resolve_as(hosts: dict[str, str]) -> None:
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, *rest: Any, **kw: Any) -> Any:
-        return real(hosts.get(host, host), *rest, **kw)
-
-    socket.getaddrinfo = getaddrinfo
-
-
-def tls_context(cafile: str) -> ssl.SSLContext:
-    """Verify the host's certificate (from the lab's ACME CA) and its name, TLS 1.2 or newer."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-def message(sender: str, to: str, subject: str, body: str = "hello\n", size: int = 0) -> bytes:
-    msg = email.message.EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate()
-    msg["Message-ID"] = email.utils.make_msgid(domain=sender.split("@")[-1])
-    if size:
-        # Base64-like lines of printable filler: incompressible enough, no long lines.
-        line = (uuid.uuid4().hex * 2)[:76] + "\n"
-        body = body + line * (size // len(line))
-    msg.set_content(body)
-    return msg.as_bytes()
-
-
 # --- clients (run in the child: plain values in and out) ------------------------------------------
-
-
-def submit(host: str, port: int, cafile: str, login: tuple[str, str], sender: str, to: list[str], data: bytes) -> str:
-    """A mail client submitting: 587 with STARTTLS or 465 with implicit TLS, then AUTH; the queue id."""
-    ctx = tls_context(cafile)
-    client = (
-        smtplib.SMTP_SSL(host, port, context=ctx, timeout=30, local_hostname="laptop.example")
-        if port == 465
-        else smtplib.SMTP(host, port, timeout=30, local_hostname="laptop.example")
-    )
-    with client:
-        if port != 465:
-            client.starttls(context=ctx)
-        client.login(*login)
-        client.mail(sender)
-        for rcpt in to:
-            code, text = client.rcpt(rcpt)
-            if code != 250:
-                raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
-        code, text = client.data(data)
-        if code != 250:
-            raise smtplib.SMTPDataError(code, text)
-        return text.decode().rsplit(" ", 1)[-1]
-
-
-Reply = tuple[int, str]
-
-
-def dialogue(host: str, port: int, steps: list[tuple[str, str]], cafile: str = "") -> dict[str, Any]:
-    """A raw SMTP dialogue (as an MTA on port 25 speaks it): EHLO, then each (verb, argument).
-
-    Verb "starttls" upgrades with `cafile`; "data" sends the argument as the message. It stops at
-    the first reply of 500 or more after MAIL; returns the EHLO keywords and every reply.
-    """
-    replies: list[Reply] = []
-    with smtplib.SMTP(host, port, timeout=60, local_hostname="mx.sender.example") as client:
-        client.ehlo()
-        features = sorted(client.esmtp_features)
-        for verb, arg in steps:
-            if verb == "starttls":
-                code, text = client.starttls(context=tls_context(cafile))
-                client.ehlo()
-                features = sorted(client.esmtp_features)
-            elif verb == "data":
-                code, text = client.data(arg.encode())
-            else:
-                code, text = client.docmd(verb, arg)
-            replies.append((code, text.decode(errors="replace")))
-    return {"features": features, "replies": replies}
-
-
-def imap_read(host: str, cafile: str, login: tuple[str, str], marker: str, want: int, wait: float) -> list[bytes]:
-    """IMAPS (993): the INBOX messages whose Subject has `marker`, polled until `want` arrived."""
-    deadline = time.monotonic() + wait
-    with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(cafile), timeout=30) as imap:
-        imap.login(*login)
-        while True:
-            imap.select("INBOX")
-            _, data = imap.search(None, "HEADER", "Subject", marker)
-            numbers = data[0].split()
-            if len(numbers) >= want or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        found = []
-        for n in numbers:
-            _, parts = imap.fetch(n, "(BODY.PEEK[])")
-            found.append(bytes(parts[0][1]))  # type: ignore[index]
-        return found
-
-
-def pop3_read(host: str, cafile: str, login: tuple[str, str], marker: str) -> list[bytes]:
-    """POP3S (995): every message whose Subject has `marker` (left on the server)."""
-    pop = poplib.POP3_SSL(host, 995, context=tls_context(cafile), timeout=30)
-    try:
-        pop.user(login[0])
-        pop.pass_(login[1])
-        found = []
-        for n in range(1, len(pop.list()[1]) + 1):
-            lines = pop.retr(n)[1]
-            raw = b"\r\n".join(lines)
-            if marker.encode() in raw:
-                found.append(raw)
-        return found
-    finally:
-        pop.quit()
-
-
-def imap_plaintext_login(host: str, login: tuple[str, str]) -> dict[str, Any]:
-    """IMAP on 143 without STARTTLS: the capabilities, and what a LOGIN gets."""
-    with imaplib.IMAP4(host, 143, timeout=30) as imap:
-        caps = sorted(imap.capabilities)
-        try:
-            imap.login(*login)
-            result = "logged in"
-        except imaplib.IMAP4.error as exc:
-            result = str(exc)
-        return {"capabilities": caps, "login": result}
-
-
-def query(server: str, names: list[tuple[str, str]], timeout: float = 3.0) -> dict[str, Any]:
-    """(name, type) -> (rcode, AA flag, sorted rdata texts), asked in sams-inet of a DNS server."""
-    import dns.flags
-    import dns.message
-    import dns.query
-    import dns.rcode
-
-    out: dict[str, Any] = {}
-    for name, kind in names:
-        answer = dns.query.udp(dns.message.make_query(name, kind), server, timeout=timeout)
-        rdatas = sorted(r.to_text() for rrset in answer.answer for r in rrset)
-        out[f"{name} {kind}"] = (dns.rcode.to_text(answer.rcode()), bool(answer.flags & dns.flags.AA), rdatas)
-    return out
-
-
-def dns_silent(server: str, name: str) -> bool:
-    """True when an A query over UDP gets no answer at all within 2 s."""
-    import dns.exception
-
-    try:
-        query(server, [(name, "A")], timeout=2.0)
-    except dns.exception.Timeout:
-        return True
-    return False
-
-
-def banner(host: str, port: int) -> str:
-    """The first line a server says; 'silent' (connected, no greeting), 'refused' or 'filtered'."""
-    try:
-        sock = socket.create_connection((host, port), timeout=3)
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError:
-        return "filtered"
-    with sock:
-        sock.settimeout(5)
-        try:
-            return sock.recv(200).decode(errors="replace").splitlines()[0]
-        except (OSError, IndexError):
-            return "silent"
 
 
 # --- the internet's DNS ------------------------------------------------------------------------------
@@ -291,131 +57,13 @@ def banner(host: str, port: int) -> str:
 # remote sender's domain and the receiver's; the host resolves through it from its first boot.
 
 
-def resolver_for(server: str) -> Any:
-    """A dnspython resolver that asks only the lab DNS (installed as the child's default)."""
-    import dns.resolver
-
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [server]
-    resolver.lifetime = 5.0
-    dns.resolver.default_resolver = resolver
-    return resolver
-
-
-def verify_dkim(raw: bytes, server: str) -> dict[str, Any]:
-    """What a receiver does (in sams-inet): verify the DKIM-Signature with the key in the lab DNS."""
-    resolver_for(server)
-    signature = dkim.DKIM(raw)
-    ok = signature.verify()
-    return {"ok": ok, "d": (signature.domain or b"").decode(), "s": (signature.selector or b"").decode()}
-
-
-# Rspamd is ready when its controller answers and its milter socket listens (milter_default_action
-# is tempfail: a message submitted while it starts gets 451).
-WAIT_RSPAMD = f"""for i in $(seq 300); do
-  ss -Hxl src {services.POSTFIX_SPOOL}/{services.RSPAMD_MILTER} | grep -q . &&
-  python3 -c "import urllib.request as u; u.urlopen('http://{services.RSPAMD_CONTROLLER}/ping', timeout=1)" \\
-    2>/dev/null && exit 0
-  sleep 0.2
-done
-exit 1"""
 # --- fixtures -------------------------------------------------------------------------------------
-
-
-def sh(lab: Lab, command: str, *, check: bool = True, stdin: str | None = None) -> str:
-    return lab.shell.run(["sudo", "-n", "sh", "-c", command], check=check, stdin=stdin).stdout.decode()
-
-
-def password_of(address: str) -> str:
-    return f"{address.split('@')[0]}-E2E-pass-1"
-
-
-PSQL = "docker exec -i sams-postgres psql -q -v ON_ERROR_STOP=1 -U postgres -d sams"
-
-
-def write_hashes(lab: Lab, hashes: dict[str, str | None]) -> None:
-    sql = ["BEGIN;"]
-    for address, digest in hashes.items():
-        local, domain = address.split("@")
-        value = "NULL" if digest is None else f"'{digest}'"
-        sql.append(f"UPDATE users SET password_hash = {value} WHERE local_part = '{local}' AND domain = '{domain}';")
-    sql.append("COMMIT;")
-    sh(lab, PSQL, stdin="\n".join(sql))
-    sh(lab, "doveadm auth cache flush >/dev/null")  # as the password runbook does after its UPDATE
-
-
-def stored_hashes(lab: Lab) -> dict[str, str | None]:
-    rows = sh(lab, f"{PSQL} -At", stdin="SELECT local_part || '@' || domain, password_hash FROM users;")
-    found = dict(line.split("|", 1) for line in rows.splitlines() if line)
-    return {a: found.get(a) or None for a in USERS}
-
-
-@contextlib.contextmanager
-def known_passwords(lab: Lab) -> Iterator[dict[str, str]]:
-    """A known password per user while the tests run, the stored hashes back afterwards.
-
-    The users step's first passwords are in Vault only; this stands in for a user's own change and
-    must not leave its own behind for the modules after this one.
-    """
-    saved = stored_hashes(lab)
-    scheme = lab.settings.config.users.password_scheme  # the scheme the users step writes
-    write_hashes(lab, {a: sh(lab, f"doveadm pw -s {scheme} -p '{password_of(a)}'").strip() for a in USERS})
-    try:
-        yield {a: password_of(a) for a in USERS}
-    finally:
-        write_hashes(lab, saved)
-
-
-class World:
-    """The mail host as the internet and the admin's laptop see it."""
-
-    def __init__(self, lab: Lab, cafile: str, passwords: dict[str, str]) -> None:
-        self.lab = lab
-        self.cafile = cafile
-        self.passwords = passwords
-        self.host = lab.settings.config.hostname
-
-    def inet(self, fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
-        return in_netns(NAMES.ns_inet, {self.host: self.lab.spec.public_ipv4}, fn, *args, timeout=timeout)
-
-    def admin(self, fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
-        return in_netns(NAMES.ns_admin, {self.host: self.lab.spec.vpn_host}, fn, *args, timeout=timeout)
-
-    def login(self, address: str) -> tuple[str, str]:
-        return (address, self.passwords[address])
-
-    def submit(self, port: int, user: str, to: list[str], subject: str, sender: str = "", **kw: Any) -> str:
-        sender = sender or user
-        data = message(sender, ", ".join(to), subject, **kw)
-        return self.inet(submit, self.host, port, self.cafile, self.login(user), sender, to, data)
-
-    def read(self, user: str, subject: str, want: int = 1, wait: float = 30) -> list[bytes]:
-        return self.inet(imap_read, self.host, self.cafile, self.login(user), subject, want, wait)
-
-    def mx(self, steps: list[tuple[str, str]]) -> list[Reply]:
-        """A remote MTA (mx.sender.example) talking to port 25."""
-        return self.inet(dialogue, self.host, 25, steps)["replies"]
-
-
-@contextlib.contextmanager
-def world(lab: Lab, directory: Path) -> Iterator[World]:
-    """Passwords for the users; clients trust Pebble's issuing root and intermediate (lab/acme.py)."""
-    cafile = directory / "pebble-issuers.pem"
-    cafile.write_text(acme.issuer_pems(lab.paths, lab.spec.inet_ipv4))
-    # The mail steps have just (re)started Rspamd: wait for its milter, or the first message gets 451.
-    sh(lab, WAIT_RSPAMD)
-    with known_passwords(lab) as passwords:
-        yield World(lab, str(cafile), passwords)
 
 
 @pytest.fixture(scope="module")
 def mail(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with world(lab, tmp_path_factory.mktemp("mail")) as w:
         yield w
-
-
-def subject(tag: str) -> str:
-    return f"e2e-{tag}-{uuid.uuid4().hex[:10]}"
 
 
 # --- submission and reading ----------------------------------------------------------------------
@@ -492,20 +140,6 @@ def test_inbound_refusals(mail: World) -> None:
     assert data[0] == 554 and "Gtube" in data[1], data
 
 
-def mx_attempt(host: str, sender: str, rcpt: str, data: bytes) -> Reply:
-    """One delivery attempt of a remote MTA on port 25: the first refusal (4xx/5xx), else the reply
-    to the message's final dot."""
-    with smtplib.SMTP(host, 25, timeout=60, local_hostname="mx.sender.example") as client:
-        client.ehlo()
-        for verb, arg in (("mail", f"FROM:<{sender}>"), ("rcpt", f"TO:<{rcpt}>"), ("data", "")):
-            code, text = client.docmd(verb, arg)
-            if code >= 400:
-                return code, text.decode(errors="replace")
-        client.send(smtplib.quotedata(data.decode()).encode() + b"\r\n.\r\n")
-        code, text = client.getreply()
-        return code, text.decode(errors="replace")
-
-
 def test_no_mail_is_lost_while_rspamd_is_down(mail: World) -> None:
     """milter_default_action = tempfail: with Rspamd stopped, port 25 answers 451, so the sending MTA
     keeps the message (Postfix took no responsibility for it); once Rspamd is back, the sender's
@@ -525,27 +159,6 @@ def test_no_mail_is_lost_while_rspamd_is_down(mail: World) -> None:
     assert retried[0] == 250, retried
     (got,) = mail.read("bob@sams.test", tag)
     assert b"Authentication-Results:" in got and b"spf=pass" in got  # scanned by Rspamd this time
-
-
-def submit_attempt(
-    host: str, port: int, cafile: str, login: tuple[str, str], sender: str, to: list[str], data: bytes
-) -> Reply:
-    """submit(), answering the refusal (code, text) instead of raising it; (250, queue id) when taken."""
-    try:
-        return 250, submit(host, port, cafile, login, sender, to, data)
-    except smtplib.SMTPRecipientsRefused as exc:
-        ((code, text),) = exc.recipients.values()
-        return code, text.decode(errors="replace")
-    except smtplib.SMTPResponseException as exc:
-        error = exc.smtp_error
-        return exc.smtp_code, error.decode(errors="replace") if isinstance(error, bytes) else error
-
-
-WAIT_OPENDKIM = f"""for i in $(seq 150); do
-  ss -Hxl src {services.POSTFIX_SPOOL}/{services.OPENDKIM_MILTER} | grep -q . && exit 0
-  sleep 0.2
-done
-exit 1"""
 
 
 def test_no_mail_is_lost_while_opendkim_is_down(mail: World) -> None:
@@ -632,26 +245,6 @@ def test_over_quota(mail: World) -> None:
 RESETTER = "198.18.0.67"
 
 
-def imap_login_from(host: str, context: ssl.SSLContext, source: str, user: str, password: str) -> bytes:
-    """One IMAPS LOGIN from the internet address `source` (imaplib cannot choose it): the tagged reply."""
-    raw = socket.create_connection((host, 993), timeout=30, source_address=(source, 0))
-    with context.wrap_socket(raw, server_hostname=host) as tls, tls.makefile("rwb") as f:
-        f.readline()
-        f.write(f'a LOGIN {user} "{password}"\r\n'.encode())
-        f.flush()
-        line = f.readline()
-        while line and not line.startswith(b"a "):  # untagged CAPABILITY lines come first; b"" if closed
-            line = f.readline()
-        return line
-
-
-def imap_logins(host: str, cafile: str, source: str, logins: list[tuple[str, str]]) -> list[str]:
-    """One IMAPS LOGIN per (user, password) from `source`, in turn: "ok" or "failed" for each."""
-    context = tls_context(cafile)
-    replies = [imap_login_from(host, context, source, *login) for login in logins]
-    return ["ok" if reply.startswith(b"a OK") else "failed" for reply in replies]
-
-
 def test_a_password_reset_counts_once_the_runbook_flushes_the_auth_cache(mail: World) -> None:
     """Dovecot caches users (auth_cache_size): after a reset the runbook's way (UPDATE, then `doveadm
     auth cache flush <user>`), the new password works and the old one is refused at once. Before the
@@ -686,18 +279,6 @@ def test_plaintext_imap_login_refused(mail: World) -> None:
     out = mail.inet(imap_plaintext_login, mail.host, mail.login("alice@sams.test"))
     assert "LOGINDISABLED" in out["capabilities"] and "STARTTLS" in out["capabilities"], out
     assert out["login"] != "logged in", out
-
-
-def imap_count(host: str, cafile: str, logins: list[tuple[str, str]], marker: str) -> list[int]:
-    """One IMAPS session per login, in turn: how many INBOX messages have `marker` in the Subject."""
-    counts = []
-    for login in logins:
-        with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(cafile), timeout=30) as imap:
-            imap.login(*login)
-            imap.select("INBOX", readonly=True)
-            _, data = imap.search(None, "HEADER", "Subject", marker)
-            counts.append(len(data[0].split()))
-    return counts
 
 
 def test_a_reused_imap_process_serves_each_user_only_their_mail(mail: World) -> None:
@@ -882,13 +463,6 @@ UNITS = ("dovecot", "opendkim", "rspamd", "redis-server", "sams-postgres", "post
 def main_pids(lab: Lab) -> dict[str, str]:
     out = sh(lab, "for u in " + " ".join(UNITS) + "; do systemctl show -p MainPID --value $u; done")
     return dict(zip(UNITS, out.split(), strict=True))
-
-
-def run_step(lab: Lab, spec: StepSpec, local: Path, stdin: str | None) -> dict[str, Any]:
-    """Ship a staged step and run sams-apply, as the step's CopyToRemote + Command do."""
-    lab.shell.copy_to(str(local), "/var/lib/sams/stage")
-    out = lab.shell.run(apply_command(spec), stdin=stdin).stdout.decode()
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_config_change_reloads_only_postfix(lab: Lab, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from components.database import schema, steps
 from components.remote.steps import stage
 from lab import program
-from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import run_step, sh
+from lab.hostcmd import run_step, sh
+from lab.session import Lab
 
 pytestmark = pytest.mark.lab
 

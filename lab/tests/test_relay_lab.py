@@ -23,8 +23,9 @@ import pytest
 
 from lab import acme, program, smarthost
 from lab.dns import RECEIVER_DOMAIN, SMARTHOST
-from lab.tests.conftest import Lab, up_with
-from lab.tests.test_mail_e2e import World, sh, subject, world
+from lab.hostcmd import sh
+from lab.session import Lab, up_with
+from lab.world import World, subject, world
 
 pytestmark = pytest.mark.lab
 

@@ -22,9 +22,9 @@ from components.dns.plan import mta_sts_id, mta_sts_policy
 from components.tls import autoconfig, certs
 from lab import acme
 from lab.proc import netns_exec
+from lab.session import Lab
 from lab.spec import NAMES
 from lab.tests import journal
-from lab.tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
 

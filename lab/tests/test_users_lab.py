@@ -21,9 +21,9 @@ import mockrun
 from components.database import schema
 from components.users.steps import ARCHIVE_ROOT, TOOL
 from lab import program
+from lab.hostcmd import PSQL, sh
+from lab.session import Lab
 from lab.spec import NAMES
-from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import PSQL, sh
 from tests.users.conftest import Bao
 from tests.users.conftest import bao as bao  # the OpenBao session fixture, shared
 
