@@ -609,3 +609,23 @@ def test_an_append_only_credential_cannot_delete_snapshots(mail: World) -> None:
         backupserver.stop(lab.paths)
         backupserver.start(lab.paths, lab.spec.inet_ipv4)
         up_with(lab, {})
+
+
+def test_turning_backups_off_leaves_nothing_behind(mail: World) -> None:
+    """sams:backup.enabled false: the timers, units, tool, config and secrets leave the host (the
+    repository and its snapshots stay on the server); on again, the nightly run works."""
+    lab = mail.lab
+    assert sh(lab, "ls /etc/sams/backup").split()  # the stack's own setting: on
+    assert run_unit(lab)[0]  # a repository with a snapshot, which turning off must leave alone
+    up_with(lab, {"sams:backup": {**backup_config(lab), "enabled": False}})
+    try:
+        assert sh(lab, "ls -A /etc/sams/backup").strip() == ""
+        assert sh(lab, "test -e /usr/local/sbin/sams-backup && echo left || echo gone").strip() == "gone"
+        for unit in (f"{UNIT}.timer", f"{UNIT}.service", "sams-backup-copy.timer"):
+            state = sh(lab, f"systemctl show -p LoadState --value {unit}").strip()
+            assert state == "not-found", (unit, state)
+        assert (backupserver.directory(lab.paths) / "data" / backupserver.USER / "config").exists()
+    finally:
+        up_with(lab, {})
+    ok, record = run_unit(lab)
+    assert ok and record["result"] == "ok", record
