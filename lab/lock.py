@@ -46,7 +46,7 @@ def machine_lock(*, timeout: float, path: Path = LOCK_PATH) -> Iterator[None]:
             if not said:
                 log.warning("waiting for the lab run holding %s (%s)", path, holder)
                 said = True
-            time.sleep(2)
+            time.sleep(0.1)  # take the lab as soon as its holder lets go
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()} {_cmdline(os.getpid())}\n")
