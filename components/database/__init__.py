@@ -14,18 +14,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_random as random
 
+from components.database.roles import ROLES, SUPERUSER
+from components.database.schema import password_late_name
+from components.database.steps import listen_addresses, postgres_step
+from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from settings import Settings
-
-# The owner role the program migrates with, then read-only lookup roles for the mail daemons.
-ROLES = ("sams_owner", "postfix", "dovecot")
-# The container's superuser: creates the roles, nothing else uses it.
-SUPERUSER = "postgres"
 
 
 @dataclass(frozen=True)
 class DatabaseArgs:
     settings: Settings
-    tunnel: object  # components.remote.Tunnel (typed loosely: remote imports nothing from here)
+    tunnel: Tunnel
     after: Sequence[pulumi.Resource] = ()
 
 
@@ -34,11 +33,6 @@ class Database(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:database:Database", name, None, opts)
-        from components.database.schema import password_late_name
-        from components.database.steps import listen_addresses, postgres_step
-        from components.remote import RemoteStep, RemoteStepArgs, Tunnel
-
-        assert isinstance(args.tunnel, Tunnel)
         self.image = args.settings.config.database.image
         # Listening only on loopback and the WireGuard address: never the public one.
         self.listen_addresses = listen_addresses(args.settings)

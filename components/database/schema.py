@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.database import ROLES
+from components.database.roles import ROLES
 from components.remote.steps import File, late
 from settings.mail_list import MailList
 

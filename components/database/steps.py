@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from components.database import SUPERUSER
+from components.database.roles import SUPERUSER
 from components.database.schema import SQL_DIR, apply_script, password_late_name, schema_files
 from components.remote.steps import File, Service, StepSpec, late
 from components.render import render
