@@ -14,8 +14,8 @@ from typing import Any
 
 from components.dns.plan import Record, Ref, plan, value_text
 from components.firewall.policy import NEVER_PUBLIC, port_policy
+from components.hostpaths import VMAIL_ROOT
 from components.keys.rotation import DkimPhase
-from components.mail.services import VMAIL_ROOT
 from doctor.model import (
     Expected,
     ExpectedRecord,

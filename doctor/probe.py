@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from components.backup.plan import STATUS_FILE
 from components.database.steps import DATA_DIR
-from components.mail.services import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET
+from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET
 from doctor.checks import reverse_name
 from doctor.model import (
     DnsAnswer,

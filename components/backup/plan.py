@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from components.database.steps import WAL_ARCHIVE
-from components.mail.services import VMAIL_ROOT
+from components.hostpaths import VMAIL_ROOT
 from components.users.steps import ARCHIVE_ROOT
 from settings import Settings
 from settings.stack import BackupCopy, BackupSettings

@@ -39,11 +39,11 @@ from components.backup.plan import (
     known_hosts,
     uses_sftp,
 )
-from components.database import SUPERUSER
+from components.database.roles import SUPERUSER
 from components.database.steps import CONTAINER, DATA_DIR, PG_UID, WAL_ARCHIVE
 from components.database.steps import UNIT as POSTGRES_UNIT
-from components.mail.services import INSTALLED_FN, VMAIL_ROOT, VMAIL_UID
-from components.remote.steps import File, StepSpec, late
+from components.hostpaths import VMAIL_ROOT, VMAIL_UID
+from components.remote.steps import INSTALLED_FN, File, StepSpec, late
 from components.render import render
 from settings import Settings
 from settings.times import format_duration

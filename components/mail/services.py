@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from components.database import schema
 from components.firewall.policy import public_ports
+from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
-from components.remote.steps import File, Service, StepSpec, late
+from components.remote.steps import INSTALLED_FN, File, Service, StepSpec, late
 from components.render import render
 from components.tls import certs
 from settings import Settings
@@ -55,8 +56,6 @@ RELAY_PASSWORD_FILE = "/etc/postfix/relay_password"
 VMAIL_USER = "vmail"
 # A fixed id above Dovecot's first_valid_uid (500), so no extra setting is needed to allow it,
 # and the same on every host (backups restore with the right owner).
-VMAIL_UID = 5000
-VMAIL_ROOT = "/var/mail/vmail"
 
 DOVECOT_SQL_CONF = "/etc/dovecot/sql.conf.ext"
 
@@ -79,12 +78,9 @@ MESSAGE_SIZE_LIMIT = 52428800
 # ClamAV (sams:antivirus.clamav): Debian's clamd, asked by Rspamd over systemd's socket for it.
 CLAMAV_PACKAGES: tuple[str, ...] = ("clamav-daemon", "clamav-freshclam", "clamdscan")
 CLAMD_CONF = "/etc/clamav/clamd.conf"
-CLAMD_SOCKET = "/run/clamav/clamd.ctl"  # clamav-daemon.socket's ListenStream
-CLAMAV_DB_DIR = "/var/lib/clamav"
 # Debian's clamav-daemon.socket and .service start only once these exist (their ConditionPathExistsGlob),
 # each in one of the forms freshclam writes (CVD, its patched CLD, the older unpacked .inc directory).
 CLAMAV_FIRST_DATABASES = ("main", "daily")
-CLAMAV_DB_FORMS = ("cvd", "cld", "inc")
 CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
 # How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
@@ -397,7 +393,6 @@ done
 
 
 # Shell: `installed PKG` succeeds when Debian has PKG installed (the packages and antivirus steps).
-INSTALLED_FN = """installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }"""
 
 
 # --- ClamAV ---------------------------------------------------------------------------------------

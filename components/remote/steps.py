@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGE_ROOT = "/var/lib/sams/stage"
+# A shell function for step scripts: is this Debian package installed?
+INSTALLED_FN = """installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }"""
 APPLY_SCRIPT = Path(__file__).resolve().parent / "files" / "sams-apply.py"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from components.mail.services import VMAIL_ROOT
+from components.hostpaths import VMAIL_ROOT
 from components.remote.steps import File, StepSpec, apply_command
 from components.render import render
 from settings import Settings
