@@ -4,7 +4,7 @@ domain in the mail list), and the optional pacing of this host's own deliveries 
 A limit is a leaky bucket, as Rspamd's ratelimit module keeps it in Redis: up to `burst` at once,
 then `count` per `per` as the bucket drains. Messages count one each; recipients count every
 envelope recipient of a message. Over a limit the submission gets a 4xx (451 4.7.1) at the end of
-DATA: nothing is accepted, so nothing bounces, and the client keeps the message and retries.
+DATA: nothing is accepted, so nothing bounces, and the client keeps the message to retry later.
 
 The field names are single words, so the stack config (camelCase keys) and the mail list
 (snake_case keys) share these models.
@@ -47,10 +47,6 @@ class Rate(_Model):
                 f"the window must be between {format_duration(MIN_WINDOW)} and {format_duration(MAX_WINDOW)}"
             )
         return value
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.per.total_seconds()
 
     @property
     def drain_seconds(self) -> int:
