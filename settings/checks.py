@@ -269,3 +269,24 @@ def check_certificate_names(cfg: StackConfig, mail: MailList) -> Iterator[Findin
             f"limit of {MAX_CERT_NAMES}: at most {(MAX_CERT_NAMES - 1) // WEB_NAMES_PER_DOMAIN} domains per stack "
             "with publicWeb (split the domains across stacks, or set publicWeb: false)",
         )
+
+
+def check_outbound_limits(cfg: StackConfig, mail: MailList) -> Iterator[Finding]:
+    """sams:limits.outbound paces this host's own deliveries to other domains' MX hosts."""
+    outbound = cfg.limits.outbound
+    own = {d.name for d in mail.domains}
+    seen: set[str] = set()
+    for i, domain in enumerate(outbound.domains):
+        path: Path = ("limits", "outbound", "domains", i)
+        if domain in own:
+            yield path, domain, "is one of this host's own mail domains: its mail is delivered here, not sent out"
+        elif domain in seen:
+            yield path, domain, "listed twice"
+        seen.add(domain)
+    if outbound.domains and cfg.relay is not None:
+        yield (
+            ("limits", "outbound", "domains"),
+            outbound.domains,
+            "with sams:relay every message leaves through the relay, whose addresses the receivers judge: "
+            "pacing for this host's IP warm-up does not apply (leave the list empty, or remove the relay)",
+        )

@@ -19,6 +19,7 @@ from settings.checks import (
     check_certificate_names,
     check_hostname_zone,
     check_mail_list,
+    check_outbound_limits,
     check_stack,
     split_user_addresses,
 )
@@ -138,6 +139,7 @@ def load(stack: str, raw_config: Mapping[str, Any], project_dir: FsPath, *, secr
     problems += mail_source.findings(check_mail_list(mail))
     problems += cfg_source.findings(check_hostname_zone(cfg, mail))
     problems += cfg_source.findings(check_certificate_names(cfg, mail))
+    problems += cfg_source.findings(check_outbound_limits(cfg, mail))
     if problems:
         raise SettingsError(problems)
     return Settings(stack, cfg, mail, config_file, mail_rel)

@@ -8,6 +8,10 @@ Seed format::
         users:
           - alice                    # shorthand for {name: alice}
           - {name: bob, display_name: Bob Builder, quota: 5G}
+          - name: news               # a newsletter login: its own sending limits (settings/limits.py)
+            limits: {messages: {count: 2000, per: 1h, burst: 500}, recipients: {count: 2000, per: 1h, burst: 500}}
+        limits:                      # the domain's own, all its logins together (optional)
+          messages: {count: 3000, per: 1h, burst: 1000}
         aliases:
           - {name: postmaster, to: [alice]}             # local part, or a full address
           - {name: sales, to: [bob, partner@example.net]}
@@ -20,6 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from settings.limits import LimitsOverride
 from settings.names import DomainName
 
 # Lowercase dot-atom without '+', which is the recipient delimiter (alice+tag@...).
@@ -63,6 +68,9 @@ class User(_Strict):
     name: LocalPart
     display_name: str | None = None
     quota: int | None = Field(default=None, description="bytes; None = the list's default")
+    limits: LimitsOverride | None = Field(
+        default=None, description="this login's sending limits, in place of sams:limits.login (docs/limits.md)"
+    )
 
     @field_validator("quota", mode="before")
     @classmethod
@@ -79,6 +87,10 @@ class Domain(_Strict):
     name: DomainName
     users: list[User] = Field(default_factory=list)
     aliases: list[Alias] = Field(default_factory=list)
+    limits: LimitsOverride | None = Field(
+        default=None,
+        description="the domain's sending limits as a sender domain, in place of sams:limits.domain (docs/limits.md)",
+    )
 
     @field_validator("users", "aliases", mode="before")
     @classmethod

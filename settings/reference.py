@@ -40,6 +40,9 @@ def _default(info: FieldInfo) -> str:
         return "(see below)"
     if isinstance(info.default, timedelta):
         return f"`{format_duration(info.default)}`"
+    if isinstance(info.default, BaseModel):  # in YAML's flow style, as it is written in the stack file
+        fields = info.default.model_dump(mode="json", by_alias=True)
+        return "`{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}`"
     return "`" + str(info.default) + "`" if info.default is not None else "none"
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from settings.limits import LimitsSettings
 from settings.names import DomainName, SshPublicKey, WireGuardKey
 from settings.times import Duration, Instant
 
@@ -375,6 +376,9 @@ class StackConfig(_Config):
     dmarc: DmarcSettings = Field(default_factory=DmarcSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
     antivirus: AntivirusSettings = Field(default_factory=AntivirusSettings)
+    limits: LimitsSettings = Field(
+        default_factory=LimitsSettings, description="sending limits on submission, outbound pacing (docs/limits.md)"
+    )
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dkim: DkimSettings = Field(default_factory=DkimSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)

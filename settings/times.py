@@ -8,17 +8,23 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
 
-_UNITS = {"w": timedelta(weeks=1), "d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-_DURATION = re.compile(r"^(?:\d+[wdhm])+$")
-_PART = re.compile(r"(\d+)([wdhm])")
+_UNITS = {
+    "w": timedelta(weeks=1),
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+}
+_DURATION = re.compile(r"^(?:\d+[wdhms])+$")
+_PART = re.compile(r"(\d+)([wdhms])")
 
 
 def parse_duration(value: Any) -> timedelta:
-    """'48h', '7d', '1d12h', '90m', '2w' -> timedelta. Nothing else: a bare number has no unit."""
+    """'48h', '7d', '1d12h', '90m', '2w', '30s' -> timedelta. Nothing else: a bare number has no unit."""
     if isinstance(value, timedelta):
         return value
     if not isinstance(value, str) or not _DURATION.match(value.strip()):
-        raise ValueError("not a duration: write a number and a unit (m, h, d or w), e.g. 48h, 7d or 1d12h")
+        raise ValueError("not a duration: write a number and a unit (s, m, h, d or w), e.g. 48h, 7d or 1d12h")
     return sum((int(n) * _UNITS[u] for n, u in _PART.findall(value.strip())), timedelta())
 
 
@@ -26,7 +32,7 @@ def format_duration(value: timedelta) -> str:
     """The inverse of parse_duration, in the largest units that divide it: 2 days -> '2d'."""
     seconds = int(value.total_seconds())
     out = ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size:
             out += f"{seconds // size}{unit}"
             seconds %= size

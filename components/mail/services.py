@@ -23,6 +23,7 @@ from components.database import schema
 from components.firewall.policy import public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
+from components.mail import limits
 from components.remote.steps import INSTALLED_FN, File, Service, StepSpec, late
 from components.render import render
 from components.tls import certs
@@ -198,6 +199,7 @@ def postfix_step(settings: Settings) -> StepSpec:
     cfg = settings.config
     relay = cfg.relay
     first_domain = settings.mail.domains[0].name
+    warmup = limits.warmup_context(settings)
     files = [
         File(
             "/etc/postfix/main.cf",
@@ -216,9 +218,13 @@ def postfix_step(settings: Settings) -> StepSpec:
                 message_size_limit=MESSAGE_SIZE_LIMIT,
                 relay=relay,
                 relay_password_file=RELAY_PASSWORD_FILE,
+                **warmup,
             ),
         ),
-        File("/etc/postfix/master.cf", _render("etc/postfix/master.cf.j2", quota_status_socket=QUOTA_STATUS_SOCKET)),
+        File(
+            "/etc/postfix/master.cf",
+            _render("etc/postfix/master.cf.j2", quota_status_socket=QUOTA_STATUS_SOCKET, **warmup),
+        ),
         _pgsql_lookup("virtual_mailbox_domains", "the mail domains"),
         _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
         _pgsql_lookup("virtual_alias_maps", "the aliases"),
@@ -236,12 +242,19 @@ def postfix_step(settings: Settings) -> StepSpec:
             )
         )
         late_values.append(RELAY_PASSWORD)
-    script = """\
+    if warmup["warmup"]:
+        files.append(File(limits.WARMUP_TRANSPORT_MAP, limits.warmup_transport_map(settings)))
+    # Outbound pacing off: its transport table goes with the main.cf lines that named it.
+    unused = "" if warmup["warmup"] else f"rm -f {limits.WARMUP_TRANSPORT_MAP}\n"
+    script = (
+        unused
+        + """\
 # /etc/aliases is read through its indexed copy.
 case "$SAMS_CHANGED" in *"/etc/aliases"*) newaliases ;; esac
 [ -e /etc/aliases.db ] || newaliases
 postfix check
 """
+    )
     return StepSpec(
         name="postfix",
         files=tuple(files),
@@ -505,6 +518,12 @@ def rspamd_step(settings: Settings) -> StepSpec:
         rspamd_file("local.d/milter_headers.conf"),
         rspamd_file("local.d/neural.conf"),
         rspamd_file("local.d/logging.inc"),
+        rspamd_file("local.d/ratelimit.conf", **limits.ratelimit_context(settings)),
+        *(
+            (rspamd_file(limits.EXEMPT_RCPTS_MAP.removeprefix(f"{RSPAMD_LOCAL}/")),)
+            if settings.config.limits.enabled
+            else ()
+        ),
         File(
             "/etc/redis/redis.conf",
             _render("etc/redis/redis.conf.j2", maxmemory=REDIS_MAXMEMORY),
@@ -514,11 +533,13 @@ def rspamd_step(settings: Settings) -> StepSpec:
         ),
     )
     password_file = f"{RSPAMD_LOCAL}/{RSPAMD_PASSWORD_INC}"
+    # Sending limits off: their map goes too (ratelimit.conf then only says `enabled = false`).
+    unused = "" if settings.config.limits.enabled else f"rm -f {limits.EXEMPT_RCPTS_MAP}\n"
     # rspamadm pw has no stdin mode: the password is on its command line for the few milliseconds
     # it runs (root-only host). The hash is salted, so it changes on every run: the step only runs
     # when its files or late values change, and then one reload picks it up.
     script = f"""\
-install -d -o root -g _rspamd -m 0750 {RSPAMD_LOCAL}/sams
+{unused}install -d -o root -g _rspamd -m 0750 {RSPAMD_LOCAL}/sams
 hash=$(rspamadm pw -q -p "$SAMS_LATE_{RSPAMD_CONTROLLER_PASSWORD}")
 umask 027
 printf 'password = "%s";\\n' "$hash" > {password_file}.new
@@ -528,7 +549,10 @@ mv {password_file}.new {password_file}
 # check below sees a complete configuration wherever Unbound has not started yet.
 /usr/libexec/unbound-helper root_trust_anchor_update >/dev/null
 unbound-checkconf >/dev/null
-rspamadm configtest -q
+# configtest passes a ratelimit rule whose selector or bucket Rspamd cannot parse (it only logs that,
+# and drops the limit): fail the step instead.
+check=$(rspamadm configtest 2>&1) || {{ printf '%s\n' "$check" >&2; exit 1; }}
+case "$check" in *"bad ratelimit"*|*"cannot parse bucket"*) printf '%s\n' "$check" >&2; exit 1 ;; esac
 systemctl reload rspamd
 """
     return StepSpec(
