@@ -496,6 +496,7 @@ def rspamd_step(settings: Settings) -> StepSpec:
                 address=RESOLVER_ADDRESS,
                 forwarders=[str(a) for a in settings.config.resolver.forwarders],
                 dnssec=settings.config.resolver.dnssec,
+                reserved_zones=settings.config.resolver.reserved_zones,
             ),
         ),
         rspamd_file("local.d/greylist.conf"),
