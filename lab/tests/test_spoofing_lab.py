@@ -113,6 +113,14 @@ def test_submission_refuses_a_from_the_login_did_not_send(mail: World, case: str
     assert at_receiver(mail, tag, wait=3) == [], case  # nothing was queued for another domain
 
 
+def test_null_envelope_sender_vouches_for_no_from(mail: World) -> None:
+    """MAIL FROM:<> passes Postfix's ownership check (no address to own), so it cannot vouch for a From:."""
+    tag = subject("hfrom-null")
+    code, text = send_as(mail, ALICE, "", ["From: Carol <carol@other.test>"], tag)
+    assert code == 554 and text.startswith("5.7.1") and "From:" in text, (code, text)
+    assert at_receiver(mail, tag, wait=3) == []
+
+
 def test_no_from_header_is_refused(mail: World) -> None:
     tag = subject("hfrom-none")
     data = raw_message([f"To: <{RECEIVER}>"], tag)

@@ -119,6 +119,7 @@ def verdicts(lab_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
 
     cases: dict[str, Case] = {**PASSED, **STRANGERS}
     cases.update({name: (headers, ALICE, ALICE, "198.18.0.5") for name, (headers, _) in REFUSED.items()})
+    cases["null envelope sender"] = ([f"From: <{ALICE}>"], "<>", ALICE, "198.18.0.5")
     with scratch(tmp_path_factory.mktemp("rspamd-rules")) as root, mounted(root):
         return scan_all(lab_settings, root, cases)
 
@@ -128,6 +129,13 @@ def test_submitted_from_must_be_the_envelope_sender(verdicts: dict[str, dict[str
     result, why = verdicts[case], REFUSED[case][1]
     assert result["action"] == "reject", (case, result)
     assert why in result["messages"]["smtp_message"], (case, result["messages"])
+
+
+def test_a_null_envelope_sender_vouches_for_no_from(verdicts: dict[str, dict[str, Any]]) -> None:
+    """MAIL FROM:<> passes Postfix's ownership check (there is no address to own): no From: can follow it."""
+    result = verdicts["null envelope sender"]
+    assert result["action"] == "reject", result
+    assert "same address as envelope sender" in result["messages"]["smtp_message"], result["messages"]
 
 
 @pytest.mark.parametrize("case", sorted(PASSED))
