@@ -54,6 +54,13 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
         yield ("wireguard", "network"), str(vpn), f"overlaps Docker's bridge network {DOCKER_DEFAULT_BRIDGE}"
     if cfg.existing is not None and cfg.provider == "existing" and cfg.existing.ipv4 in vpn:
         yield ("existing", "ipv4"), str(cfg.existing.ipv4), f"is inside the VPN network {vpn}"
+    if cfg.resolver.reserved_zones and not cfg.resolver.forwarders:
+        yield (
+            ("resolver", "reservedZones"),
+            cfg.resolver.reserved_zones,
+            "resolving from the root finds nothing under a special-use name: set resolver.forwarders to the "
+            "DNS server that serves these zones",
+        )
     if cfg.acme.challenge == "http-01" and not cfg.public_web:
         yield (
             ("acme", "challenge"),

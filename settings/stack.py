@@ -290,6 +290,13 @@ class ResolverSettings(_Config):
     dnssec: bool = Field(
         default=True, description="validate DNSSEC; off only where the zones above cannot be validated (the lab)"
     )
+    reserved_zones: list[Literal["test", "home.arpa"]] = Field(
+        default_factory=list,
+        description=(
+            "special-use names (RFC 6761) that Unbound answers NXDOMAIN for by itself, to ask the forwarders "
+            "instead: only for a lab whose mail domains live there (the lab's .test domains), never in production"
+        ),
+    )
 
 
 class VaultSettings(_Config):

@@ -148,6 +148,14 @@ CONFIG_CASES = {
         "Pulumi.prod.yaml:10: sams:vultr.plan = 'vc2-1c-2gb': has 2 GB of memory, but antivirus.clamav needs "
         "at least 3",
     ),
+    "reserved zone resolved from the root": (
+        {"sams:resolver": {"reservedZones": ["test"]}},
+        "sams:resolver.reservedZones = ['test']: resolving from the root finds nothing under a special-use name",
+    ),
+    "reserved zone that is not one": (
+        {"sams:resolver": {"forwarders": ["198.51.100.53"], "reservedZones": ["example"]}},
+        "sams:resolver.reservedZones[0] = 'example': Input should be 'test' or 'home.arpa'",
+    ),
     "hostname outside domains": (
         {"sams:hostname": "mx.other.example"},
         "sams:hostname = 'mx.other.example': is in none of the mail list's domains",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 
-from components.dns.plan import Record, Ref, dkim_ref, plan, table, txt_content
+from components.dns.plan import Record, Ref, dkim_ref, plan, report_authorizations, table, txt_content
 from components.keys.derive import dkim_record_value
 from components.keys.rotation import DkimPhase
 from settings import Settings
@@ -38,6 +38,9 @@ class Dns(pulumi.ComponentResource):
     def __init__(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:dns:Dns", name, None, opts)
         self.records = plan(args.settings, has_ipv6=args.has_ipv6, dkim=args.dkim)
+        # A report address in a domain SAMS does not serve needs a record only its owner can publish.
+        for warning in report_authorizations(args.settings)[1]:
+            pulumi.log.warn(warning, resource=self)
         resolved = resolve_refs(args)
         self.table: pulumi.Output[str] = resolved.apply(lambda r: table(self.records, r))
         if args.settings.config.dns.provider == "cloudflare":

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+from components.firewall.policy import Port, port_policy
 from components.keys.rotation import DkimPhase, phase_without_clock
 from settings import Settings
 from settings.stack import LETS_ENCRYPT_CAA
@@ -83,13 +84,48 @@ def spf(settings: Settings) -> str:
     return " ".join(parts)
 
 
+def dmarc_rua(settings: Settings, domain: str) -> str:
+    """The address a domain's DMARC (and TLS-RPT) reports go to: sams:dmarc.rua or its postmaster."""
+    return settings.config.dmarc.rua or f"postmaster@{domain}"
+
+
 def dmarc(settings: Settings, domain: str) -> str:
     d = settings.config.dmarc
     parts = [f"v=DMARC1; p={d.policy}"]
     if d.pct != 100:
         parts.append(f"pct={d.pct}")
-    parts.append(f"rua=mailto:{d.rua or 'postmaster@' + domain}")
+    parts.append(f"rua=mailto:{dmarc_rua(settings, domain)}")
     return "; ".join(parts)
+
+
+def _within(name: str, domain: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
+
+def report_authorizations(settings: Settings) -> tuple[list[Record], list[str]]:
+    """RFC 7489 section 7.1: a domain whose DMARC reports go to another domain needs that domain's
+    consent, `<domain>._report._dmarc.<rua domain> TXT "v=DMARC1"`, or receivers send no reports.
+
+    Returns the records SAMS publishes (the rua domain is one of its own zones) and a warning for
+    each rua domain outside them (its owner must publish the record; SAMS cannot).
+    """
+    ours = [d.name for d in settings.mail.domains]
+    records: list[Record] = []
+    warnings: list[str] = []
+    for domain in ours:
+        rua = dmarc_rua(settings, domain).rpartition("@")[2].lower()
+        if _within(rua, domain):
+            continue  # the domain itself (or a name under it): no authorization needed
+        name = f"{domain}._report._dmarc.{rua}"
+        zone = next((z for z in sorted(ours, key=len, reverse=True) if _within(rua, z)), None)
+        if zone is None:
+            warnings.append(
+                f"sams:dmarc.rua sends {domain}'s DMARC reports to {rua}, which is not a SAMS domain: "
+                f'{rua} must publish {name} TXT "v=DMARC1" (RFC 7489 section 7.1), or receivers send none'
+            )
+            continue
+        records.append(Record(zone, name, "TXT", "v=DMARC1", f"{rua} accepts DMARC reports about {domain}"))
+    return records, warnings
 
 
 def zone_of(settings: Settings, name: str) -> str:
@@ -131,12 +167,39 @@ def dkim_records(domain: str, phase: DkimPhase) -> list[Record]:
     ]
 
 
+# RFC 6186 / RFC 8314 client services, each with the port policy's service name (firewall/policy.py,
+# whose port it advertises) and its SRV priority: implicit TLS (0) before STARTTLS (10), RFC 8314 5.1.
+CLIENT_SRV: tuple[tuple[str, int, str], ...] = (
+    ("submissions", 0, "RFC 8314: mail submission over implicit TLS"),
+    ("submission", 10, "RFC 6186: mail submission with STARTTLS"),
+    ("imaps", 0, "RFC 6186: IMAP over TLS"),
+    ("imap", 10, "RFC 6186: IMAP with STARTTLS"),
+    ("pop3s", 0, "RFC 6186: POP3 over TLS"),
+    ("pop3", 10, "RFC 6186: POP3 with STARTTLS"),
+)
+
+
+def client_srv(settings: Settings, domain: str) -> list[Record]:
+    """One SRV per client service, saying what the firewall's port policy does: a service whose port
+    is public points at the host; any other gets target "." (RFC 2782: not offered at this domain)."""
+    cfg = settings.config
+    public: dict[str, Port] = {p.service: p for p in port_policy(cfg) if p.exposure == "public"}
+    records = []
+    for service, priority, purpose in CLIENT_SRV:
+        name = f"_{service}._tcp.{domain}"
+        port = public.get(service)
+        if port:
+            records.append(Record(domain, name, "SRV", "", purpose, srv=(priority, 1, port.number, cfg.hostname)))
+        else:
+            records.append(Record(domain, name, "SRV", "", f"{purpose}: not offered", srv=(0, 0, 0, ".")))
+    return records
+
+
 def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -> tuple[Record, ...]:
     """Every record; `dkim` is the rotation phase (required when sams:dkim.rotation is set)."""
     cfg = settings.config
     dkim_phase = dkim or phase_without_clock(cfg.dkim)
     host = cfg.hostname
-    access = cfg.client_access
     records: list[Record] = []
     host_zone = zone_of(settings, host) if cfg.dns.provider == "cloudflare" else host
     records.append(Record(host_zone, host, "A", Ref("ipv4"), "the mail host"))
@@ -154,11 +217,10 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
                 d,
                 f"_smtp._tls.{d}",
                 "TXT",
-                f"v=TLSRPTv1; rua=mailto:{cfg.dmarc.rua or 'postmaster@' + d}",
+                f"v=TLSRPTv1; rua=mailto:{dmarc_rua(settings, d)}",
                 "TLS-RPT: where senders report TLS failures",
             ),
-            Record(d, f"_submission._tcp.{d}", "SRV", "", "RFC 6186: submission", srv=(0, 1, 587, host)),
-            Record(d, f"_submissions._tcp.{d}", "SRV", "", "RFC 8314: implicit-TLS submission", srv=(0, 1, 465, host)),
+            *client_srv(settings, d),
             *(
                 Record(d, d, "CAA", "", f"{ca} may issue (sams:acme.caaIssuers)", caa=(0, "issue", ca))
                 for ca in cfg.acme.caa_issuers
@@ -176,14 +238,8 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
                 Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
                 Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
             ]
-        if access.imap == "public":
-            rec.append(Record(d, f"_imaps._tcp.{d}", "SRV", "", "RFC 6186: IMAP over TLS", srv=(0, 1, 993, host)))
-        if access.pop3 == "public":
-            rec.append(Record(d, f"_pop3s._tcp.{d}", "SRV", "", "RFC 6186: POP3 over TLS", srv=(0, 1, 995, host)))
-        # RFC 8314: advertise that cleartext IMAP/POP3 are not offered.
-        rec.append(Record(d, f"_imap._tcp.{d}", "SRV", "", "cleartext IMAP not offered", srv=(0, 0, 0, ".")))
-        rec.append(Record(d, f"_pop3._tcp.{d}", "SRV", "", "cleartext POP3 not offered", srv=(0, 0, 0, ".")))
         records += rec
+    records += report_authorizations(settings)[0]
     return tuple(records)
 
 

@@ -504,6 +504,7 @@ def rspamd_step(settings: Settings) -> StepSpec:
                 address=RESOLVER_ADDRESS,
                 forwarders=[str(a) for a in settings.config.resolver.forwarders],
                 dnssec=settings.config.resolver.dnssec,
+                reserved_zones=settings.config.resolver.reserved_zones,
             ),
         ),
         rspamd_file("local.d/greylist.conf"),
@@ -524,6 +525,8 @@ def rspamd_step(settings: Settings) -> StepSpec:
             if settings.config.limits.enabled
             else ()
         ),
+        # Who may claim a SAMS address in From: (submission) or a hosted domain (port 25).
+        rspamd_file("rspamd.local.lua", domains=_domains(settings)),
         File(
             "/etc/redis/redis.conf",
             _render("etc/redis/redis.conf.j2", maxmemory=REDIS_MAXMEMORY),
@@ -562,7 +565,7 @@ systemctl reload rspamd
             Service("unbound", (UNBOUND_CONF,), "restart"),
             # Listening sockets are bound at start: worker changes restart, the rest reloads.
             Service("rspamd", (f"{RSPAMD_LOCAL}/override.d/worker-*",), "restart"),
-            Service("rspamd", (f"{RSPAMD_LOCAL}/local.d/*",), "reload"),
+            Service("rspamd", (f"{RSPAMD_LOCAL}/local.d/*", f"{RSPAMD_LOCAL}/rspamd.local.lua"), "reload"),
             Service("redis-server", ("/etc/redis/redis.conf",), "restart"),
         ),
         script=script,

@@ -354,3 +354,19 @@ def test_roles_sql_takes_every_password_late() -> None:
     sql = schema.roles_sql()
     assert set(TOKEN.findall(sql)) == {schema.password_late_name(r) for r in schema.READERS + (schema.OWNER,)}
     assert "CREATE DATABASE sams OWNER sams_owner" in sql
+
+
+def test_resolver_unblocks_special_use_zones_only_where_asked(lab_settings, relay_settings) -> None:
+    """The lab resolves its .test domains through the lab DNS; other stacks keep Unbound's defaults."""
+    lab = _files(services.mail_steps(lab_settings))[services.UNBOUND_CONF]
+    assert re.search(r'(?m)^    local-zone: "test\." nodefault$', lab), lab
+    assert "local-zone" not in _files(services.mail_steps(relay_settings))[services.UNBOUND_CONF]
+
+
+def test_signing_and_the_from_rules_name_the_same_domains(lab_settings) -> None:
+    """OpenDKIM signs by the From: header only; the From: rules know every hosted domain."""
+    files = _files(services.mail_steps(lab_settings))
+    assert re.search(r"(?m)^SenderHeaders\s+From$", files["/etc/opendkim.conf"])
+    lua = files[f"{services.RSPAMD_LOCAL}/rspamd.local.lua"]
+    hosted = set(re.findall(r'^  \["([^"]+)"\] = true,$', lua, re.M))
+    assert hosted == {d.name for d in lab_settings.mail.domains}
