@@ -9,6 +9,7 @@ from cloudinit import BootSecrets, hub_peer, user_data
 from components.backup import Backup, BackupArgs
 from components.database import Database, DatabaseArgs
 from components.dns import Dns, DnsArgs
+from components.firewall.steps import firewall_step
 from components.host import Host, HostArgs
 from components.host.ready import READY
 from components.keys.resources import HostKeys
@@ -49,9 +50,12 @@ tunnel = Tunnel(
     host_id=host.instance_id,
 )
 ready = RemoteStep("host-ready", RemoteStepArgs(READY, tunnel, after=(host,)))
+# The port policy's nftables on a running host (cloud-init wrote it at first boot): later policy
+# changes, such as monitoring's ports on the tunnel, reach the host before what listens there.
+firewall = RemoteStep("firewall", RemoteStepArgs(firewall_step(settings), tunnel, after=(ready,)))
 # Before the database: on a new host with sams:backup.restore the snapshot is back in place
 # before PostgreSQL first starts and before Postfix and Dovecot exist.
-backup = Backup("backup", BackupArgs(settings, tunnel, after=(ready,)))
+backup = Backup("backup", BackupArgs(settings, tunnel, after=(firewall,)))
 database = Database("database", DatabaseArgs(settings, tunnel, after=(backup,)))
 mail = Mail(
     "mail",
