@@ -16,6 +16,8 @@ from components.keys.resources import HostKeys
 from components.keys.rotation import dkim_phase, now
 from components.mail import Mail, MailArgs
 from components.mail.clients import client_settings
+from components.monitoring import Monitoring, MonitoringArgs
+from components.monitoring.plan import ALERTMANAGER_PORT, NODE_EXPORTER_PORT, PROMETHEUS_PORT
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from components.tls import Tls, TlsArgs
 from components.users import Users, UsersArgs
@@ -97,6 +99,18 @@ tls = Tls(
     ),
 )
 
+# Last: it reads the backup's status record and the certificate the TLS steps installed.
+monitoring = Monitoring(
+    "monitoring",
+    MonitoringArgs(
+        settings,
+        tunnel,
+        webhook_url=secrets.get_secret("monitoringWebhookUrl"),
+        relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
+        after=(tls, users),
+    ),
+)
+
 pulumi.export("publicIpv4", host.public_ipv4)
 pulumi.export("publicIpv6", host.public_ipv6)
 pulumi.export("wireguardAddress", str(cfg.wireguard.address))
@@ -124,6 +138,22 @@ pulumi.export(
         "keep": cfg.backup.keep.model_dump(),
         "forget": cfg.backup.forget,
         "restore": cfg.backup.restore,
+    },
+)
+# Monitoring: where it listens on the tunnel, or (mode external) what the owner's Prometheus loads.
+pulumi.export(
+    "monitoring",
+    {
+        "enabled": cfg.monitoring.enabled,
+        "mode": cfg.monitoring.mode,
+        "nodeExporter": f"{cfg.wireguard.address}:{NODE_EXPORTER_PORT}" if cfg.monitoring.enabled else None,
+        "prometheus": f"http://{cfg.wireguard.address}:{PROMETHEUS_PORT}/"
+        if cfg.monitoring.enabled and cfg.monitoring.mode == "host"
+        else None,
+        "alertmanager": f"http://{cfg.wireguard.address}:{ALERTMANAGER_PORT}/"
+        if cfg.monitoring.enabled and cfg.monitoring.mode == "host"
+        else None,
+        "external": monitoring.external,
     },
 )
 # For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your
