@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, wg
+from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, webhook, wg
 from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
@@ -146,6 +146,7 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     removed += acme.stop(paths)
     removed += backupserver.stop(paths)
     removed += s3server.stop(paths)  # started by the backup tests, not by up
+    removed += webhook.stop(paths)  # started by the monitoring test, not by up
     removed += receiver.stop(paths)
     removed += dns.stop(paths)
     removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())
