@@ -316,6 +316,22 @@ def test_the_memory_monitoring_takes(monitored: Lab) -> None:
     assert 0 < prom + alertmanager < 120
 
 
+def test_external_mode_runs_node_exporter_alone(monitored: Lab) -> None:
+    """mode external: the owner's Prometheus scrapes node_exporter over the tunnel; the host's own
+    Prometheus and Alertmanager stop, their ports close and the webhook secret goes."""
+    lab = monitored
+    up_with(lab, {"sams:monitoring": {"enabled": True, "mode": "external"}})
+    states = sh(lab, f"systemctl is-active {' '.join(UNITS)}", check=False).split()
+    assert states == ["active", "inactive", "inactive"], states
+    assert listeners(lab) == [f"{lab.spec.vpn_host}:{NODE_EXPORTER_PORT}"]
+    assert "sams_metrics_written_timestamp_seconds" in admin_get(lab, NODE_EXPORTER_PORT, "/metrics")[1]
+    vpn_rule = next(
+        line for line in sh(lab, "nft list chain inet sams input").splitlines() if 'iifname "wg0" tcp dport' in line
+    )
+    assert str(NODE_EXPORTER_PORT) in vpn_rule and str(PROMETHEUS_PORT) not in vpn_rule, vpn_rule
+    assert "No such" in sh(lab, f"ls {WEBHOOK_URL_FILE} 2>&1 || true")
+
+
 def test_monitoring_off_leaves_nothing_running(monitored: Lab) -> None:
     lab = monitored
     up_with(lab, {})
