@@ -9,12 +9,15 @@ from cloudinit import BootSecrets, hub_peer, user_data
 from components.backup import Backup, BackupArgs
 from components.database import Database, DatabaseArgs
 from components.dns import Dns, DnsArgs
+from components.firewall.steps import firewall_step
 from components.host import Host, HostArgs
 from components.host.ready import READY
 from components.keys.resources import HostKeys
 from components.keys.rotation import dkim_phase, now
 from components.mail import Mail, MailArgs
 from components.mail.clients import client_settings
+from components.monitoring import Monitoring, MonitoringArgs
+from components.monitoring.plan import ALERTMANAGER_PORT, NODE_EXPORTER_PORT, PROMETHEUS_PORT
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from components.tls import Tls, TlsArgs
 from components.users import Users, UsersArgs
@@ -49,9 +52,12 @@ tunnel = Tunnel(
     host_id=host.instance_id,
 )
 ready = RemoteStep("host-ready", RemoteStepArgs(READY, tunnel, after=(host,)))
+# The port policy's nftables on a running host (cloud-init wrote it at first boot): later policy
+# changes, such as monitoring's ports on the tunnel, reach the host before what listens there.
+firewall = RemoteStep("firewall", RemoteStepArgs(firewall_step(settings), tunnel, after=(ready,)))
 # Before the database: on a new host with sams:backup.restore the snapshot is back in place
 # before PostgreSQL first starts and before Postfix and Dovecot exist.
-backup = Backup("backup", BackupArgs(settings, tunnel, after=(ready,)))
+backup = Backup("backup", BackupArgs(settings, tunnel, after=(firewall,)))
 database = Database("database", DatabaseArgs(settings, tunnel, after=(backup,)))
 mail = Mail(
     "mail",
@@ -93,6 +99,18 @@ tls = Tls(
     ),
 )
 
+# Last: it reads the backup's status record and the certificate the TLS steps installed.
+monitoring = Monitoring(
+    "monitoring",
+    MonitoringArgs(
+        settings,
+        tunnel,
+        webhook_url=secrets.get_secret("monitoringWebhookUrl"),
+        relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
+        after=(tls, users),
+    ),
+)
+
 pulumi.export("publicIpv4", host.public_ipv4)
 pulumi.export("publicIpv6", host.public_ipv6)
 pulumi.export("wireguardAddress", str(cfg.wireguard.address))
@@ -122,6 +140,22 @@ pulumi.export(
         "restore": cfg.backup.restore,
         # SFTP repositories: the line for the backup server's authorized_keys.
         "sshPublicKey": backup.ssh_public_key,
+    },
+)
+# Monitoring: where it listens on the tunnel, or (mode external) what the owner's Prometheus loads.
+pulumi.export(
+    "monitoring",
+    {
+        "enabled": cfg.monitoring.enabled,
+        "mode": cfg.monitoring.mode,
+        "nodeExporter": f"{cfg.wireguard.address}:{NODE_EXPORTER_PORT}" if cfg.monitoring.enabled else None,
+        "prometheus": f"http://{cfg.wireguard.address}:{PROMETHEUS_PORT}/"
+        if cfg.monitoring.enabled and cfg.monitoring.mode == "host"
+        else None,
+        "alertmanager": f"http://{cfg.wireguard.address}:{ALERTMANAGER_PORT}/"
+        if cfg.monitoring.enabled and cfg.monitoring.mode == "host"
+        else None,
+        "external": monitoring.external,
     },
 )
 # For provider `existing`: feed this to the host as its cloud-init user-data (NoCloud, or your

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, sftpserver, wg
+from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, sftpserver, webhook, wg
 from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
@@ -147,6 +147,7 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     removed += backupserver.stop(paths)
     removed += s3server.stop(paths)  # started by the backup tests, not by up
     removed += sftpserver.stop(paths)  # likewise
+    removed += webhook.stop(paths)  # started by the monitoring test, not by up
     removed += receiver.stop(paths)
     removed += dns.stop(paths)
     removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())

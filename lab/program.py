@@ -28,6 +28,7 @@ import mockrun
 from cloudinit import BASE_PACKAGES
 from components.backup.plan import BACKUP_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
+from components.monitoring.plan import PACKAGES as MONITORING_PACKAGES
 from lab import acme, backupserver, dns
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
@@ -42,8 +43,15 @@ RECEIVER_HOST = 20
 # The mail stack's packages are baked into the tree (the lab host has no route to a mirror), and those
 # the stack's options need (ClamAV, SASL for a relay login), which lab tests turn on; while ClamAV is
 # off its step stops its units. Debian's kernels have WireGuard built in but this machine's has not:
-# add the userspace one.
-LAB_PACKAGES = (*MAIL_PACKAGES, *RELAY_SASL_PACKAGES, *CLAMAV_PACKAGES, *BACKUP_PACKAGES, "wireguard-go")
+# add the userspace one. Monitoring's packages too (its step stops their units while it is off).
+LAB_PACKAGES = (
+    *MAIL_PACKAGES,
+    *RELAY_SASL_PACKAGES,
+    *CLAMAV_PACKAGES,
+    *BACKUP_PACKAGES,
+    *MONITORING_PACKAGES,
+    "wireguard-go",
+)
 BUILD_IMAGE = Path(__file__).resolve().parent / "docker" / "build_postgres_image.sh"
 
 

@@ -46,6 +46,13 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
             "S3 repository: make one of them a rest-server (rest:https://...)",
         )
     yield from check_sftp_pins(cfg)
+    mon = cfg.monitoring
+    if mon.enabled and mon.mode == "external" and mon.email_to:
+        yield (
+            ("monitoring", "emailTo"),
+            mon.email_to,
+            "mode external sends no alerts from the host (your own Alertmanager does): remove emailTo or use mode host",
+        )
     if cfg.backup.restore and not cfg.backup.enabled:
         yield ("backup", "restore"), cfg.backup.restore, "restoring needs the repository: set backup.enabled"
     if cfg.oci is not None and cfg.provider == "oci" and vpn.overlaps(cfg.oci.vcn_cidr):

@@ -44,6 +44,8 @@ SECRET_KEYS = frozenset(
         # The second copy's credential (sams:backup.copyTo).
         "backupCopyKeyId",
         "backupCopyKeySecret",
+        # The Slack-compatible webhook Alertmanager posts to (sams:monitoring).
+        "monitoringWebhookUrl",
     }
 )
 

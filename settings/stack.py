@@ -220,6 +220,38 @@ class BackupSettings(_Config):
     )
 
 
+class MonitoringSettings(_Config):
+    """Metrics and alerts (components/monitoring, docs/monitoring.md); every listener on the WireGuard address."""
+
+    enabled: bool = False
+    mode: Literal["host", "external"] = Field(
+        default="host",
+        description=(
+            "host: Prometheus and Alertmanager run on the mail host; external: only node_exporter runs there, "
+            "and the stack output `monitoring` holds a scrape config and rules file for your own Prometheus"
+        ),
+    )
+    scrape_interval_seconds: int = Field(
+        default=60, ge=15, le=300, description="how often Prometheus scrapes (each scrape costs CPU and samples)"
+    )
+    retention_time: Duration = Field(default=timedelta(days=15), description="Prometheus keeps samples this long")
+    retention_size_mib: int = Field(
+        default=256, ge=64, le=65536, description="and never more than this on disk (the oldest blocks go first)"
+    )
+    email_to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+        default_factory=list,
+        description=(
+            "alert e-mail recipients; sent through sams:relay when one is set, else through the host's own Postfix "
+            "on loopback (docs/monitoring.md). The Slack-compatible webhook is the secret sams:monitoringWebhookUrl"
+        ),
+    )
+    runbook_url: str = Field(
+        default="docs/monitoring.md",
+        pattern=r"^\S+$",
+        description="where each alert's runbook link points (its anchor is appended), e.g. your copy of the docs",
+    )
+
+
 # ClamAV's own figures: its engine holds ~1.2 GiB of signatures, twice that for a moment while it
 # reloads them after each update (concurrent reload, so scanning never stops); it asks for 3 GiB at least.
 CLAMAV_MIN_MEMORY_GB = 3
@@ -382,6 +414,7 @@ class StackConfig(_Config):
     relay: RelaySettings | None = None
     dmarc: DmarcSettings = Field(default_factory=DmarcSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     antivirus: AntivirusSettings = Field(default_factory=AntivirusSettings)
     limits: LimitsSettings = Field(
         default_factory=LimitsSettings, description="sending limits on submission, outbound pacing (docs/limits.md)"

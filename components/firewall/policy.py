@@ -14,8 +14,15 @@ from settings.stack import StackConfig
 Proto = Literal["tcp", "udp"]
 Exposure = Literal["public", "vpn"]
 
+# Monitoring's listeners (components/monitoring), on the WireGuard address when sams:monitoring is on.
+NODE_EXPORTER_PORT = 9100
+PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093
+
 # Never on the public address, whatever the settings say (asserted by tests and the policy pack).
-NEVER_PUBLIC: frozenset[int] = frozenset({22, 53, 5432, 6379, 8891, 11332, 11333, 11334})
+NEVER_PUBLIC: frozenset[int] = frozenset(
+    {22, 53, 5432, 6379, 8891, 11332, 11333, 11334, NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT}
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -41,6 +48,13 @@ def port_policy(cfg: StackConfig) -> tuple[Port, ...]:
         Port(22, "tcp", "vpn", "ssh", "administration and every pulumi-command step"),
         Port(5432, "tcp", "vpn", "postgresql", "admin access to the mail database"),
     ]
+    if cfg.monitoring.enabled:
+        ports.append(Port(NODE_EXPORTER_PORT, "tcp", "vpn", "node-exporter", "host metrics for Prometheus"))
+        if cfg.monitoring.mode == "host":
+            ports += [
+                Port(PROMETHEUS_PORT, "tcp", "vpn", "prometheus", "the host's Prometheus: queries, its web UI"),
+                Port(ALERTMANAGER_PORT, "tcp", "vpn", "alertmanager", "silences and alerts in Alertmanager's UI"),
+            ]
     if cfg.public_web:
         ports += [
             Port(80, "tcp", "public", "http", "ACME HTTP-01 challenges; redirects to HTTPS"),

@@ -1,0 +1,53 @@
+"""Monitoring component: node_exporter with SAMS's own metrics, Prometheus and Alertmanager on the
+tunnel (`sams:monitoring`, docs/monitoring.md).
+
+* the step (components/monitoring/steps.py); its secrets reach the host only on stdin: the
+  Slack-compatible webhook URL (`sams:monitoringWebhookUrl`) and, for e-mail through the relay,
+  `sams:relayPassword`;
+* with `mode: external`, `external` holds the scrape jobs and rules file for the owner's own
+  Prometheus (the stack output `monitoring`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+
+from components.monitoring.plan import SMTP_PASSWORD, WEBHOOK_URL
+from components.monitoring.steps import external_config, late_values, monitoring_step
+from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from settings import Settings
+
+
+@dataclass(frozen=True)
+class MonitoringArgs:
+    settings: Settings
+    tunnel: Tunnel
+    webhook_url: pulumi.Input[str] | None = None  # the secret sams:monitoringWebhookUrl
+    relay_password: pulumi.Input[str] | None = None  # the secret sams:relayPassword
+    after: Sequence[pulumi.Resource] = ()
+
+
+class Monitoring(pulumi.ComponentResource):
+    external: dict[str, str] | None = None
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sams:monitoring:Monitoring", name, None, opts)
+        mon = args.settings.config.monitoring
+        webhook = args.webhook_url is not None
+        spec = monitoring_step(args.settings, webhook=webhook)
+        given: dict[str, pulumi.Input[str] | None] = {
+            WEBHOOK_URL: args.webhook_url,
+            SMTP_PASSWORD: args.relay_password or "",
+        }
+        late = {n: pulumi.Output.secret(given[n] or "") for n in late_values(args.settings, webhook=webhook)}
+        self.step = RemoteStep(
+            f"{name}-{spec.name}",
+            RemoteStepArgs(spec, args.tunnel, late=late, after=args.after),
+            pulumi.ResourceOptions(parent=self),
+        )
+        if mon.enabled and mon.mode == "external":
+            self.external = external_config(args.settings)
+        self.register_outputs({"external": self.external})

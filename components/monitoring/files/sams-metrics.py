@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""sams-metrics: what SAMS knows about the host, as node_exporter textfile metrics (installed by SAMS).
+
+Reads /etc/sams/metrics.json (written by the monitoring step): the backup's status record and config,
+the certificates in use, the mail directory; writes one .prom file atomically, so node_exporter never
+reads half of it. Run every minute by sams-metrics.timer. Python's standard library only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "/etc/sams/metrics.json"
+
+
+def parse_time(text: str) -> float:
+    """sams-backup's ISO times (2026-12-06T02:31:07Z) -> Unix seconds."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+    if not samples:
+        return
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        lines.append(f"{name}{{{text}}} {value!r}" if text else f"{name} {value!r}")
+
+
+def backup_metrics(cfg: dict[str, Any], lines: list[str]) -> None:
+    if not Path(cfg["backup_config"]).exists():
+        return  # backups are off: no metric, so no alert
+    try:
+        status = json.loads(Path(cfg["backup_status"]).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        status = {}
+    # Since when a backup is due: the config's age, until the first success (a new host is not late at once).
+    metric(
+        lines, "sams_backup_expected_since_timestamp_seconds", "gauge",
+        "when backups were set up (the config file's time): the age a never-successful backup is measured from",
+        [({}, Path(cfg["backup_config"]).stat().st_mtime)],
+    )  # fmt: skip
+    if status.get("last_success"):
+        metric(
+            lines, "sams_backup_last_success_timestamp_seconds", "gauge",
+            "when the last successful backup finished", [({}, parse_time(status["last_success"]))],
+        )  # fmt: skip
+    if status.get("finished"):
+        metric(
+            lines, "sams_backup_last_run_timestamp_seconds", "gauge",
+            "when the last backup run finished", [({}, parse_time(status["finished"]))],
+        )  # fmt: skip
+    if status.get("result"):
+        metric(
+            lines, "sams_backup_last_run_ok", "gauge", "1 if the last backup run succeeded, else 0",
+            [({}, 1.0 if status["result"] == "ok" else 0.0)],
+        )  # fmt: skip
+    check = status.get("check")
+    if isinstance(check, dict) and check.get("result"):
+        metric(
+            lines, "sams_backup_check_ok", "gauge", "1 if the last run's restic check passed, else 0",
+            [({}, 1.0 if check["result"] == "ok" else 0.0)],
+        )  # fmt: skip
+    figures = {
+        "bytes_added": ("sams_backup_last_run_added_bytes", "new data the last run added to the repository"),
+        "duration_s": ("sams_backup_last_run_duration_seconds", "how long the last run took"),
+        "cpu_s": ("sams_backup_last_run_cpu_seconds", "CPU time of the last run's programs (restic, the dump)"),
+    }
+    for key, (name, help_text) in figures.items():
+        if isinstance(status.get(key), (int, float)):
+            metric(lines, name, "gauge", help_text, [({}, float(status[key]))])
+    if isinstance(status.get("peak_rss_mib"), (int, float)):
+        metric(
+            lines, "sams_backup_last_run_peak_rss_bytes", "gauge",
+            "peak resident memory of the last run's largest program",
+            [({}, float(status["peak_rss_mib"]) * 1024 * 1024)],
+        )  # fmt: skip
+
+
+def certificate_expiry(path: str) -> float | None:
+    """The certificate's notAfter as Unix seconds (openssl: ca-certificates depends on it)."""
+    proc = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate", "-in", path], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or "=" not in proc.stdout:
+        return None
+    # notAfter=Mar  7 12:00:00 2027 GMT
+    text = " ".join(proc.stdout.strip().split("=", 1)[1].split())
+    return dt.datetime.strptime(text, "%b %d %H:%M:%S %Y GMT").replace(tzinfo=dt.UTC).timestamp()
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem that holds `path` (the nearest existing ancestor's)."""
+    current = Path(path)
+    while not current.exists():
+        current = current.parent
+    current = current.resolve()
+    while not os.path.ismount(current):
+        current = current.parent
+    return str(current)
+
+
+def main() -> int:
+    cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
+    lines: list[str] = []
+    backup_metrics(cfg, lines)
+    expiries = [(path, certificate_expiry(path)) for path in cfg["certificates"] if Path(path).exists()]
+    metric(
+        lines, "sams_tls_certificate_expiry_timestamp_seconds", "gauge",
+        "when the certificate the daemons serve expires (notAfter)",
+        [({"path": path}, when) for path, when in expiries if when is not None],
+    )  # fmt: skip
+    metric(
+        lines, "sams_mail_filesystem", "gauge", "1 for the filesystem that holds the mailboxes",
+        [({"mountpoint": mount_point(cfg["mail_root"])}, 1.0)],
+    )  # fmt: skip
+    metric(
+        lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
+        [({}, time.time())],
+    )  # fmt: skip
+    target = Path(cfg["textfile"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")  # node_exporter reads *.prom only
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    tmp.replace(target)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""The monitoring step (pure): node_exporter with SAMS's own textfile metrics, and on `mode: host`
+Prometheus and Alertmanager, every listener on the WireGuard address (components/firewall opens
+their ports on wg0 only).
+
+With `mode: external` the host runs node_exporter alone and `external_config()` is what the
+owner's Prometheus needs (the stack output `monitoring`). With monitoring off the step stops the
+units, and removes the secrets, the metrics writer and the drop-ins it put there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
+from components.backup.plan import STATUS_FILE as BACKUP_STATUS
+from components.mail.services import INSTALLED_FN, VMAIL_ROOT
+from components.monitoring.plan import (
+    ALERTMANAGER_CONFIG,
+    ALERTMANAGER_PORT,
+    ALERTMANAGER_UNIT,
+    DEFAULTS,
+    DROPINS,
+    EXPORTER_PACKAGES,
+    EXPORTER_UNITS,
+    METRICS_CONFIG,
+    METRICS_TOOL,
+    METRICS_UNIT,
+    NODE_EXPORTER_PORT,
+    NODE_EXPORTER_UNIT,
+    PACKAGES,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_PORT,
+    PROMETHEUS_UNIT,
+    RULES_FILE,
+    SERVER_UNITS,
+    SMTP_PASSWORD,
+    SMTP_PASSWORD_FILE,
+    TEXTFILE,
+    TEXTFILE_DIR,
+    WEBHOOK_URL,
+    WEBHOOK_URL_FILE,
+)
+from components.monitoring.rules import rules_yaml
+from components.remote.steps import File, StepSpec, late
+from components.render import render
+from components.tls.certs import TLS_FULLCHAIN
+from settings import Settings
+from settings.times import format_duration
+
+TOOL_SOURCE = Path(__file__).resolve().parent / "files" / "sams-metrics.py"
+# Each secret's file on the host and its late value's name.
+SECRET_FILES = ((WEBHOOK_URL_FILE, WEBHOOK_URL), (SMTP_PASSWORD_FILE, SMTP_PASSWORD))
+
+
+def _render(template: str, **context: object) -> str:
+    return render("monitoring", template, **context)
+
+
+def listen(settings: Settings, port: int) -> str:
+    """Every listener: the host's WireGuard address, never the public one."""
+    return f"{settings.config.wireguard.address}:{port}"
+
+
+def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object]]:
+    """Prometheus scrape jobs: node_exporter, and on a host-run Prometheus itself and Alertmanager.
+
+    Every target carries `host` (the mail host's name): Alertmanager groups an outage's alerts by it."""
+    mon = settings.config.monitoring
+    jobs = [("node", NODE_EXPORTER_PORT)]
+    if server:
+        jobs += [("prometheus", PROMETHEUS_PORT), ("alertmanager", ALERTMANAGER_PORT)]
+    return [
+        {
+            "job_name": job,
+            "scrape_interval": f"{mon.scrape_interval_seconds}s",
+            "static_configs": [
+                {"targets": [listen(settings, port)], "labels": {"host": str(settings.config.hostname)}}
+            ],
+        }
+        for job, port in jobs
+    ]
+
+
+def prometheus_yml(settings: Settings) -> str:
+    jobs = yaml.safe_dump(scrape_configs(settings, server=True), sort_keys=False, width=120)
+    return _render(
+        "etc/prometheus/prometheus.yml.j2",
+        scrape_interval=f"{settings.config.monitoring.scrape_interval_seconds}s",
+        rules_file=RULES_FILE,
+        alertmanager=listen(settings, ALERTMANAGER_PORT),
+        scrape_configs="".join(f"  {line}\n" for line in jobs.splitlines()).rstrip("\n"),
+    )
+
+
+def smtp(settings: Settings) -> dict[str, object]:
+    """Where Alertmanager's e-mail goes: the relay when one is set (its login), else the host's Postfix."""
+    relay = settings.config.relay
+    if relay is not None:
+        return {"smarthost": f"{relay.host}:{relay.port}", "smtp_username": relay.username, "smtp_loopback": False}
+    return {"smarthost": "127.0.0.1:25", "smtp_username": None, "smtp_loopback": True}
+
+
+def alertmanager_yml(settings: Settings, *, webhook: bool) -> str:
+    mon = settings.config.monitoring
+    return _render(
+        "etc/prometheus/alertmanager.yml.j2",
+        webhook=webhook,
+        webhook_url_file=WEBHOOK_URL_FILE,
+        email_to=mon.email_to,
+        email_from=f"alertmanager@{settings.config.hostname}",
+        hostname=str(settings.config.hostname),
+        smtp_password_file=SMTP_PASSWORD_FILE,
+        **smtp(settings),
+    )
+
+
+def metrics_config() -> dict[str, object]:
+    return {
+        "backup_config": BACKUP_CONFIG,
+        "backup_status": BACKUP_STATUS,
+        "certificates": [TLS_FULLCHAIN],
+        "mail_root": VMAIL_ROOT,
+        "textfile": TEXTFILE,
+    }
+
+
+def late_values(settings: Settings, *, webhook: bool) -> tuple[str, ...]:
+    """The secrets the step takes on stdin: the webhook URL, the relay password for e-mail."""
+    mon = settings.config.monitoring
+    if not mon.enabled or mon.mode != "host":
+        return ()
+    names = [WEBHOOK_URL] if webhook else []
+    if mon.email_to and smtp(settings)["smtp_username"]:
+        names.append(SMTP_PASSWORD)
+    return tuple(names)
+
+
+def monitoring_step(settings: Settings, *, webhook: bool = False) -> StepSpec:
+    """`webhook`: whether the secret sams:monitoringWebhookUrl is set."""
+    from cloudinit import WG_INTERFACE  # here: cloudinit imports the firewall, which imports monitoring's plan
+
+    mon = settings.config.monitoring
+    if not mon.enabled:
+        return disabled_step()
+    server = mon.mode == "host"
+    units = (*EXPORTER_UNITS, *SERVER_UNITS) if server else EXPORTER_UNITS
+    listens = {
+        NODE_EXPORTER_UNIT: listen(settings, NODE_EXPORTER_PORT),
+        PROMETHEUS_UNIT: listen(settings, PROMETHEUS_PORT),
+        ALERTMANAGER_UNIT: listen(settings, ALERTMANAGER_PORT),
+    }
+    ctx = {
+        "retention_time": format_duration(mon.retention_time),
+        "retention_size": f"{mon.retention_size_mib}MB",
+        "textfile_dir": TEXTFILE_DIR,
+        "wg_interface": WG_INTERFACE,
+        "tool": METRICS_TOOL,
+    }
+    files = [
+        File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
+        File(METRICS_CONFIG, json.dumps(metrics_config(), indent=1, sort_keys=True) + "\n"),
+        *(
+            File(path, _render(f"{path.lstrip('/')}.j2", **ctx))
+            for path in (f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))
+        ),
+    ]
+    for unit in units:
+        files += [
+            File(DEFAULTS[unit], _render(f"etc/default/{unit}.j2", listen=listens[unit], **ctx)),
+            File(DROPINS[unit], _render("etc/systemd/system/_unit_.service.d/10-sams.conf.j2", **ctx)),
+        ]
+    secrets = late_values(settings, webhook=webhook)
+    if server:
+        files += [
+            File(PROMETHEUS_CONFIG, prometheus_yml(settings)),
+            File(RULES_FILE, rules_yaml(settings)),
+            File(ALERTMANAGER_CONFIG, alertmanager_yml(settings, webhook=webhook)),
+        ]
+        # Root's and Alertmanager's group's only (the group is set once the package made it).
+        files += [File(path, late(name) + "\n", mode="0640") for path, name in SECRET_FILES if name in secrets]
+    packages = PACKAGES if server else EXPORTER_PACKAGES
+    checks = "\n".join(f'installed {p} || missing="$missing {p}"' for p in packages)
+    secret_files = " ".join(f.path for f in files if f.mode == "0640")
+    restarts = "\n".join(
+        f"start_unit {unit} {DEFAULTS[unit]} {DROPINS[unit]}"
+        + (f" {PROMETHEUS_CONFIG} {RULES_FILE}" if unit == PROMETHEUS_UNIT else "")
+        + (f" {ALERTMANAGER_CONFIG} {secret_files}" if unit == ALERTMANAGER_UNIT else "")
+        for unit in units
+    )
+    server_off = "" if server else _stop_units(SERVER_UNITS) + f"rm -f {' '.join(DROPINS[u] for u in SERVER_UNITS)}\n"
+    verify = (
+        f"""\
+# The daemons' own checkers on the rendered files: a bad file stops the step before any restart.
+promtool check config {PROMETHEUS_CONFIG} >/dev/null
+amtool check-config {ALERTMANAGER_CONFIG} >/dev/null
+"""
+        if server
+        else ""
+    )
+    script = f"""\
+{INSTALLED_FN}
+changed() {{ printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }}
+start_unit() {{
+    unit=$1; shift
+    systemctl enable -q "$unit.service"
+    for file in "$@"; do
+        if changed "$file"; then
+            systemctl restart "$unit.service"
+            return 0
+        fi
+    done
+    systemctl start "$unit.service"
+}}
+missing=""
+{checks}
+if [ -n "$missing" ]; then
+    apt-get update
+    # Our files are in place already: keep them (the package's own start then uses them).
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+        -o Dpkg::Options::=--force-confold $missing
+fi
+{f"chgrp prometheus {secret_files}" if secret_files else ""}
+{_remove_absent_secrets(secrets)}{server_off}{verify}systemctl daemon-reload
+{restarts}
+install -d -m 0755 {TEXTFILE_DIR}
+/usr/bin/python3 {METRICS_TOOL}
+systemctl enable -q --now {METRICS_UNIT}.timer
+"""
+    return StepSpec(
+        name="monitoring",
+        files=tuple(files),
+        script=script,
+        late_values=secrets,
+        description=f"monitoring ({mon.mode}): node_exporter" + (", Prometheus, Alertmanager" if server else ""),
+    )
+
+
+def _remove_absent_secrets(secrets: tuple[str, ...]) -> str:
+    """A secret unset since the last apply leaves no file behind."""
+    gone = [path for path, name in SECRET_FILES if name not in secrets]
+    return f"rm -f {' '.join(gone)}\n" if gone else ""
+
+
+def _stop_units(units: tuple[str, ...]) -> str:
+    return "".join(
+        f"""\
+if systemctl list-unit-files -q {unit}.service >/dev/null 2>&1; then
+    systemctl disable -q --now {unit}.service
+fi
+"""
+        for unit in units
+    )
+
+
+def disabled_step() -> StepSpec:
+    """Monitoring off: its units stopped and disabled, its secrets, writer, metrics and drop-ins gone
+    (the packages and Prometheus's stored samples stay)."""
+    leftovers = " ".join(
+        [
+            WEBHOOK_URL_FILE,
+            SMTP_PASSWORD_FILE,
+            METRICS_TOOL,
+            METRICS_CONFIG,
+            TEXTFILE,
+            *(f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer")),
+            *DROPINS.values(),
+        ]
+    )
+    script = (
+        f"""\
+if [ -e /etc/systemd/system/{METRICS_UNIT}.timer ]; then
+    systemctl disable -q --now {METRICS_UNIT}.timer
+fi
+"""
+        + _stop_units((*EXPORTER_UNITS, *SERVER_UNITS))
+        + f"rm -f {leftovers}\nsystemctl daemon-reload\n"
+    )
+    return StepSpec(name="monitoring", script=script, description="monitoring off")
+
+
+def external_config(settings: Settings) -> dict[str, str]:
+    """For the owner's own Prometheus (mode external): its scrape jobs and the rules file, as YAML."""
+    return {
+        "scrapeConfigs": yaml.safe_dump(scrape_configs(settings, server=False), sort_keys=False, width=120),
+        "rules": rules_yaml(settings),
+    }
+
+
+__all__ = ["alertmanager_yml", "disabled_step", "external_config", "monitoring_step", "prometheus_yml"]

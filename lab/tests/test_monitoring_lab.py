@@ -1,0 +1,345 @@
+"""Monitoring on the lab host (sams:monitoring, mode host), with Debian 13's own daemons:
+
+* the step applies: node_exporter 1.9, Prometheus 2.53 and Alertmanager 0.28 run, each listening
+  on the WireGuard address only (their ports on wg0 in the firewall's one list);
+* from the admin's laptop (sams-admin, over the tunnel) each answers, and Prometheus's API says
+  every target is up; from the internet (sams-inet) no monitoring port answers;
+* the textfile metrics are what a real backup run's status record says;
+* a real fault (the backup server gone, so the nightly run fails) becomes an alert that reaches a
+  Slack-compatible webhook in the lab's internet (lab/webhook.py) and a mailbox there (the lab's
+  independent receiver), and resolves once a run succeeds again;
+* the memory the daemons take (PSS, /proc/<pid>/smaps_rollup) after several minutes;
+* monitoring off again stops every unit and leaves no listener, port or secret behind.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from components.backup.plan import STATUS_FILE
+from components.backup.plan import UNIT as BACKUP_UNIT
+from components.monitoring.plan import (
+    ALERTMANAGER_PORT,
+    ALERTMANAGER_UNIT,
+    METRICS_UNIT,
+    NODE_EXPORTER_PORT,
+    NODE_EXPORTER_UNIT,
+    PROMETHEUS_PORT,
+    PROMETHEUS_UNIT,
+    TEXTFILE,
+    WEBHOOK_URL_FILE,
+)
+from components.tls.certs import TLS_FULLCHAIN
+from lab import backupserver, receiver, webhook
+from lab.dns import RECEIVER_DOMAIN
+from lab.hostcmd import sh
+from lab.netclient import in_netns
+from lab.session import Lab, up_with
+from lab.spec import NAMES
+
+pytestmark = pytest.mark.lab
+
+PORTS = (NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT)
+UNITS = (NODE_EXPORTER_UNIT, PROMETHEUS_UNIT, ALERTMANAGER_UNIT)
+CLUSTER_PORT = 9094  # Alertmanager's gossip port: off (--cluster.listen-address=)
+ALERT_MAIL_TO = f"ops@{RECEIVER_DOMAIN}"
+# The shortest scrape the setting allows: the lab waits less for each step of an alert.
+SCRAPE_S = 15
+
+
+# --- clients (run in a namespace) ---------------------------------------------------------------------
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        return reply.status, reply.read().decode()
+
+
+def connects(address: str, ports: tuple[int, ...], timeout: float = 3.0) -> dict[int, str]:
+    """port -> "open", "refused" or "silent" (dropped), as a client on the internet meets it."""
+    seen = {}
+    for port in ports:
+        try:
+            socket.create_connection((address, port), timeout).close()
+            seen[port] = "open"
+        except ConnectionRefusedError:
+            seen[port] = "refused"
+        except OSError:
+            seen[port] = "silent"
+    return seen
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def admin_get(lab: Lab, port: int, path: str) -> tuple[int, str]:
+    return in_netns(NAMES.ns_admin, {}, http_get, f"http://{lab.spec.vpn_host}:{port}{path}")
+
+
+def prometheus(lab: Lab, query: str) -> list[dict[str, Any]]:
+    """An instant query through Prometheus's HTTP API, from the admin's laptop over the tunnel."""
+    status, body = admin_get(lab, PROMETHEUS_PORT, "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "success", body
+    return list(data["data"]["result"])
+
+
+def wait_for(what: str, check: Any, timeout: float, every: float = 3.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def node_metrics(lab: Lab) -> dict[str, float]:
+    """node_exporter's sams_* samples (name{labels} -> value), read over the tunnel."""
+    status, body = admin_get(lab, NODE_EXPORTER_PORT, "/metrics")
+    assert status == 200
+    out = {}
+    for line in body.splitlines():
+        if line.startswith("sams_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def status_record(lab: Lab) -> dict[str, Any]:
+    return dict(json.loads(sh(lab, f"cat {STATUS_FILE}")))
+
+
+def run_backup(lab: Lab) -> dict[str, Any]:
+    """The nightly unit, started as its timer would, then the metrics writer (its timer runs it each minute)."""
+    lab.shell.run(["sudo", "-n", "systemctl", "start", f"{BACKUP_UNIT}.service"], check=False)
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    return status_record(lab)
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def listeners(lab: Lab) -> list[str]:
+    """Local addresses of the host's TCP listeners on the monitoring ports."""
+    ports = "|".join(str(p) for p in (*PORTS, CLUSTER_PORT))
+    out = sh(lab, f"ss -ltnH | awk '{{print $4}}' | grep -E ':({ports})$' || true")
+    return sorted(out.split())
+
+
+def pss_mib(lab: Lab, unit: str) -> float:
+    """The unit's processes' proportional set size (smaps_rollup), in MiB."""
+    script = (
+        f"for p in $(cat /sys/fs/cgroup/system.slice/{unit}.service/cgroup.procs); do "
+        "awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup; done"
+    )
+    return sum(int(kib) for kib in sh(lab, script).split()) / 1024
+
+
+# --- the module: monitoring on, a webhook in the internet ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitored(lab: Lab) -> Iterator[Lab]:
+    webhook.start(lab.paths, lab.spec.inet_ipv4)
+    try:
+        up_with(
+            lab,
+            {
+                "sams:monitoring": {"enabled": True, "scrapeIntervalSeconds": SCRAPE_S, "emailTo": [ALERT_MAIL_TO]},
+                "sams:monitoringWebhookUrl": webhook.url(lab.spec.inet_ipv4),
+            },
+        )
+        yield lab
+    finally:
+        webhook.stop(lab.paths)
+        if not backupserver.running(lab.paths):
+            backupserver.start(lab.paths, lab.spec.inet_ipv4)
+
+
+def test_debian_13s_daemons_run_and_listen_on_the_tunnel_only(monitored: Lab) -> None:
+    lab = monitored
+    assert sh(lab, f"systemctl is-active {' '.join(UNITS)} {METRICS_UNIT}.timer").split() == ["active"] * 4
+    versions = sh(
+        lab,
+        "prometheus-node-exporter --version 2>&1 | head -1; prometheus --version 2>&1 | head -1; "
+        "prometheus-alertmanager --version 2>&1 | head -1",
+    )
+    assert "version 1.9." in versions and "version 2.53." in versions and "version 0.28." in versions, versions
+    # Debian 13's own checkers accept the files the program rendered (the step ran them too).
+    sh(
+        lab,
+        "promtool check config /etc/prometheus/prometheus.yml && amtool check-config /etc/prometheus/alertmanager.yml",
+    )
+    vpn = lab.spec.vpn_host
+    assert listeners(lab) == sorted(f"{vpn}:{p}" for p in PORTS)
+    # The webhook URL is a secret: in its own file, not world-readable.
+    assert sh(lab, f"stat -c '%a %U %G' {WEBHOOK_URL_FILE}").split() == ["640", "root", "prometheus"]
+    # The firewall step put the ports on wg0 (the running host's nftables, not only first boot's).
+    ruleset = sh(lab, "nft list chain inet sams input")
+    vpn_rule = next(line for line in ruleset.splitlines() if 'iifname "wg0" tcp dport' in line)
+    assert all(str(p) in vpn_rule for p in PORTS), vpn_rule
+
+
+def test_the_tunnel_reaches_monitoring_and_the_internet_does_not(monitored: Lab) -> None:
+    lab = monitored
+    for port, path in (
+        (NODE_EXPORTER_PORT, "/metrics"),
+        (PROMETHEUS_PORT, "/-/ready"),
+        (ALERTMANAGER_PORT, "/-/ready"),
+    ):
+        status, _ = admin_get(lab, port, path)
+        assert status == 200, (port, path)
+    from_internet = in_netns(NAMES.ns_inet, {}, connects, lab.spec.public_ipv4, (*PORTS, CLUSTER_PORT))
+    assert set(from_internet.values()) <= {"silent", "refused"}, from_internet
+
+
+def test_prometheus_scrapes_every_target(monitored: Lab) -> None:
+    lab = monitored
+
+    def targets() -> list[dict[str, Any]] | None:
+        _, body = admin_get(lab, PROMETHEUS_PORT, "/api/v1/targets?state=active")
+        active = json.loads(body)["data"]["activeTargets"]
+        return active if len(active) == 3 and all(t["health"] == "up" for t in active) else None
+
+    active = wait_for("every target up", targets, timeout=3 * SCRAPE_S + 30)
+    assert sorted(t["labels"]["job"] for t in active) == ["alertmanager", "node", "prometheus"]
+    assert {t["labels"]["host"] for t in active} == {str(lab.settings.config.hostname)}
+    # (The lab's tree has the packages baked in, so at boot Prometheus ran once with Debian's own
+    # config: its samples of localhost:9100 may linger; a real host never runs that config.)
+    assert len(prometheus(lab, f'up{{job="node", host="{lab.settings.config.hostname}"}} == 1')) == 1
+
+
+def test_textfile_metrics_are_a_real_backup_runs_record(monitored: Lab) -> None:
+    lab = monitored
+    record = run_backup(lab)
+    assert record["result"] == "ok" and record["check"]["result"] == "ok", record
+    metrics = node_metrics(lab)
+    assert metrics["sams_backup_last_success_timestamp_seconds"] == epoch(record["last_success"])
+    assert metrics["sams_backup_last_run_timestamp_seconds"] == epoch(record["finished"])
+    assert metrics["sams_backup_last_run_ok"] == 1 and metrics["sams_backup_check_ok"] == 1
+    assert metrics["sams_backup_last_run_added_bytes"] == record["bytes_added"]
+    assert metrics["sams_backup_last_run_cpu_seconds"] == record["cpu_s"]
+    assert metrics["sams_backup_last_run_peak_rss_bytes"] == record["peak_rss_mib"] * 1024 * 1024
+    # The certificate the daemons serve, read here with another parser.
+    cert = x509.load_pem_x509_certificate(sh(lab, f"cat {TLS_FULLCHAIN}").encode())
+    key = f'sams_tls_certificate_expiry_timestamp_seconds{{path="{TLS_FULLCHAIN}"}}'
+    assert metrics[key] == cert.not_valid_after_utc.timestamp()
+    assert any(k.startswith("sams_mail_filesystem{") for k in metrics), metrics
+    # And Prometheus has scraped it.
+    success = epoch(record["last_success"])
+    wait_for(
+        "Prometheus has the run's success time",
+        lambda: prometheus(lab, f"sams_backup_last_success_timestamp_seconds == {success}"),
+        timeout=3 * SCRAPE_S + 30,
+    )
+
+
+def _alert_posts(lab: Lab, name: str, status: str, since: float) -> list[dict[str, Any]]:
+    out = []
+    for post in webhook.posts(lab.paths):
+        text = json.dumps(post["body"])
+        if (
+            post["received"] >= since
+            and name in text
+            and post["body"]["attachments"][0]["title"].startswith(status.upper())
+        ):
+            out.append(post)
+    return out
+
+
+def test_a_failed_backup_alerts_the_webhook_and_a_mailbox_then_resolves(monitored: Lab) -> None:
+    lab = monitored
+    name = "SamsBackupFailed"
+    spool = receiver.spool(lab.paths) / "new"
+    mails_before = set(spool.glob("*")) if spool.exists() else set()
+    backupserver.stop(lab.paths)
+    try:
+        fault = time.time()
+        record = run_backup(lab)
+        assert record["result"] == "failed", record
+        firing = wait_for(
+            f"{name} firing at the webhook", lambda: _alert_posts(lab, name, "firing", fault), timeout=240, every=2
+        )
+        latency = firing[0]["received"] - fault
+        print(f"\nfault -> webhook: {latency:.0f} s (scrape {SCRAPE_S} s, rules every {SCRAPE_S} s, group_wait 30 s)")
+        body = firing[0]["body"]
+        assert firing[0]["path"] == webhook.PATH
+        assert "docs/monitoring.md#samsbackupfailed" in body["attachments"][0]["text"], body
+
+        def alert_mail() -> list[bytes]:
+            new = set(spool.glob("*")) - mails_before if spool.exists() else set()
+            return [m for m in (p.read_bytes() for p in new) if name.encode() in m]
+
+        mails = wait_for(f"{name} mailed to {ALERT_MAIL_TO}", alert_mail, timeout=120, every=2)
+        assert f"To: {ALERT_MAIL_TO}".encode() in mails[0]
+    finally:
+        backupserver.start(lab.paths, lab.spec.inet_ipv4)
+    fixed = time.time()
+    record = run_backup(lab)
+    assert record["result"] == "ok", record
+    # Alertmanager sends the all-clear at the group's next interval (group_interval, 5 min).
+    resolved = wait_for(
+        f"{name} resolved at the webhook", lambda: _alert_posts(lab, name, "resolved", fixed), timeout=420, every=5
+    )
+    print(f"fixed -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
+    # One outage, one message, and one all-clear: nothing repeated while it lasted.
+    assert len(_alert_posts(lab, name, "firing", fault)) == 1 and len(resolved) == 1, webhook.posts(lab.paths)
+    assert not prometheus(lab, 'ALERTS{alertstate="firing"}'), "an alert still fires"
+
+
+def test_the_memory_monitoring_takes(monitored: Lab) -> None:
+    """PSS after the minutes the tests above took (budgets of issue 22: exporters under 60 MiB,
+    Prometheus + Alertmanager under 120 MiB)."""
+    lab = monitored
+    uptime = sh(lab, f"ps -o etimes= -p $(systemctl show -P MainPID {PROMETHEUS_UNIT}.service)").strip()
+    exporter = pss_mib(lab, NODE_EXPORTER_UNIT)
+    prom, alertmanager = pss_mib(lab, PROMETHEUS_UNIT), pss_mib(lab, ALERTMANAGER_UNIT)
+    series = prometheus(lab, "prometheus_tsdb_head_series")[0]["value"][1]
+    print(
+        f"\nPSS after {int(uptime) // 60} min at a {SCRAPE_S} s scrape ({series} head series): node_exporter "
+        f"{exporter:.1f} MiB; Prometheus {prom:.1f} MiB + Alertmanager {alertmanager:.1f} MiB = "
+        f"{prom + alertmanager:.1f} MiB"
+    )
+    assert 0 < exporter < 60
+    assert 0 < prom + alertmanager < 120
+
+
+def test_external_mode_runs_node_exporter_alone(monitored: Lab) -> None:
+    """mode external: the owner's Prometheus scrapes node_exporter over the tunnel; the host's own
+    Prometheus and Alertmanager stop, their ports close and the webhook secret goes."""
+    lab = monitored
+    up_with(lab, {"sams:monitoring": {"enabled": True, "mode": "external"}})
+    states = sh(lab, f"systemctl is-active {' '.join(UNITS)}", check=False).split()
+    assert states == ["active", "inactive", "inactive"], states
+    assert listeners(lab) == [f"{lab.spec.vpn_host}:{NODE_EXPORTER_PORT}"]
+    assert "sams_metrics_written_timestamp_seconds" in admin_get(lab, NODE_EXPORTER_PORT, "/metrics")[1]
+    vpn_rule = next(
+        line for line in sh(lab, "nft list chain inet sams input").splitlines() if 'iifname "wg0" tcp dport' in line
+    )
+    assert str(NODE_EXPORTER_PORT) in vpn_rule and str(PROMETHEUS_PORT) not in vpn_rule, vpn_rule
+    assert "No such" in sh(lab, f"ls {WEBHOOK_URL_FILE} 2>&1 || true")
+
+
+def test_monitoring_off_leaves_nothing_running(monitored: Lab) -> None:
+    lab = monitored
+    up_with(lab, {})
+    states = sh(lab, f"systemctl is-active {' '.join(UNITS)} {METRICS_UNIT}.timer", check=False).split()
+    assert states == ["inactive"] * 4, states
+    assert sh(lab, f"systemctl is-enabled {' '.join(UNITS)}", check=False).split() == ["disabled"] * 3
+    assert listeners(lab) == []
+    assert sh(lab, f"ls {WEBHOOK_URL_FILE} {TEXTFILE} /usr/local/sbin/sams-metrics 2>&1 || true").count("No such") == 3
+    ruleset = sh(lab, "nft list chain inet sams input")
+    assert not any(str(p) in ruleset for p in PORTS), ruleset

@@ -1,0 +1,529 @@
+"""Monitoring as the program renders it: the setting, the ports (tunnel only), every rendered file
+through the daemons' own checkers (promtool, amtool), every alert rule through `promtool test rules`
+(a case that fires and one that does not), secrets only on stdin, and monitoring off cleaning up.
+
+promtool and amtool are this machine's (lab/requirements-apt.txt: Debian's prometheus and
+prometheus-alertmanager); the lab test runs Debian 13's own on the host (the step checks its files).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import mockrun
+from components.firewall.policy import NEVER_PUBLIC, nftables_conf, port_policy
+from components.firewall.steps import firewall_step
+from components.monitoring.plan import (
+    ALERTMANAGER_CONFIG,
+    ALERTMANAGER_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_PORT,
+    RULES_FILE,
+    SMTP_PASSWORD_FILE,
+    TEXTFILE,
+    WEBHOOK_URL_FILE,
+)
+from components.monitoring.rules import ALERTS, rules_yaml
+from components.monitoring.steps import disabled_step, external_config, monitoring_step
+from settings import SettingsError, load
+from tests.conftest import PROJECT
+
+PROMTOOL, AMTOOL = shutil.which("promtool"), shutil.which("amtool")
+needs_tools = pytest.mark.skipif(
+    not (PROMTOOL and AMTOOL), reason="promtool/amtool missing: apt-get install $(cat lab/requirements-apt.txt)"
+)
+DOCS = PROJECT / "docs" / "monitoring.md"
+
+
+def settings_with(stack: str, monitoring: dict[str, Any], **extra: Any) -> Any:
+    cfg = {**mockrun.stack_config(stack), **mockrun.TEST_SECRETS, "sams:monitoring": json.dumps(monitoring)}
+    cfg.update({k: json.dumps(v) for k, v in extra.items()})
+    return load(stack, cfg, PROJECT)
+
+
+# --- the setting ---------------------------------------------------------------------------------
+
+
+def test_monitoring_is_off_by_default() -> None:
+    settings = load("lab", {**mockrun.stack_config("lab"), **mockrun.TEST_SECRETS}, PROJECT)
+    assert not settings.config.monitoring.enabled
+    assert monitoring_step(settings).files == ()
+    assert {p.number for p in port_policy(settings.config)}.isdisjoint(
+        {NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT}
+    )
+
+
+@pytest.mark.parametrize(
+    ("monitoring", "key", "value"),
+    [
+        ({"enabled": True, "mode": "cloud"}, "monitoring.mode", "cloud"),
+        ({"enabled": True, "scrapeIntervalSeconds": 5}, "monitoring.scrapeIntervalSeconds", "5"),
+        ({"enabled": True, "retentionTime": "15"}, "monitoring.retentionTime", "15"),
+        ({"enabled": True, "emailTo": ["not-an-address"]}, "monitoring.emailTo[0]", "not-an-address"),
+        ({"enabled": True, "mode": "external", "emailTo": ["a@b.example"]}, "monitoring.emailTo", "a@b.example"),
+        ({"enabled": True, "scrapeEvery": 60}, "monitoring.scrapeEvery", "60"),
+    ],
+)
+def test_bad_settings_name_the_key_and_value(monitoring: dict[str, Any], key: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings_with("lab", monitoring)
+    text = str(caught.value)
+    assert "Pulumi.lab.yaml" in text and key in text and value in text, text
+
+
+# --- the ports: the firewall's one list, tunnel only -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "ports"),
+    [("host", {NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT}), ("external", {NODE_EXPORTER_PORT})],
+)
+def test_monitoring_ports_are_on_the_tunnel_only(mode: str, ports: set[int]) -> None:
+    cfg = settings_with("prod", {"enabled": True, "mode": mode}).config
+    listed = {p.number: p for p in port_policy(cfg) if p.number in {NODE_EXPORTER_PORT, PROMETHEUS_PORT, 9093}}
+    assert set(listed) == ports
+    assert all(p.exposure == "vpn" for p in listed.values())
+    assert ports <= NEVER_PUBLIC
+    conf = nftables_conf(cfg)
+    public_line = next(line for line in conf.splitlines() if line.strip().startswith("tcp dport"))
+    vpn_line = next(line for line in conf.splitlines() if 'iifname "wg0" tcp dport' in line)
+    for port in ports:
+        assert re.search(rf"\b{port}\b", vpn_line) and not re.search(rf"\b{port}\b", public_line)
+
+
+def test_the_firewall_step_carries_the_policy_to_a_running_host() -> None:
+    settings = settings_with("lab", {"enabled": True})
+    spec = firewall_step(settings)
+    assert spec.files[0].path == "/etc/nftables.conf" and spec.files[0].content == nftables_conf(settings.config)
+    assert spec.services[0].unit == "nftables.service"
+
+
+def test_every_listener_is_the_wireguard_address() -> None:
+    settings = settings_with("prod", {"enabled": True})
+    files = {f.path: f.content for f in monitoring_step(settings, webhook=True).files}
+    wg = str(settings.config.wireguard.address)
+    listens = re.findall(r"--web\.listen-address=(\S+?)[\s\"]", "".join(files[p] for p in files if "default" in p))
+    assert sorted(listens) == sorted(f"{wg}:{p}" for p in (NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT))
+    # Alertmanager's cluster port would listen on every address: it is off.
+    assert "--cluster.listen-address=" + '"' in files["/etc/default/prometheus-alertmanager"]
+    prom = files["/etc/default/prometheus"]
+    assert "--storage.tsdb.retention.size=256MB" in prom and "--storage.tsdb.retention.time=15d" in prom
+
+
+# --- the daemons' own checkers on every rendered file ---------------------------------------------
+
+
+def _check_tree(tmp_path: Path, files: dict[str, str]) -> None:
+    """Write the files under tmp_path (their /etc/prometheus paths moved there) and run the checkers."""
+    root = tmp_path / "etc-prometheus"
+    for path, content in files.items():
+        if path.startswith("/etc/prometheus/"):
+            target = root / path.removeprefix("/etc/prometheus/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content.replace("/etc/prometheus/", f"{root}/"))
+    out = subprocess.run(
+        [str(PROMTOOL), "check", "config", str(root / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "1 rule files found" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(root / "rules/sams.yml")], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and f"{len(ALERTS)} rules found" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run([str(AMTOOL), "check-config", str(root / "alertmanager.yml")], capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+@needs_tools
+@pytest.mark.parametrize(
+    ("stack", "monitoring", "webhook", "receivers"),
+    [
+        ("lab", {"enabled": True}, False, []),  # no receiver: alerts in Alertmanager's UI only
+        ("lab", {"enabled": True, "emailTo": ["ops@receiver.example"]}, True, ["slack_configs", "email_configs"]),
+        (
+            "dev",
+            {"enabled": True, "emailTo": ["ops@example.org"], "scrapeIntervalSeconds": 30},
+            True,
+            ["slack", "email"],
+        ),
+        ("prod", {"enabled": True, "emailTo": ["a@example.org", "b@example.org"]}, False, ["email_configs"]),
+    ],
+)
+def test_rendered_files_pass_promtool_and_amtool(
+    tmp_path: Path, stack: str, monitoring: dict[str, Any], webhook: bool, receivers: list[str]
+) -> None:
+    settings = settings_with(stack, monitoring)
+    files = {f.path: f.content for f in monitoring_step(settings, webhook=webhook).files}
+    assert {PROMETHEUS_CONFIG, RULES_FILE, ALERTMANAGER_CONFIG} <= set(files)
+    _check_tree(tmp_path, files)
+    receiver = yaml.safe_load(files[ALERTMANAGER_CONFIG])["receivers"][0]
+    for kind in receivers:
+        assert any(key.startswith(kind) for key in receiver), receiver
+    email = receiver.get("email_configs", [{}])[0]
+    if settings.config.relay is not None and email:
+        # Through the relay, its certificate verified, the password from a file of its own.
+        assert email["smarthost"] == f"{settings.config.relay.host}:{settings.config.relay.port}"
+        assert email["require_tls"] is True and email["auth_password_file"] == SMTP_PASSWORD_FILE
+    elif email:
+        assert email["smarthost"] == "127.0.0.1:25"
+
+
+@needs_tools
+def test_external_mode_exports_a_scrape_config_and_rules(tmp_path: Path, runner: Any) -> None:
+    settings = settings_with("prod", {"enabled": True, "mode": "external"})
+    spec = monitoring_step(settings, webhook=True)
+    paths = {f.path for f in spec.files}
+    assert PROMETHEUS_CONFIG not in paths and ALERTMANAGER_CONFIG not in paths and WEBHOOK_URL_FILE not in paths
+    assert spec.late_values == ()
+    # The owner's Prometheus: their global section, our jobs and rules.
+    out = external_config(settings)
+    (tmp_path / "sams.yml").write_text(out["rules"])
+    config = {"rule_files": [str(tmp_path / "sams.yml")], "scrape_configs": yaml.safe_load(out["scrapeConfigs"])}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    check = subprocess.run([str(PROMTOOL), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True)
+    assert check.returncode == 0, check
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == [f"{settings.config.wireguard.address}:{NODE_EXPORTER_PORT}"]
+
+
+def test_the_stack_output_says_where_monitoring_listens(runner: Any) -> None:
+    out = runner("prod").outputs["monitoring"]
+    assert out["enabled"] is False and out["prometheus"] is None
+    run = mockrun.run(
+        "prod", overrides={"sams:monitoring": {"enabled": True, "mode": "external"}}, secret_config=mockrun.TEST_SECRETS
+    )
+    out = run.outputs["monitoring"]
+    assert out["nodeExporter"] == "10.100.0.2:9100" and out["prometheus"] is None
+    assert "SamsBackupStale" in out["external"]["rules"]
+
+
+# --- secrets, order, and off -------------------------------------------------------------------------
+
+
+def test_the_webhook_url_reaches_the_host_only_on_stdin() -> None:
+    run = mockrun.run(
+        "lab",
+        overrides={"sams:monitoring": {"enabled": True}},
+        secret_config={**mockrun.TEST_SECRETS, "sams:monitoringWebhookUrl": "https://hooks.example/T0/B0/secret-x"},
+    )
+    command = next(c for c in run.of_type("command:remote:Command") if c.name == "monitoring-monitoring-apply")
+    assert command.is_secret("stdin") and "secret-x" in command.inputs["stdin"]
+    names = [c.name for c in run.of_type("command:remote:Command")]
+    # After the backup and TLS steps whose files it reads; the firewall first of all.
+    assert names.index("firewall-apply") < names.index("backup-backup-apply")
+    assert names.index("monitoring-monitoring-apply") > names.index("tls-tls-certbot-apply")
+    spec = monitoring_step(settings_with("lab", {"enabled": True}), webhook=True)
+    files = {f.path: f for f in spec.files}
+    assert files[WEBHOOK_URL_FILE].content == "@@SAMS_LATE:monitoring_webhook_url@@\n"
+    assert files[WEBHOOK_URL_FILE].mode == "0640"
+    assert "secret-x" not in json.dumps([f.content for f in spec.files])
+    assert f"chgrp prometheus {WEBHOOK_URL_FILE}" in spec.script
+
+
+def test_the_relay_password_for_alert_mail_is_a_late_value() -> None:
+    spec = monitoring_step(settings_with("dev", {"enabled": True, "emailTo": ["ops@example.org"]}), webhook=False)
+    assert spec.late_values == ("monitoring_smtp_password",)
+    files = {f.path: f for f in spec.files}
+    assert files[SMTP_PASSWORD_FILE].content == "@@SAMS_LATE:monitoring_smtp_password@@\n"
+    assert "relay-password-for-tests" not in files[ALERTMANAGER_CONFIG].content
+
+
+@pytest.mark.parametrize("mode", ["host", "external"])
+def test_the_step_script_is_shellcheck_clean(tmp_path: Path, mode: str) -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck missing")
+    for spec in (monitoring_step(settings_with("dev", {"enabled": True, "mode": mode}), webhook=True), disabled_step()):
+        script = tmp_path / "script.sh"
+        script.write_text(spec.script)
+        out = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout
+
+
+def test_monitoring_off_stops_the_units_and_removes_what_it_wrote() -> None:
+    spec = disabled_step()
+    assert spec.files == () and spec.late_values == ()
+    for unit in ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter"):
+        assert f"systemctl disable -q --now {unit}.service" in spec.script
+    removed = spec.script.split("rm -f ", 1)[1].split("\n", 1)[0].split()
+    assert {WEBHOOK_URL_FILE, SMTP_PASSWORD_FILE, TEXTFILE, "/usr/local/sbin/sams-metrics"} <= set(removed)
+
+
+# --- every alert: a case that fires and one that does not (promtool test rules) ---------------------
+
+HOST = {"host": "mail.example.org", "instance": "10.100.0.2:9100", "job": "node"}
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    text = ",".join(f'{k}="{v}"' for k, v in sorted({**HOST, **labels}.items()))
+    return {"series": f"{name}{{{text}}}", "values": values}
+
+
+# (alert, input series, eval time, the alert's labels beyond the host's, its summary, its description
+# or None for the rule's own): each must fire exactly so.
+FIRING: list[tuple[str, list[dict[str, str]], str, dict[str, str], str, str | None]] = [
+    (
+        "SamsTargetDown",
+        [_series("up", "0x10")],
+        "5m",
+        {},
+        "node on mail.example.org does not answer",
+        "Prometheus could not scrape 10.100.0.2:9100 (node) for 2 minutes.",
+    ),
+    (
+        "SamsMailDiskFull",
+        [
+            _series("node_filesystem_avail_bytes", "10x10", mountpoint="/var/mail", device="vdb", fstype="ext4"),
+            _series("node_filesystem_size_bytes", "100x10", mountpoint="/var/mail", device="vdb", fstype="ext4"),
+            _series("sams_mail_filesystem", "1x10", mountpoint="/var/mail"),
+        ],
+        "8m",
+        {"mountpoint": "/var/mail", "device": "vdb", "fstype": "ext4"},
+        "the mail filesystem on mail.example.org is 90% full",
+        "/var/mail holds the mailboxes and is more than 80% full.",
+    ),
+    (
+        "SamsCertificateExpiring",
+        [_series("sams_tls_certificate_expiry_timestamp_seconds", "864000x20", path="/etc/ssl/sams/fullchain.pem")],
+        "15m",
+        {"path": "/etc/ssl/sams/fullchain.pem"},
+        "the TLS certificate on mail.example.org expires in 9d 23h 45m 0s",
+        "/etc/ssl/sams/fullchain.pem expires within 14 days: certbot has not renewed it.",
+    ),
+    (
+        "SamsBackupStale",
+        [_series("sams_backup_last_success_timestamp_seconds", "0x1700")],
+        "27h",
+        {},
+        "no successful backup of mail.example.org for 1d 3h 0m 0s",
+        None,
+    ),
+    (  # never a success: late from when backups were set up
+        "SamsBackupStale",
+        [_series("sams_backup_expected_since_timestamp_seconds", "0x1700")],
+        "27h",
+        {},
+        "no successful backup of mail.example.org for 1d 3h 0m 0s",
+        None,
+    ),
+    (
+        "SamsBackupFailed",
+        [_series("sams_backup_last_run_ok", "0x5")],
+        "2m",
+        {},
+        "the last backup run on mail.example.org failed",
+        None,
+    ),
+    (
+        "SamsBackupCheckFailed",
+        [_series("sams_backup_check_ok", "0x5")],
+        "2m",
+        {},
+        "restic check of mail.example.org's backup repository failed",
+        None,
+    ),
+    (
+        "SamsMemoryPressure",
+        [_series("node_memory_MemAvailable_bytes", "5x10"), _series("node_memory_MemTotal_bytes", "100x10")],
+        "8m",
+        {},
+        "mail.example.org is short of memory",
+        None,
+    ),
+    (  # plenty available, but the kernel killed a process for memory
+        "SamsMemoryPressure",
+        [
+            _series("node_memory_MemAvailable_bytes", "50x10"),
+            _series("node_memory_MemTotal_bytes", "100x10"),
+            _series("node_vmstat_oom_kill", "0 0 1 1 1 1 1 1 1 1 1"),
+        ],
+        "8m",
+        {},
+        "mail.example.org is short of memory",
+        None,
+    ),
+    (
+        "SamsMetricsStale",
+        [_series("sams_metrics_written_timestamp_seconds", "0x15")],
+        "12m",
+        {},
+        "the SAMS metrics writer on mail.example.org has stopped",
+        None,
+    ),
+]
+# (alert, input series, eval time): each must stay quiet.
+QUIET: list[tuple[str, list[dict[str, str]], str]] = [
+    ("SamsTargetDown", [_series("up", "1x10")], "5m"),
+    (  # /boot is 90 % full, the mail filesystem 50 %
+        "SamsMailDiskFull",
+        [
+            _series("node_filesystem_avail_bytes", "10x10", mountpoint="/boot", device="vda1", fstype="ext4"),
+            _series("node_filesystem_size_bytes", "100x10", mountpoint="/boot", device="vda1", fstype="ext4"),
+            _series("node_filesystem_avail_bytes", "50x10", mountpoint="/var/mail", device="vdb", fstype="ext4"),
+            _series("node_filesystem_size_bytes", "100x10", mountpoint="/var/mail", device="vdb", fstype="ext4"),
+            _series("sams_mail_filesystem", "1x10", mountpoint="/var/mail"),
+        ],
+        "8m",
+    ),
+    (
+        "SamsCertificateExpiring",
+        [_series("sams_tls_certificate_expiry_timestamp_seconds", "2592000x20", path="/p")],
+        "15m",
+    ),
+    (  # the last success 7 h ago, though backups were set up long before
+        "SamsBackupStale",
+        [
+            _series("sams_backup_last_success_timestamp_seconds", "72000x1700"),
+            _series("sams_backup_expected_since_timestamp_seconds", "0x1700"),
+        ],
+        "27h",
+    ),
+    ("SamsBackupFailed", [_series("sams_backup_last_run_ok", "1x5")], "2m"),
+    ("SamsBackupCheckFailed", [_series("sams_backup_check_ok", "1x5")], "2m"),
+    (  # half the memory free, and the OOM killer's count flat (it fired long ago)
+        "SamsMemoryPressure",
+        [
+            _series("node_memory_MemAvailable_bytes", "50x30"),
+            _series("node_memory_MemTotal_bytes", "100x30"),
+            _series("node_vmstat_oom_kill", "3x30"),
+        ],
+        "25m",
+    ),
+    ("SamsMetricsStale", [_series("sams_metrics_written_timestamp_seconds", "0+60x15")], "12m"),
+]
+
+
+def promtool_tests() -> dict[str, Any]:
+    by_name = {a.name: a for a in ALERTS}
+    tests: list[dict[str, Any]] = []
+    for name, series, at, labels, summary, description in FIRING:
+        alert = by_name[name]
+        expected = {
+            "exp_labels": {**HOST, **labels, "severity": alert.severity},
+            "exp_annotations": {
+                "summary": summary,
+                "description": description or alert.description,
+                "runbook_url": f"docs/monitoring.md#{alert.anchor}",
+            },
+        }
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": [expected]}],
+            }
+        )
+    for name, series, at in QUIET:
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": []}],
+            }
+        )
+    return {"rule_files": ["sams.yml"], "evaluation_interval": "1m", "tests": tests}
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    names = {a.name for a in ALERTS}
+    assert {case[0] for case in FIRING} == names == {case[0] for case in QUIET}
+
+
+@needs_tools
+def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
+    settings = settings_with("lab", {"enabled": True})
+    (tmp_path / "sams.yml").write_text(rules_yaml(settings))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(promtool_tests(), sort_keys=False))
+    out = subprocess.run([str(PROMTOOL), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+@needs_tools
+def test_a_quiet_case_would_catch_a_rule_that_always_fires(tmp_path: Path) -> None:
+    """The quiet cases can fail: the same tests against rules whose thresholds are all crossed."""
+    settings = settings_with("lab", {"enabled": True})
+    broken = rules_yaml(settings).replace("> 26 * 3600", "> 0").replace("== 0", ">= 0")
+    (tmp_path / "sams.yml").write_text(broken)
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(promtool_tests(), sort_keys=False))
+    out = subprocess.run([str(PROMTOOL), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1
+    for name in ("SamsBackupStale", "SamsBackupFailed", "SamsBackupCheckFailed", "SamsTargetDown"):
+        assert f"alertname: {name}" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_every_alert_links_a_runbook_section() -> None:
+    text = DOCS.read_text()
+    for alert in ALERTS:
+        assert f"\n### {alert.name}\n" in text, alert.name
+
+
+# --- the textfile writer (files/sams-metrics.py), on this machine ----------------------------------------
+
+
+def _write_metrics(tmp_path: Path, status: dict[str, Any] | None, backups: bool = True) -> dict[str, float]:
+    cert, config = tmp_path / "fullchain.pem", tmp_path / "backup.json"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "10",
+         "-subj", "/CN=mail.example.org", "-keyout", str(tmp_path / "key.pem"), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    if backups:
+        config.write_text("{}")
+    if status is not None:
+        (tmp_path / "status.json").write_text(json.dumps(status))
+    cfg = {
+        "backup_config": str(config),
+        "backup_status": str(tmp_path / "status.json"),
+        "certificates": [str(cert)],
+        "mail_root": str(tmp_path / "vmail" / "not-yet"),
+        "textfile": str(tmp_path / "node" / "sams.prom"),
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps(cfg))
+    tool = PROJECT / "components" / "monitoring" / "files" / "sams-metrics.py"
+    subprocess.run(["python3", str(tool), str(tmp_path / "metrics.json")], check=True)
+    text = (tmp_path / "node" / "sams.prom").read_text()
+    assert not list((tmp_path / "node").glob(".*")), "the temporary file is left behind"
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"}
+
+
+def test_the_writer_turns_a_status_record_into_metrics(tmp_path: Path) -> None:
+    status = {
+        "result": "failed",
+        "finished": "2026-12-06T02:31:07Z",
+        "last_success": "2026-12-05T02:40:00Z",
+        "check": {"result": "failed", "args": []},
+        "cpu_s": 12.5,
+        "peak_rss_mib": 98.5,
+    }
+    metrics = _write_metrics(tmp_path, status)
+    assert metrics["sams_backup_last_run_ok"] == 0 and metrics["sams_backup_check_ok"] == 0
+    assert metrics["sams_backup_last_success_timestamp_seconds"] == 1796438400.0
+    assert metrics["sams_backup_last_run_timestamp_seconds"] == 1796524267.0
+    assert metrics["sams_backup_last_run_peak_rss_bytes"] == 98.5 * 1024 * 1024
+    assert "sams_backup_last_run_added_bytes" not in metrics  # a failed run added nothing it could report
+    expiry = metrics[f'sams_tls_certificate_expiry_timestamp_seconds{{path="{tmp_path}/fullchain.pem"}}']
+    assert 9 * 86400 < expiry - time.time() <= 10 * 86400
+    assert (
+        metrics[
+            'sams_mail_filesystem{mountpoint="/tmp"}'
+            if Path("/tmp").is_mount()
+            else 'sams_mail_filesystem{mountpoint="/"}'
+        ]
+        == 1
+    )
+
+
+def test_the_writer_says_nothing_of_backups_that_are_off(tmp_path: Path) -> None:
+    metrics = _write_metrics(tmp_path, None, backups=False)
+    assert not [k for k in metrics if k.startswith("sams_backup_")]
+    # Backups on but never run: only when they were set up, which the stale alert measures from.
+    metrics = _write_metrics(tmp_path, None)
+    assert [k for k in metrics if k.startswith("sams_backup_")] == ["sams_backup_expected_since_timestamp_seconds"]
