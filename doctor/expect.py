@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from components.dns.plan import Record, Ref, plan, value_text
-from components.firewall.policy import NEVER_PUBLIC, port_policy
+from components.firewall.policy import NEVER_PUBLIC_SERVICES, port_policy
 from components.hostpaths import VMAIL_ROOT
 from components.keys.rotation import DkimPhase
 from doctor.model import (
@@ -30,15 +30,6 @@ from doctor.model import (
 )
 from settings import Settings
 
-# Services behind ports that are never in the policy but must never answer from outside either.
-_NEVER_PUBLIC_SERVICES = {
-    53: "unbound (the host's resolver)",
-    6379: "redis",
-    8891: "opendkim milter",
-    11332: "rspamd proxy",
-    11333: "rspamd",
-    11334: "rspamd web UI",
-}
 # Who serves TLS on which public port, and how the handshake starts.
 _TLS: dict[int, tuple[TlsMode, str]] = {
     25: ("smtp-starttls", "postfix"),
@@ -134,8 +125,8 @@ def expected(stack: str, settings: Settings, outputs: Mapping[str, Any]) -> Expe
     policy = port_policy(cfg)
     public = tuple(PortSpec(p.number, p.proto, p.service) for p in policy if p.exposure == "public")
     private = {(p.number, p.proto): p.service for p in policy if p.exposure == "vpn"}
-    for number in NEVER_PUBLIC:
-        private.setdefault((number, "tcp"), _NEVER_PUBLIC_SERVICES.get(number, "internal"))
+    for number, service in NEVER_PUBLIC_SERVICES.items():
+        private.setdefault((number, "tcp"), service)
     public_tcp = {p.number for p in public if p.proto == "tcp"}
     tls = tuple(TlsEndpoint(port, mode, service) for port, (mode, service) in _TLS.items() if port in public_tcp)
     return Expected(

@@ -19,10 +19,21 @@ NODE_EXPORTER_PORT = 9100
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 
-# Never on the public address, whatever the settings say (asserted by tests and the policy pack).
-NEVER_PUBLIC: frozenset[int] = frozenset(
-    {22, 53, 5432, 6379, 8891, 11332, 11333, 11334, NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT}
-)
+# Never on the public address, whatever the settings say (asserted by tests, the policy pack and the
+# doctor's port probe): each TCP port a daemon on the host listens on, and what listens there.
+NEVER_PUBLIC_SERVICES: dict[int, str] = {
+    22: "ssh",
+    53: "unbound (the host's resolver)",
+    5432: "postgresql",
+    6379: "redis",
+    11332: "rspamd proxy",
+    11333: "rspamd",
+    11334: "rspamd web UI",
+    NODE_EXPORTER_PORT: "node_exporter",
+    PROMETHEUS_PORT: "prometheus",
+    ALERTMANAGER_PORT: "alertmanager",
+}
+NEVER_PUBLIC: frozenset[int] = frozenset(NEVER_PUBLIC_SERVICES)
 
 
 @dataclass(frozen=True, order=True)
