@@ -32,9 +32,10 @@ SCRIPT_LATE = re.compile(r"\$\{?SAMS_LATE_([A-Za-z0-9_]+)")
 
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q"
-# The steps' other forms: ClamAV on, backups to SFTP with a second copy.
+# The steps' other forms: ClamAV on, backups to SFTP with a second copy, monitoring on the host.
 ALL_OPTIONS: dict[str, Any] = {
     "sams:antivirus": {"clamav": True},
+    "sams:monitoring": {"enabled": True, "emailTo": ["ops@example.org"]},
     "sams:backup": {
         "enabled": True,
         "repository": "sftp:backup@backup.example.org:/srv/sams",
@@ -52,7 +53,8 @@ def staged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     build = tmp_path_factory.mktemp(f"build-{request.param}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAMS_BUILD_DIR", str(build))
-        run = mockrun.run(stack, overrides=overrides, secret_config=mockrun.TEST_SECRETS)
+        secrets = {**mockrun.TEST_SECRETS, "sams:monitoringWebhookUrl": "https://hooks.example.org/services/T0/B0/x"}
+        run = mockrun.run(stack, overrides=overrides, secret_config=secrets)
     steps = {d.name: d for d in (build / stack).iterdir() if d.is_dir()}
     return {"variant": request.param, "run": run, "steps": steps}
 
