@@ -8,6 +8,7 @@ prometheus-alertmanager); the lab test runs Debian 13's own on the host (the ste
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -39,9 +40,19 @@ from settings import SettingsError, load
 from tests.conftest import PROJECT
 
 PROMTOOL, AMTOOL = shutil.which("promtool"), shutil.which("amtool")
-needs_tools = pytest.mark.skipif(
-    not (PROMTOOL and AMTOOL), reason="promtool/amtool missing: apt-get install $(cat lab/requirements-apt.txt)"
-)
+
+
+def _require_tools(fn: Any) -> Any:
+    """promtool and amtool are test tools ./run installs (lab/requirements-apt.txt): missing is a failure."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        assert PROMTOOL and AMTOOL, "promtool/amtool missing: apt-get install $(cat lab/requirements-apt.txt)"
+        return fn(*args, **kwargs)
+
+    return functools.wraps(fn)(wrapped)
+
+
+needs_tools = _require_tools
 DOCS = PROJECT / "docs" / "monitoring.md"
 
 
@@ -239,8 +250,7 @@ def test_the_relay_password_for_alert_mail_is_a_late_value() -> None:
 
 @pytest.mark.parametrize("mode", ["host", "external"])
 def test_the_step_script_is_shellcheck_clean(tmp_path: Path, mode: str) -> None:
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck missing")
+    assert shutil.which("shellcheck"), "shellcheck is part of the test tools (see ./run)"
     for spec in (monitoring_step(settings_with("dev", {"enabled": True, "mode": mode}), webhook=True), disabled_step()):
         script = tmp_path / "script.sh"
         script.write_text(spec.script)
