@@ -69,6 +69,7 @@ def _files(cfg: StackConfig, keys: BootSecrets) -> list[dict[str, str]]:
         (f"/etc/wireguard/{WG_INTERFACE}.conf", "0600"),
         ("/etc/fail2ban/jail.d/sams.local", "0644"),
         ("/etc/apt/apt.conf.d/20auto-upgrades", "0644"),
+        ("/etc/apt/apt.conf.d/90sams-lock-timeout", "0644"),
         ("/usr/local/sbin/sams-bootstrap", "0755"),
     ]
     template_of = {f"/etc/wireguard/{WG_INTERFACE}.conf": "etc/wireguard/wg0.conf.j2"}

@@ -119,3 +119,36 @@ def test_only_watching_services_act_once_each(tmp_path: Path) -> None:
     calls.unlink()
     subprocess.run([sys.executable, str(step / "sams-apply"), str(step)], check=True, capture_output=True, env=env)
     assert not calls.exists(), "nothing changed, nothing restarted"
+
+
+def _apply_module() -> object:
+    import importlib.util
+
+    from components.remote.steps import APPLY_SCRIPT
+
+    loader = importlib.machinery.SourceFileLoader("sams_apply", str(APPLY_SCRIPT))
+    spec = importlib.util.spec_from_loader("sams_apply", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_waits_for_apt_locks_held_by_another_process(tmp_path: Path) -> None:
+    """A step starting while first boot's apt (or unattended-upgrades) holds a lock waits, then runs;
+    a lock held past the timeout stops the step with the lock's path."""
+    lock = tmp_path / "lock-frontend"
+    lock.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,time; f=open({str(lock)!r},'w'); fcntl.lockf(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(2)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    module = _apply_module()
+    module.APT_LOCKS = (str(lock), str(tmp_path / "absent"))  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit, match="lock-frontend still locked"):
+        module._wait_for_apt(timeout=0.5)  # type: ignore[attr-defined]
+    waited = module._wait_for_apt(timeout=30)  # type: ignore[attr-defined]
+    holder.wait()
+    assert 0.5 < waited < 10

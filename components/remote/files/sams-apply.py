@@ -14,6 +14,7 @@ Secrets never reach stdout or stderr.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import grp
 import json
@@ -22,8 +23,14 @@ import pwd
 import subprocess
 import sys
 import tempfile
+import time
 
 TOKEN = "@@SAMS_LATE:{}@@"
+# apt's and dpkg's locks (POSIX record locks): first boot's installs or unattended-upgrades may hold
+# them when a step starts. `apt-get install` waits on dpkg's itself (DPkg::Lock::Timeout, cloud-init's
+# 90sams-lock-timeout), `apt-get update` fails at once on the lists lock: wait for every one here.
+APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock")
+LOCK_WAIT_S = 600.0
 
 
 def _render(text: str, late: dict[str, str], names: list[str]) -> str:
@@ -62,6 +69,29 @@ def _install(entry: dict[str, str], content: bytes) -> bool:
     return True
 
 
+def _wait_for_apt(timeout: float = LOCK_WAIT_S) -> float:
+    """Wait until no other process holds an apt/dpkg lock; return the seconds waited."""
+    start = time.monotonic()
+    for path in APT_LOCKS:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
+                    break
+                except OSError:
+                    if time.monotonic() - start > timeout:
+                        raise SystemExit(f"sams-apply: {path} still locked after {timeout:.0f} s") from None
+                    time.sleep(1)
+        finally:
+            os.close(fd)
+    return time.monotonic() - start
+
+
 def main(step_dir: str) -> int:
     with open(os.path.join(step_dir, "manifest.json")) as fh:
         manifest = json.load(fh)
@@ -96,6 +126,7 @@ def main(step_dir: str) -> int:
     ran_script = False
     script = os.path.join(step_dir, "script.sh")
     if manifest["has_script"]:
+        _wait_for_apt()
         env = dict(os.environ, SAMS_CHANGED="\n".join(changed), SAMS_STEP_DIR=step_dir)
         env.update({f"SAMS_LATE_{k}": v for k, v in late.items()})
         subprocess.run(["/bin/sh", "-eu", script], check=True, env=env, stdin=subprocess.DEVNULL)
