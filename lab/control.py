@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab import acme, backupserver, dns, host, netns, receiver, rootfs, s3server, sftpserver, webhook, wg
+from lab import acme, backupserver, dns, host, mirror, netns, receiver, rootfs, s3server, sftpserver, webhook, wg
 from lab.lock import lab_containers
 from lab.proc import LabError, alive, read_pid
 from lab.spec import NAMES, LabSpec, StatePaths, state_paths
@@ -47,12 +47,17 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     mark = time.monotonic()
     tarball = rootfs.ensure_pristine(spec.packages)
     t["pristine"] = time.monotonic() - mark
+    mark = time.monotonic()
+    repo = mirror.ensure_repo(tarball, spec.mirror_packages) if spec.mirror_packages else None
+    t["mirror_repo"] = time.monotonic() - mark
 
     mark = time.monotonic()
     paths.run.mkdir(parents=True, exist_ok=True)
     rootfs.fresh_tree(tarball, paths.tree)
     instance_id = f"sams-lab-{uuid.uuid4().hex[:12]}"
     host.seed(paths.tree, spec, instance_id)
+    if repo is not None:
+        mirror.seed(paths.tree)
     t["tree"] = time.monotonic() - mark
 
     if netns.create(spec):
@@ -63,6 +68,8 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     receiver.start(spec, paths, name=f"mx.{dns.RECEIVER_DOMAIN}", domain=dns.RECEIVER_DOMAIN)
     acme.start(spec, paths)  # Pebble: certbot on the host gets its certificates here
     backupserver.start(paths, spec.inet_ipv4)  # sams:backup's repository
+    if repo is not None:
+        mirror.start(paths, spec.inet_ipv4, repo)  # the provider's Debian mirror: the host's only apt source
     t["internet"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -101,13 +108,18 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     return report
 
 
-def replace_host(spec: LabSpec, paths: StatePaths, *, cloud_init_timeout: float = 300.0) -> dict[str, float]:
+def replace_host(
+    spec: LabSpec, paths: StatePaths, *, cloud_init_timeout: float = 300.0, wait_for_cloud_init: bool = True
+) -> dict[str, Any]:
     """Lose the host and boot a new one in its place: what a dead disk and `pulumi up` after it do.
 
     The host's whole tree goes (its disk, every file on it); the lab's internet (DNS, receiver,
-    ACME, backup server), the hub and the program's state (the keystore) stay, so the new host
-    boots from the same user-data with the same keys, like a replaced instance. No step counts as
-    applied on it. Returns the timings.
+    ACME, backup server, mirror), the hub and the program's state (the keystore) stay, so the new
+    host boots from the same user-data with the same keys, like a replaced instance. No step counts
+    as applied on it. Returns the timings (unix times for `booted_at` and `ssh_at`).
+
+    ``wait_for_cloud_init=False`` returns as soon as SSH answers through the tunnel, as
+    pulumi-command would connect: first boot may still be running (`cloud_init_at_ssh` says).
     """
     t0 = time.monotonic()
     with contextlib.suppress(LabError):
@@ -117,15 +129,28 @@ def replace_host(spec: LabSpec, paths: StatePaths, *, cloud_init_timeout: float 
     (paths.run / "applied.json").unlink(missing_ok=True)  # lab/program.py's record of what ran there
     rootfs.fresh_tree(rootfs.ensure_pristine(spec.packages), paths.tree)
     host.seed(paths.tree, spec, f"sams-lab-{uuid.uuid4().hex[:12]}")
+    if spec.mirror_packages:
+        mirror.seed(paths.tree)
+    result: dict[str, Any] = {"booted_at": time.time()}
     mark = time.monotonic()
     host.start(paths)
-    host.wait_cloud_init(paths, timeout=cloud_init_timeout)
-    booted = time.monotonic() - mark
-    pin_host_keys(paths.tree, spec.vpn_host, paths.known_hosts)
     shell = HostShell(SshTarget.load(paths.target))
-    shell.wait_ready(timeout=60)
+    if wait_for_cloud_init:
+        host.wait_cloud_init(paths, timeout=cloud_init_timeout)
+        result["boot_to_cloud_init_done"] = round(time.monotonic() - mark, 2)
+        pin_host_keys(paths.tree, spec.vpn_host, paths.known_hosts)
+        shell.wait_ready(timeout=60)
+    else:
+        # The host's key is the program's (user-data): the pinned one of the host it replaces.
+        shell.wait_ready(timeout=cloud_init_timeout)
+        leader = host.leader_pid(read_pid(paths.nspawn_pid) or 0)
+        ci = host.container_exec(leader, ["cloud-init", "status"], timeout=10) if leader else None
+        result["cloud_init_at_ssh"] = ci.stdout.decode().strip() if ci else ""
+    result["ssh_at"] = time.time()
+    result["boot_to_ssh"] = round(time.monotonic() - mark, 2)
     shell.open_master()
-    return {"boot_to_cloud_init_done": round(booted, 2), "total": round(time.monotonic() - t0, 2)}
+    result["total"] = round(time.monotonic() - t0, 2)
+    return result
 
 
 def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
@@ -148,6 +173,7 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     removed += s3server.stop(paths)  # started by the backup tests, not by up
     removed += sftpserver.stop(paths)  # likewise
     removed += webhook.stop(paths)  # started by the monitoring test, not by up
+    removed += mirror.stop(paths)
     removed += receiver.stop(paths)
     removed += dns.stop(paths)
     removed += netns.destroy(unmount_run_netns=paths.run_netns_marker.exists())
@@ -209,6 +235,7 @@ def status(paths: StatePaths | None = None) -> dict[str, Any]:
         "dns_pid": dns.running(paths),
         "receiver_pid": receiver.running(paths),
         "acme_pid": acme.running(paths),
+        "mirror_pid": mirror.running(paths),
     }
     if paths.target.exists():
         info["ssh_target"] = json.loads(paths.target.read_text())

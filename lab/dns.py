@@ -49,6 +49,8 @@ SMARTHOST = f"smtp.{LAB_ZONE}"
 BACKUP_SERVER = f"backup.{LAB_ZONE}"
 # An S3-compatible object store (lab/s3server.py, rclone serve s3), started by the backup tests.
 S3_SERVER = f"s3.{LAB_ZONE}"
+# The provider's Debian mirror, the host's only apt source (lab/mirror.py), started by `up`.
+MIRROR = f"deb.{LAB_ZONE}"
 SENDER_DOMAIN = "sender.example"
 RECEIVER_DOMAIN = "receiver.example"
 TTL = 300
@@ -77,6 +79,7 @@ def lab_records(*, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv
         ZoneRecord(SMARTHOST, "A", TTL, inet_ipv4),
         ZoneRecord(BACKUP_SERVER, "A", TTL, inet_ipv4),
         ZoneRecord(S3_SERVER, "A", TTL, inet_ipv4),
+        ZoneRecord(MIRROR, "A", TTL, inet_ipv4),
         # The provider's reverse DNS (Vultr's ReverseIpv4 for real): PTR = hostname = HELO.
         ZoneRecord(ptr(public_ipv4), "PTR", TTL, zonefile.absolute(hostname)),
         ZoneRecord(ptr(inet_ipv4), "PTR", TTL, zonefile.absolute(sender_mx)),

@@ -26,7 +26,7 @@ from typing import Any
 
 import mockrun
 from cloudinit import BASE_PACKAGES
-from components.backup.plan import BACKUP_PACKAGES
+from components.backup.plan import BACKUP_PACKAGES, SFTP_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
 from components.monitoring.plan import PACKAGES as MONITORING_PACKAGES
 from lab import acme, backupserver, dns
@@ -40,18 +40,30 @@ STACK = "lab"
 PUBLIC_PREFIX = 24
 # The independent receiver's host number on the lab's internet (198.18.0.20).
 RECEIVER_HOST = 20
-# The mail stack's packages are baked into the tree (the lab host has no route to a mirror), and those
-# the stack's options need (ClamAV, SASL for a relay login), which lab tests turn on; while ClamAV is
-# off its step stops its units. Debian's kernels have WireGuard built in but this machine's has not:
-# add the userspace one. Monitoring's packages too (its step stops their units while it is off).
-LAB_PACKAGES = (
+# Every package the program's cloud-init and steps install, with the options lab tests turn on
+# (ClamAV, SASL for a relay login, SFTP backups): what the lab's Debian mirror serves. A step whose
+# list misses a package finds it nowhere, as on a VPS it would find it missing after install.
+STACK_PACKAGES = (
+    *BASE_PACKAGES,
     *MAIL_PACKAGES,
     *RELAY_SASL_PACKAGES,
     *CLAMAV_PACKAGES,
     *BACKUP_PACKAGES,
+    *SFTP_PACKAGES,
     *MONITORING_PACKAGES,
-    "wireguard-go",
 )
+# SAMS_LAB_TREE=baked: the explicitly named fast path, every package baked into the tree so no
+# install runs (first boot and the steps find them installed). The default is the bare tree.
+TREE_ENV = "SAMS_LAB_TREE"
+
+
+def baked_tree() -> bool:
+    value = os.environ.get(TREE_ENV, "bare")
+    if value not in ("bare", "baked"):
+        raise LabError(f"{TREE_ENV}={value!r}: expected 'bare' (the default) or 'baked'")
+    return value == "baked"
+
+
 BUILD_IMAGE = Path(__file__).resolve().parent / "docker" / "build_postgres_image.sh"
 
 
@@ -156,7 +168,8 @@ def spec_from_run(run: mockrun.Run, settings: Settings, keys: LabKeys) -> LabSpe
         admin_user=cfg.admin_user,
         ssh_private_key=keys.ssh_private_key,
         user_data=run.outputs["hostUserData"],
-        packages=tuple(sorted(set(BASE_PACKAGES) | set(LAB_PACKAGES))),
+        packages=tuple(sorted(set(STACK_PACKAGES))) if baked_tree() else (),
+        mirror_packages=tuple(sorted(set(STACK_PACKAGES))),
         # The program's published records (its DnsRecord inputs) plus the lab's own zones.
         dns_zones=dns.zones_for_run(
             run,
@@ -201,6 +214,7 @@ class ApplyReport:
     services: list[str] = field(default_factory=list)
     seconds: float = 0.0
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # each step's last JSON line
+    finished: dict[str, float] = field(default_factory=dict)  # unix time each step that ran returned
 
 
 def applied_path(paths: StatePaths) -> Path:
@@ -259,6 +273,7 @@ def apply(
             err = proc.stderr.decode(errors="replace").strip()
             raise LabError(f"step {step.name} failed (exit {proc.returncode}):\n{out}\n{err}")
         summary = _summary(out)
+        report.finished[step.name] = time.time()
         report.ran.append(step.name)
         report.summaries[step.name] = summary
         report.changed_files += len(summary.get("changed", []))

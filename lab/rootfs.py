@@ -29,36 +29,38 @@ SUITE = "trixie"
 VARIANT = "minbase"  # Priority: required + apt; everything else is listed below
 MIRROR = os.environ.get("SAMS_LAB_MIRROR", "http://deb.debian.org/debian")
 # Bump when the way a tree is built changes, so old cache entries are not reused.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 
+# The bare tree: what a provider's Debian 13 cloud image has (Debian's own genericcloud images and
+# Vultr's/Oracle's are this set give or take a few tools), and nothing of SAMS's own. Everything the
+# program installs comes from the lab mirror (lab/mirror.py) when cloud-init or a step asks for it.
 BASE_PACKAGES: tuple[str, ...] = (
     # init and the basics a cloud image has
     "systemd",
     "systemd-sysv",
     "dbus",
-    "libpam-systemd",  # logind sessions for SSH logins (cloud images have it)
+    "libpam-systemd",  # logind sessions for SSH logins
     "sudo",
     "python3",
     "procps",
-    "netbase",  # /etc/services, /etc/protocols (nftables, python socket lookups)
+    "netbase",
     "ca-certificates",
     "curl",
+    "wget",
+    "less",
     "iproute2",
     "iputils-ping",
+    "unattended-upgrades",  # Debian's cloud images install and enable it
     # cloud-init with the NoCloud datasource: the seed is read from
     # /var/lib/cloud/seed/nocloud, so no extra tools (no cloud-image-utils,
     # no ISO/vfat reader) are needed; cloud-init's Depends cover the rest.
     "cloud-init",
     # remote access
     "openssh-server",
-    "openssh-sftp-server",  # scp (SFTP protocol since OpenSSH 9) and CopyToRemote
-    # what the host's user-data configures
-    "nftables",
-    "wireguard-tools",
-    "wireguard-go",  # wg-quick falls back to it: the lab kernel has no wireguard module
-    "fail2ban",
-    "python3-systemd",  # fail2ban's systemd journal backend (Debian's default for sshd)
-    "unattended-upgrades",
+    "openssh-sftp-server",
+    # Not in a cloud image: a stand-in for the kernel's WireGuard module, which every Debian 13
+    # kernel has and this machine's has not (wg-quick falls back to it).
+    "wireguard-go",
 )
 
 

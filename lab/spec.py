@@ -40,7 +40,10 @@ class LabSpec:
     admin_user: str  # e.g. "sams"
     ssh_private_key: Path  # admin's private key file; its .pub was put into user-data
     user_data: str  # complete cloud-init user-data text (#cloud-config ...)
-    packages: tuple[str, ...] = ()  # extra packages for the tree beyond the base set
+    packages: tuple[str, ...] = ()  # extra packages baked into the tree beyond the bare set (fast path)
+    # What the lab's Debian mirror (lab/mirror.py) serves, with dependencies: what the program's
+    # cloud-init and steps install; empty = no mirror (the host then installs nothing).
+    mirror_packages: tuple[str, ...] = ()
     # The lab DNS (lab/dns.py, NSD at inet_ipv4): (zone, zone file text); empty = no DNS server.
     dns_zones: tuple[tuple[str, str], ...] = ()
     # The independent receiver's address on the internet bridge (lab/receiver.py); "" = none.

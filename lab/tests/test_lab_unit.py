@@ -135,3 +135,54 @@ def test_machine_lock_waits_for_a_holder_and_names_it(tmp_path: Path) -> None:
     killed.wait()
     with machine_lock(timeout=1, path=lock):
         pass
+
+
+def test_bare_tree_has_nothing_of_sams() -> None:
+    """The default tree is a cloud image's package set: SAMS's packages come from the lab mirror."""
+    from cloudinit import BASE_PACKAGES as FIRST_BOOT
+    from components.mail.services import MAIL_PACKAGES
+    from lab import program
+
+    bare = set(rootfs.package_set(()))
+    assert {"cloud-init", "openssh-server", "sudo", "ca-certificates", "python3"} <= bare
+    sams = (set(FIRST_BOOT) | set(MAIL_PACKAGES)) - {"ca-certificates", "curl", "iproute2", "python3", "sudo",
+                                                     "openssh-server", "unattended-upgrades", "openssl"}  # fmt: skip
+    assert not sams & bare, sorted(sams & bare)
+    assert sams <= set(program.STACK_PACKAGES)
+
+
+def test_tree_choice_is_bare_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab import program
+
+    monkeypatch.delenv(program.TREE_ENV, raising=False)
+    assert not program.baked_tree()
+    monkeypatch.setenv(program.TREE_ENV, "baked")
+    assert program.baked_tree()
+    monkeypatch.setenv(program.TREE_ENV, "cached")
+    with pytest.raises(LabError, match="SAMS_LAB_TREE='cached'"):
+        program.baked_tree()
+
+
+def test_mirror_seed_points_apt_only_at_the_lab_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab import dns, mirror
+
+    monkeypatch.setenv("SAMS_LAB_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    (tree / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tree / "etc/cloud/cloud.cfg.d").mkdir(parents=True)
+    (tree / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+    (tree / "etc/apt/sources.list.d/other.list").write_text("deb http://example.org/ x y\n")
+    mirror.seed(tree)
+    assert not (tree / "etc/apt/sources.list").exists()
+    assert [p.name for p in (tree / "etc/apt/sources.list.d").iterdir()] == ["debian.sources"]
+    sources = (tree / mirror.SOURCES.lstrip("/")).read_text()
+    assert f"URIs: http://{dns.MIRROR}/debian\n" in sources and f"Signed-By: {mirror.KEYRING}\n" in sources
+    key = (tree / mirror.KEYRING.lstrip("/")).read_text()
+    assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert "preserve_sources_list: true" in (tree / "etc/cloud/cloud.cfg.d/91_sams_lab_mirror.cfg").read_text()
+    assert any(r.name == dns.MIRROR and r.type == "A" for r in dns.lab_records(
+        hostname="mail.sams.test", public_ipv4="198.18.0.10", inet_ipv4="198.18.0.1", receiver_ipv4="198.18.0.20"
+    ))  # fmt: skip
+    # no gpg-agent of the key's generation is left running
+    agents = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {tmp_path}"], capture_output=True, check=False)
+    assert agents.returncode == 1, agents.stdout
