@@ -146,6 +146,9 @@ install -d -o {VMAIL_USER} -g {VMAIL_USER} -m 0750 {VMAIL_ROOT}
 # (which keep only their primary group) can connect.
 install -d -o opendkim -g postfix -m 2750 {POSTFIX_SPOOL}/{OPENDKIM_MILTER.split("/")[0]}
 install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/")[0]}
+# Dovecot's LMTP, auth and quota-status sockets for Postfix go into its private/ (Postfix's own
+# owner and mode): on a new host Postfix has not run yet to make it when Dovecot first starts.
+install -d -o postfix -g root -m 0700 {POSTFIX_SPOOL}/{AUTH_SOCKET.split("/")[0]}
 """
 
     def reachable(services: frozenset[str]) -> str:
@@ -258,7 +261,8 @@ postfix check
     return StepSpec(
         name="postfix",
         files=tuple(files),
-        services=(Service("postfix", ("/etc/postfix/*",), "reload"),),
+        # Reload a running Postfix; start it on a new host (the packages step started nothing).
+        services=(Service("postfix", ("/etc/postfix/*",), "reload-or-restart"),),
         script=script,
         late_values=tuple(late_values),
         description="Postfix: MX with postscreen, submission 587/465, SQL lookups, milters",
@@ -332,7 +336,8 @@ esac
     return StepSpec(
         name="dovecot",
         files=files,
-        services=(Service("dovecot", ("/etc/dovecot/*",), "reload"),),
+        # Reload a running Dovecot; start it on a new host (the packages step started nothing).
+        services=(Service("dovecot", ("/etc/dovecot/*",), "reload-or-restart"),),
         # Fails the step (and names the setting) if Dovecot does not accept the configuration.
         script="doveconf -n >/dev/null\n" + share,
         late_values=(DB_DOVECOT_PASSWORD,),
@@ -611,6 +616,10 @@ def mail_packages(settings: Settings) -> tuple[str, ...]:
     )
 
 
+# Debian's hook (invoke-rc.d, deb-systemd-invoke) asking whether a package may start its service.
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
 def mail_packages_step(settings: Settings) -> StepSpec:
     """Install what is missing (nothing on a host whose image already has it)."""
     script = f"""\
@@ -623,8 +632,20 @@ if [ -n "$missing" ]; then
     # Postfix asks how to configure itself: the postfix step writes main.cf instead.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update
+    # No daemon starts on its package's default config (nginx's default site on :80, Dovecot on
+    # :143): policy-rc.d's 101 ("forbidden") makes the packages' start requests no-ops; each
+    # daemon's own step starts it once SAMS's files are in place. Enabling is unaffected.
+    printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC_D}
+    chmod 0755 {POLICY_RC_D}
+    trap 'rm -f {POLICY_RC_D}' EXIT
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+    rm -f {POLICY_RC_D}
+    trap - EXIT
+    # Timers start no daemon: certbot's renewals must run from now on, not from the next boot.
+    if systemctl list-unit-files -q certbot.timer >/dev/null 2>&1; then
+        systemctl start certbot.timer
+    fi
 fi
 """
     return StepSpec(name="mail-packages", script=script, description="the mail stack's Debian packages")
