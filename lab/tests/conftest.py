@@ -1,5 +1,6 @@
-"""The lab fixture: ONE Debian 13 host for every lab test module (booting takes ~10 s plus the
-apply; a second lab cannot run beside it). At the end of the session the lab is torn down and
+"""The lab fixture: ONE Debian 13 host for every lab test module (first boot ~20 s with cloud-init's
+installs from the lab mirror, plus the apply with the packages steps' installs; a second lab
+cannot run beside it). At the end of the session the lab is torn down and
 the teardown is checked: nothing of it may remain.
 """
 
