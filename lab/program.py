@@ -214,7 +214,8 @@ class ApplyReport:
     services: list[str] = field(default_factory=list)
     seconds: float = 0.0
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # each step's last JSON line
-    finished: dict[str, float] = field(default_factory=dict)  # unix time each step that ran returned
+    started: dict[str, float] = field(default_factory=dict)  # unix time each step that ran began
+    finished: dict[str, float] = field(default_factory=dict)  # ... and returned
 
 
 def applied_path(paths: StatePaths) -> Path:
@@ -260,6 +261,7 @@ def apply(
             report.skipped.append(step.name)
             print(f"  = {step.name}: unchanged")
             continue
+        report.started[step.name] = time.time()
         source = step.copy.inputs["source"]["path"]
         shell.copy_to(source, step.copy.inputs["remotePath"])
         proc = shell.run(
