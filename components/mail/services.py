@@ -51,6 +51,10 @@ OPENDKIM_MILTER = "opendkim/opendkim.sock"
 RSPAMD_MILTER = "rspamd/milter.sock"
 PGSQL_DIR = "/etc/postfix/pgsql"
 RELAY_PASSWORD_FILE = "/etc/postfix/relay_password"
+# The host's own mailbox names that reach root, and through /etc/aliases the first domain's
+# postmaster: RFC 2142's role names for the services a mail host runs, and the bounce sender.
+HOST_ROLE_NAMES = ("postmaster", "abuse", "hostmaster", "webmaster", "security", "noc", "mailer-daemon")
+UNATTENDED_UPGRADES_MAIL = "/etc/apt/apt.conf.d/52sams-mail"
 
 VMAIL_USER = "vmail"
 # A fixed id above Dovecot's first_valid_uid (500), so no extra setting is needed to allow it,
@@ -227,8 +231,13 @@ def postfix_step(settings: Settings) -> StepSpec:
         _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
         _pgsql_lookup("virtual_alias_maps", "the aliases"),
         _pgsql_lookup("sender_login_maps", "who may send as which address"),
-        # Mail to root (cron, daemons) reaches the first domain's postmaster.
-        File("/etc/aliases", _render("etc/aliases.j2", root_to=f"postmaster@{first_domain}")),
+        # Mail to root (cron, daemons) and to the host's role names reaches the first domain's postmaster.
+        File(
+            "/etc/aliases",
+            _render("etc/aliases.j2", role_names=HOST_ROLE_NAMES, root_to=f"postmaster@{first_domain}"),
+        ),
+        # unattended-upgrades reports a failed upgrade to root (it mails nothing unless told to).
+        File(UNATTENDED_UPGRADES_MAIL, _render("etc/apt/apt.conf.d/52sams-mail.j2")),
     ]
     late_values = [DB_POSTFIX_PASSWORD]
     if relay is not None and relay.username:
