@@ -94,26 +94,26 @@ CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshcl
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
 CLAMD_READY_S = 420
 
-# fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
+# fail2ban: the jails for the public logins, and SAMS's filters for Dovecot 2.4's and Postfix's failed logins.
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
 FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
+FAIL2BAN_POSTFIX_SASL_FILTER = "/etc/fail2ban/filter.d/sams-postfix-sasl.conf"
 # The services (firewall/policy.py names) where a password is typed: SMTP AUTH, and Dovecot's logins.
 SASL_SERVICES = frozenset({"submission", "submissions"})
 LOGIN_SERVICES = SASL_SERVICES | {"imap", "imaps", "pop3s", "managesieve"}
 # Postfix's units on Debian 13 (the package's postfix.service and its per-instance unit).
 POSTFIX_UNITS = ("postfix.service", "postfix@-.service")
-# Journal priority of Postfix's "warning:" lines, where a failed SMTP AUTH is logged.
-LOG_WARNING = 4
 
 
 def postfix_sasl_journalmatch() -> str:
-    """The postfix-sasl jail's journal match: Postfix's units, the identifiers of the smtpds that
+    """The postfix-sasl jail's journal match: Postfix's units and the identifiers of the smtpds that
     offer AUTH (each submission service in master.cf logs as postfix/<service>/smtpd: its
-    syslog_name plus the program's name) and warnings only. Terms on one field are alternatives,
-    terms on different fields all apply."""
+    syslog_name plus the program's name), every priority (the filter needs the session's info-level
+    "disconnect" line as well as the warning that AUTH failed). Terms on one field are
+    alternatives, terms on different fields all apply."""
     units = [f"_SYSTEMD_UNIT={unit}" for unit in POSTFIX_UNITS]
     idents = [f"SYSLOG_IDENTIFIER=postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
-    return " ".join([*units, *idents, f"PRIORITY={LOG_WARNING}"])
+    return " ".join([*units, *idents])
 
 
 # Late values (arrive on stdin at apply time).
@@ -163,16 +163,19 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         "etc/fail2ban/jail.d/sams-mail.local.j2",
         submission_ports=reachable(SASL_SERVICES),
         login_ports=reachable(LOGIN_SERVICES),
-        postfix_sasl_journalmatch=postfix_sasl_journalmatch(),
     )
     files = (
         File(FAIL2BAN_JAIL, jail),
         File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
+        File(
+            FAIL2BAN_POSTFIX_SASL_FILTER,
+            _render("etc/fail2ban/filter.d/sams-postfix-sasl.conf.j2", journalmatch=postfix_sasl_journalmatch()),
+        ),
     )
     return StepSpec(
         name="mail-base",
         files=files,
-        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_DOVECOT_FILTER), "reload"),),
+        services=(Service("fail2ban.service", tuple(f.path for f in files), "reload"),),
         script=script,
         description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails",
     )
