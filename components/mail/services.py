@@ -90,6 +90,21 @@ CLAMAV_DB_DIR = "/var/lib/clamav"
 CLAMAV_FIRST_DATABASES = ("main", "daily")
 CLAMAV_DB_FORMS = ("cvd", "cld", "inc")
 CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
+# Debian 13's clamav-freshclam also enables a one-shot freshclam, at boot and daily: a second updater
+# beside freshclam's daemon, which SAMS uses. Without ClamAV, or in reach of no mirror, it fails.
+CLAMAV_ONESHOT_UNITS = ("clamav-freshclam-once.timer", "clamav-freshclam-once.service")
+# Shell: `off UNIT...` disables and stops units and forgets that they failed: a stopped unit that had
+# failed stays "failed" and leaves the host "degraded" (`systemctl is-system-running`).
+UNITS_OFF_FN = """off() {
+    for unit; do
+        systemctl disable --now --quiet "$unit"
+        if systemctl is-failed --quiet "$unit"; then systemctl reset-failed "$unit"; fi
+    done
+}"""
+# Shell: the one-shot updater off, where the installed package has it.
+ONESHOT_OFF = f"""for unit in {" ".join(CLAMAV_ONESHOT_UNITS)}; do
+    if [ -e "/usr/lib/systemd/system/$unit" ]; then off "$unit"; fi
+done"""
 # How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
 CLAMD_READY_S = 420
@@ -427,8 +442,12 @@ def antivirus_step(settings: Settings) -> StepSpec:
 # ClamAV is off: stop and disable what an earlier setting (or the packages' postinst) started. The
 # packages and their signatures stay, so turning it on again downloads nothing twice.
 {INSTALLED_FN}
-if installed clamav-daemon; then systemctl disable --now --quiet {" ".join(CLAMAV_UNITS[:2])}; fi
-if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNITS[2]}; fi
+{UNITS_OFF_FN}
+if installed clamav-daemon; then off {" ".join(CLAMAV_UNITS[:2])}; fi
+if installed clamav-freshclam; then
+    off {CLAMAV_UNITS[2]}
+    {ONESHOT_OFF.replace(chr(10), chr(10) + "    ")}
+fi
 """
         return StepSpec(name="antivirus", script=script, description="ClamAV: off")
     have = " && ".join(f"have {db}" for db in CLAMAV_FIRST_DATABASES)
@@ -441,6 +460,9 @@ have() {{
     done
     return 1
 }}
+# freshclam's daemon updates the signatures; the one-shot updater would race it (and the download below).
+{UNITS_OFF_FN}
+{ONESHOT_OFF}
 # Debian's units start clamd only once freshclam has these, and nothing starts it after freshclam's
 # first download: fetch them now, so that `up` ends with clamd scanning, or fails saying why.
 if ! {{ {have}; }}; then
