@@ -53,6 +53,10 @@ OPENDKIM_MILTER = "opendkim/opendkim.sock"
 RSPAMD_MILTER = "rspamd/milter.sock"
 PGSQL_DIR = "/etc/postfix/pgsql"
 RELAY_PASSWORD_FILE = "/etc/postfix/relay_password"
+# The host's own mailbox names that reach root, and through /etc/aliases the first domain's
+# postmaster: RFC 2142's role names for the services a mail host runs, and the bounce sender.
+HOST_ROLE_NAMES = ("postmaster", "abuse", "hostmaster", "webmaster", "security", "noc", "mailer-daemon")
+UNATTENDED_UPGRADES_MAIL = "/etc/apt/apt.conf.d/52sams-mail"
 
 VMAIL_USER = "vmail"
 # A fixed id above Dovecot's first_valid_uid (500), so no extra setting is needed to allow it,
@@ -83,30 +87,45 @@ CLAMD_CONF = "/etc/clamav/clamd.conf"
 # each in one of the forms freshclam writes (CVD, its patched CLD, the older unpacked .inc directory).
 CLAMAV_FIRST_DATABASES = ("main", "daily")
 CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
+# Debian 13's clamav-freshclam also enables a one-shot freshclam, at boot and daily: a second updater
+# beside freshclam's daemon, which SAMS uses. Without ClamAV, or in reach of no mirror, it fails.
+CLAMAV_ONESHOT_UNITS = ("clamav-freshclam-once.timer", "clamav-freshclam-once.service")
+# Shell: `off UNIT...` disables and stops units and forgets that they failed: a stopped unit that had
+# failed stays "failed" and leaves the host "degraded" (`systemctl is-system-running`).
+UNITS_OFF_FN = """off() {
+    for unit; do
+        systemctl disable --now --quiet "$unit"
+        if systemctl is-failed --quiet "$unit"; then systemctl reset-failed "$unit"; fi
+    done
+}"""
+# Shell: the one-shot updater off, where the installed package has it.
+ONESHOT_OFF = f"""for unit in {" ".join(CLAMAV_ONESHOT_UNITS)}; do
+    if [ -e "/usr/lib/systemd/system/$unit" ]; then off "$unit"; fi
+done"""
 # How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
 CLAMD_READY_S = 420
 
-# fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
+# fail2ban: the jails for the public logins, and SAMS's filters for Dovecot 2.4's and Postfix's failed logins.
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
 FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
+FAIL2BAN_POSTFIX_SASL_FILTER = "/etc/fail2ban/filter.d/sams-postfix-sasl.conf"
 # The services (firewall/policy.py names) where a password is typed: SMTP AUTH, and Dovecot's logins.
 SASL_SERVICES = frozenset({"submission", "submissions"})
 LOGIN_SERVICES = SASL_SERVICES | {"imap", "imaps", "pop3s", "managesieve"}
 # Postfix's units on Debian 13 (the package's postfix.service and its per-instance unit).
 POSTFIX_UNITS = ("postfix.service", "postfix@-.service")
-# Journal priority of Postfix's "warning:" lines, where a failed SMTP AUTH is logged.
-LOG_WARNING = 4
 
 
 def postfix_sasl_journalmatch() -> str:
-    """The postfix-sasl jail's journal match: Postfix's units, the identifiers of the smtpds that
+    """The postfix-sasl jail's journal match: Postfix's units and the identifiers of the smtpds that
     offer AUTH (each submission service in master.cf logs as postfix/<service>/smtpd: its
-    syslog_name plus the program's name) and warnings only. Terms on one field are alternatives,
-    terms on different fields all apply."""
+    syslog_name plus the program's name), every priority (the filter needs the session's info-level
+    "disconnect" line as well as the warning that AUTH failed). Terms on one field are
+    alternatives, terms on different fields all apply."""
     units = [f"_SYSTEMD_UNIT={unit}" for unit in POSTFIX_UNITS]
     idents = [f"SYSLOG_IDENTIFIER=postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
-    return " ".join([*units, *idents, f"PRIORITY={LOG_WARNING}"])
+    return " ".join([*units, *idents])
 
 
 # Late values (arrive on stdin at apply time).
@@ -156,16 +175,19 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         "etc/fail2ban/jail.d/sams-mail.local.j2",
         submission_ports=reachable(SASL_SERVICES),
         login_ports=reachable(LOGIN_SERVICES),
-        postfix_sasl_journalmatch=postfix_sasl_journalmatch(),
     )
     files = (
         File(FAIL2BAN_JAIL, jail),
         File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
+        File(
+            FAIL2BAN_POSTFIX_SASL_FILTER,
+            _render("etc/fail2ban/filter.d/sams-postfix-sasl.conf.j2", journalmatch=postfix_sasl_journalmatch()),
+        ),
     )
     return StepSpec(
         name="mail-base",
         files=files,
-        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_DOVECOT_FILTER), "reload"),),
+        services=(Service("fail2ban.service", tuple(f.path for f in files), "reload"),),
         script=script,
         description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails",
     )
@@ -229,8 +251,13 @@ def postfix_step(settings: Settings) -> StepSpec:
         _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
         _pgsql_lookup("virtual_alias_maps", "the aliases"),
         _pgsql_lookup("sender_login_maps", "who may send as which address"),
-        # Mail to root (cron, daemons) reaches the first domain's postmaster.
-        File("/etc/aliases", _render("etc/aliases.j2", root_to=f"postmaster@{first_domain}")),
+        # Mail to root (cron, daemons) and to the host's role names reaches the first domain's postmaster.
+        File(
+            "/etc/aliases",
+            _render("etc/aliases.j2", role_names=HOST_ROLE_NAMES, root_to=f"postmaster@{first_domain}"),
+        ),
+        # unattended-upgrades reports a failed upgrade to root (it mails nothing unless told to).
+        File(UNATTENDED_UPGRADES_MAIL, _render("etc/apt/apt.conf.d/52sams-mail.j2")),
     ]
     late_values = [DB_POSTFIX_PASSWORD]
     if relay is not None and relay.username:
@@ -423,8 +450,12 @@ def antivirus_step(settings: Settings) -> StepSpec:
 # ClamAV is off: stop and disable what an earlier setting (or the packages' postinst) started. The
 # packages and their signatures stay, so turning it on again downloads nothing twice.
 {INSTALLED_FN}
-if installed clamav-daemon; then systemctl disable --now --quiet {" ".join(CLAMAV_UNITS[:2])}; fi
-if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNITS[2]}; fi
+{UNITS_OFF_FN}
+if installed clamav-daemon; then off {" ".join(CLAMAV_UNITS[:2])}; fi
+if installed clamav-freshclam; then
+    off {CLAMAV_UNITS[2]}
+    {ONESHOT_OFF.replace(chr(10), chr(10) + "    ")}
+fi
 """
         return StepSpec(name="antivirus", script=script, description="ClamAV: off")
     have = " && ".join(f"have {db}" for db in CLAMAV_FIRST_DATABASES)
@@ -437,6 +468,9 @@ have() {{
     done
     return 1
 }}
+# freshclam's daemon updates the signatures; the one-shot updater would race it (and the download below).
+{UNITS_OFF_FN}
+{ONESHOT_OFF}
 # Debian's units start clamd only once freshclam has these, and nothing starts it after freshclam's
 # first download: fetch them now, so that `up` ends with clamd scanning, or fails saying why.
 if ! {{ {have}; }}; then

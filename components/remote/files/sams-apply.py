@@ -5,10 +5,14 @@ Usage: sams-apply STEP_DIR   (late values, if the step has any, arrive as a JSON
 
 1. Every file in manifest.json is rendered (late-value tokens replaced), compared with what is
    installed, and replaced atomically only if it differs (mode and owner are enforced too).
-2. Services watching a changed path are reloaded or restarted, once each; nothing else is touched.
-3. script.sh, if present, runs with SAMS_CHANGED (changed paths, newline-separated) and the late
-   values in its environment (SAMS_LATE_<name>).
-4. A one-line JSON summary goes to stdout: {"step", "changed", "services", "script"}.
+2. Files the step installed last time and no longer declares are removed (unless another step
+   declares them now), so turning a feature off leaves no stale config and no secret behind. What a
+   step installed is recorded in STAGE_DIR/.applied/<step>.json (STAGE_DIR: STEP_DIR's parent).
+3. Services watching a changed or removed path are reloaded or restarted, once each; nothing else
+   is touched.
+4. script.sh, if present, runs with SAMS_CHANGED (changed and removed paths, newline-separated) and
+   the late values in its environment (SAMS_LATE_<name>).
+5. A one-line JSON summary goes to stdout: {"step", "changed", "removed", "services", "script"}.
 Secrets never reach stdout or stderr.
 """
 
@@ -24,6 +28,8 @@ import sys
 import tempfile
 
 TOKEN = "@@SAMS_LATE:{}@@"
+# Beside the staged steps: what each step installed (item 2 above).
+RECORDS = ".applied"
 
 
 def _render(text: str, late: dict[str, str], names: list[str]) -> str:
@@ -62,6 +68,57 @@ def _install(entry: dict[str, str], content: bytes) -> bool:
     return True
 
 
+def _records_dir(step_dir: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(step_dir)), RECORDS)
+
+
+def _recorded(path: str) -> list[str]:
+    """The files a step's record lists ([] without a record: a step never applied by this version)."""
+    try:
+        with open(path) as fh:
+            files = json.load(fh)["files"]
+    except FileNotFoundError:
+        return []
+    return [str(f) for f in files]
+
+
+def _record(records: str, step: str, files: list[str]) -> None:
+    """Write the step's record atomically (root-only: it names secret files, never their content)."""
+    os.makedirs(records, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=records, prefix=".sams-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"step": step, "files": sorted(files)}, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(records, f"{step}.json"))
+
+
+def _withdraw(records: str, step: str, declared: list[str]) -> list[str]:
+    """Remove the files this step installed before and declares no more; the paths removed.
+
+    A path that another step's record lists now belongs to that step and stays.
+    """
+    mine = os.path.join(records, f"{step}.json")
+    stale = set(_recorded(mine)) - set(declared)
+    if not stale:
+        return []
+    others: set[str] = set()
+    for name in os.listdir(records):
+        if name.endswith(".json") and name != f"{step}.json":
+            others.update(_recorded(os.path.join(records, name)))
+    removed = []
+    for path in sorted(stale - others):
+        if os.path.isdir(path) and not os.path.islink(path):
+            continue  # only ever a file was installed here; a directory now is not ours to delete
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
 def main(step_dir: str) -> int:
     with open(os.path.join(step_dir, "manifest.json")) as fh:
         manifest = json.load(fh)
@@ -80,11 +137,17 @@ def main(step_dir: str) -> int:
         if _install(entry, text.encode()):
             changed.append(entry["path"])
 
+    records = _records_dir(step_dir)
+    declared = [entry["path"] for entry in manifest["files"]]
+    removed = _withdraw(records, manifest["step"], declared)
+    _record(records, manifest["step"], declared)
+    touched = changed + removed
+
     # One action per unit, the strongest wins: a restart already includes a reload.
     strength = {"reload": 0, "reload-or-restart": 1, "restart": 2}
     todo: dict[str, str] = {}
     for svc in manifest["services"]:
-        if any(fnmatch.fnmatch(p, w) for p in changed for w in svc["watches"]):
+        if any(fnmatch.fnmatch(p, w) for p in touched for w in svc["watches"]):
             current = todo.get(svc["unit"])
             if current is None or strength[svc["action"]] > strength[current]:
                 todo[svc["unit"]] = svc["action"]
@@ -96,12 +159,13 @@ def main(step_dir: str) -> int:
     ran_script = False
     script = os.path.join(step_dir, "script.sh")
     if manifest["has_script"]:
-        env = dict(os.environ, SAMS_CHANGED="\n".join(changed), SAMS_STEP_DIR=step_dir)
+        env = dict(os.environ, SAMS_CHANGED="\n".join(touched), SAMS_STEP_DIR=step_dir)
         env.update({f"SAMS_LATE_{k}": v for k, v in late.items()})
         subprocess.run(["/bin/sh", "-eu", script], check=True, env=env, stdin=subprocess.DEVNULL)
         ran_script = True
 
-    print(json.dumps({"step": manifest["step"], "changed": changed, "services": acted, "script": ran_script}))
+    summary = {"step": manifest["step"], "changed": changed, "removed": removed, "services": acted}
+    print(json.dumps({**summary, "script": ran_script}))
     return 0
 
 
