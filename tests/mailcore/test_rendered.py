@@ -16,6 +16,7 @@ import settings
 from components.database import schema
 from components.mail import services
 from components.remote.steps import StepSpec
+from components.tls import certs
 from settings.mail_list import MailList
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -374,3 +375,22 @@ def test_roles_sql_takes_every_password_late() -> None:
     sql = schema.roles_sql()
     assert set(TOKEN.findall(sql)) == {schema.password_late_name(r) for r in schema.READERS + (schema.OWNER,)}
     assert "CREATE DATABASE sams OWNER sams_owner" in sql
+
+
+# --- TLS suites (issue 21, item 9) ---------------------------------------
+
+
+def test_clients_get_the_one_aead_list_and_the_server_picks(lab_settings: settings.Settings) -> None:
+    # No CBC suite: every entry is GCM or ChaCha20-Poly1305 with an ECDHE key exchange.
+    assert all(re.fullmatch(r"ECDHE-(ECDSA|RSA)-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)", c)
+               for c in certs.CLIENT_TLS12_CIPHERS)  # fmt: skip
+    files = _files(services.mail_steps(lab_settings))
+    main_cf, dovecot = files["/etc/postfix/main.cf"], files["/etc/dovecot/dovecot.conf"]
+    assert f"tls_high_cipherlist = {certs.CLIENT_CIPHER_LIST}\n" in main_cf
+    assert "smtpd_tls_mandatory_ciphers = high\n" in main_cf and "tls_preempt_cipherlist = yes\n" in main_cf
+    assert "smtpd_tls_ciphers" not in main_cf  # port 25 keeps Postfix's broad default
+    assert f"ssl_cipher_list = {certs.CLIENT_CIPHER_LIST}\n" in dovecot
+    assert "ssl_server_prefer_ciphers = server\n" in dovecot
+    nginx = certs.nginx_site(lab_settings)
+    assert nginx.count(f"ssl_ciphers {certs.CLIENT_CIPHER_LIST};") == nginx.count("listen 443 ssl")
+    assert nginx.count("ssl_prefer_server_ciphers on;") == nginx.count("listen 443 ssl")
