@@ -377,7 +377,7 @@ def test_roles_sql_takes_every_password_late() -> None:
     assert "CREATE DATABASE sams OWNER sams_owner" in sql
 
 
-# --- TLS suites (issue 21, item 9) ---------------------------------------
+# --- TLS suites and a filling disk (issue 21, items 9 and 7) ---------------------------------------
 
 
 def test_clients_get_the_one_aead_list_and_the_server_picks(lab_settings: settings.Settings) -> None:
@@ -394,3 +394,18 @@ def test_clients_get_the_one_aead_list_and_the_server_picks(lab_settings: settin
     nginx = certs.nginx_site(lab_settings)
     assert nginx.count(f"ssl_ciphers {certs.CLIENT_CIPHER_LIST};") == nginx.count("listen 443 ssl")
     assert nginx.count("ssl_prefer_server_ciphers on;") == nginx.count("listen 443 ssl")
+
+
+def test_mail_space_tool_passes_shellcheck_and_warns_before_postfix_refuses(lab_settings: settings.Settings) -> None:
+    files = _files(services.mail_steps(lab_settings))
+    tool = files[services.MAIL_SPACE_TOOL]
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is part of the test tools (see ./run)"
+    result = subprocess.run([shellcheck, "-s", "sh", "-"], input=tool, text=True, capture_output=True)
+    assert result.returncode == 0, result.stdout
+    assert f"queue_minfree = {services.QUEUE_MINFREE}\n" in files["/etc/postfix/main.cf"]
+    assert services.QUEUE_MINFREE >= 1.5 * services.MESSAGE_SIZE_LIMIT  # Postfix's own floor
+    assert (
+        f"OnUnitActiveSec={services.MAIL_SPACE_INTERVAL}"
+        in files[f"/etc/systemd/system/{services.MAIL_SPACE_UNIT}.timer"]
+    )
