@@ -79,6 +79,18 @@ UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
 # Postfix's message_size_limit (main.cf): clamd takes streams this long, so any accepted part is scanned.
 MESSAGE_SIZE_LIMIT = 52428800
+# Below this much free space in its queue's filesystem Postfix's smtpd answers every MAIL FROM with
+# "452 4.3.1 Insufficient system storage" (main.cf). Postfix's own floor is 1.5 x message_size_limit;
+# twice leaves room to deliver what is already queued after the last message it took.
+QUEUE_MINFREE = 2 * MESSAGE_SIZE_LIMIT
+# sams-mail-space (a timer) mails the postmaster once per episode when the queue's or the Maildirs'
+# filesystem has less than this share free (or less than twice QUEUE_MINFREE), before Postfix refuses.
+MAIL_SPACE_TOOL = "/usr/local/sbin/sams-mail-space"
+MAIL_SPACE_UNIT = "sams-mail-space"
+MAIL_SPACE_STATE = "/var/lib/sams/mail-space-low"
+MAIL_SPACE_WARN_PERCENT = 10
+MAIL_SPACE_INTERVAL = "5min"
+MAIL_SPACE_SUBJECT = "Mail storage low"
 
 # ClamAV (sams:antivirus.clamav): Debian's clamd, asked by Rspamd over systemd's socket for it.
 CLAMAV_PACKAGES: tuple[str, ...] = ("clamav-daemon", "clamav-freshclam", "clamdscan")
@@ -235,9 +247,11 @@ def postfix_step(settings: Settings) -> StepSpec:
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 tls_fullchain=TLS_FULLCHAIN,
                 tls_key=TLS_KEY,
+                client_ciphers=certs.CLIENT_CIPHER_LIST,
                 rspamd_milter=RSPAMD_MILTER,
                 opendkim_milter=OPENDKIM_MILTER,
                 message_size_limit=MESSAGE_SIZE_LIMIT,
+                queue_minfree=QUEUE_MINFREE,
                 relay=relay,
                 relay_password_file=RELAY_PASSWORD_FILE,
                 **warmup,
@@ -258,6 +272,7 @@ def postfix_step(settings: Settings) -> StepSpec:
         ),
         # unattended-upgrades reports a failed upgrade to root (it mails nothing unless told to).
         File(UNATTENDED_UPGRADES_MAIL, _render("etc/apt/apt.conf.d/52sams-mail.j2")),
+        *mail_space_files(settings),
     ]
     late_values = [DB_POSTFIX_PASSWORD]
     if relay is not None and relay.username:
@@ -275,11 +290,13 @@ def postfix_step(settings: Settings) -> StepSpec:
     unused = "" if warmup["warmup"] else f"rm -f {limits.WARMUP_TRANSPORT_MAP}\n"
     script = (
         unused
-        + """\
+        + f"""\
 # /etc/aliases is read through its indexed copy.
 case "$SAMS_CHANGED" in *"/etc/aliases"*) newaliases ;; esac
 [ -e /etc/aliases.db ] || newaliases
 postfix check
+case "$SAMS_CHANGED" in *{MAIL_SPACE_UNIT}*) systemctl daemon-reload ;; esac
+systemctl enable --quiet --now {MAIL_SPACE_UNIT}.timer
 """
     )
     return StepSpec(
@@ -289,6 +306,29 @@ postfix check
         script=script,
         late_values=tuple(late_values),
         description="Postfix: MX with postscreen, submission 587/465, SQL lookups, milters",
+    )
+
+
+def mail_space_files(settings: Settings) -> tuple[File, ...]:
+    """sams-mail-space, its service and its timer: the postmaster hears of a filling disk."""
+    hostname = settings.config.hostname
+    tool = _render(
+        "usr/local/sbin/sams-mail-space.j2",
+        state_file=MAIL_SPACE_STATE,
+        warn_percent=MAIL_SPACE_WARN_PERCENT,
+        watched=[POSTFIX_SPOOL, VMAIL_ROOT],
+        hostname=hostname,
+        postmaster=f"postmaster@{settings.mail.domains[0].name}",
+        subject=MAIL_SPACE_SUBJECT,
+    )
+    unit = f"/etc/systemd/system/{MAIL_SPACE_UNIT}"
+    return (
+        File(MAIL_SPACE_TOOL, tool, mode="0755"),
+        File(f"{unit}.service", _render(f"etc/systemd/system/{MAIL_SPACE_UNIT}.service.j2", tool=MAIL_SPACE_TOOL)),
+        File(
+            f"{unit}.timer",
+            _render(f"etc/systemd/system/{MAIL_SPACE_UNIT}.timer.j2", interval=MAIL_SPACE_INTERVAL),
+        ),
     )
 
 
@@ -310,6 +350,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 "etc/dovecot/dovecot.conf.j2",
                 tls_fullchain=TLS_FULLCHAIN,
                 tls_key=TLS_KEY,
+                client_ciphers=certs.CLIENT_CIPHER_LIST,
                 sql_conf=DOVECOT_SQL_CONF,
                 vmail_user=VMAIL_USER,
                 vmail_root=VMAIL_ROOT,
