@@ -30,19 +30,12 @@ import pytest
 from components.database import steps as database
 from components.mail import services
 from lab.dns import SENDER_DOMAIN, SMARTHOST
+from lab.hostcmd import WAIT_RSPAMD, sh
+from lab.netclient import message, mx_attempt, tls_context
+from lab.session import Lab, up_with
 from lab.spec import NAMES
 from lab.tests import journal
-from lab.tests.conftest import Lab, up_with
-from lab.tests.test_mail_e2e import (
-    WAIT_RSPAMD,
-    World,
-    message,
-    mx_attempt,
-    sh,
-    subject,
-    tls_context,
-    world,
-)
+from lab.world import World, subject, world
 
 pytestmark = pytest.mark.lab
 

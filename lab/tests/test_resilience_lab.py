@@ -26,10 +26,12 @@ from components.database.steps import CONTAINER
 from components.mail import services
 from lab import control, receiver
 from lab.dns import RECEIVER_DOMAIN, SENDER_DOMAIN
+from lab.hostcmd import WAIT_RSPAMD, sh
+from lab.netclient import Reply, message, mx_attempt, tls_context
 from lab.proc import run
+from lab.session import Lab
 from lab.spec import NAMES
-from lab.tests.conftest import Lab
-from lab.tests.test_mail_e2e import WAIT_RSPAMD, Reply, World, message, mx_attempt, sh, tls_context, world
+from lab.world import World, world
 
 pytestmark = pytest.mark.lab
 
