@@ -343,3 +343,8 @@ def test_monitoring_off_leaves_nothing_running(monitored: Lab) -> None:
     assert sh(lab, f"ls {WEBHOOK_URL_FILE} {TEXTFILE} /usr/local/sbin/sams-metrics 2>&1 || true").count("No such") == 3
     ruleset = sh(lab, "nft list chain inet sams input")
     assert not any(str(p) in ruleset for p in PORTS), ruleset
+    # The packages stay, whole: each /etc/default file the step replaced holds the package's own
+    # content again (dpkg --verify names a conffile that is missing or changed).
+    verify = sh(lab, "dpkg --verify prometheus prometheus-alertmanager prometheus-node-exporter", check=False)
+    assert "/etc/default/" not in verify, verify
+    assert sh(lab, "systemctl list-units --failed --plain --no-legend", check=False).strip() == ""

@@ -8,6 +8,9 @@ Usage: sams-apply STEP_DIR   (late values, if the step has any, arrive as a JSON
 2. Files the step installed last time and no longer declares are removed (unless another step
    declares them now), so turning a feature off leaves no stale config and no secret behind. What a
    step installed is recorded in STAGE_DIR/.applied/<step>.json (STAGE_DIR: STEP_DIR's parent).
+   A package's pristine conffile that a step replaced is kept aside (.applied/originals/) and put
+   back instead, so the package stays whole; a systemd unit is stopped and disabled before its
+   file goes, and systemd reloads once.
 3. Services watching a changed or removed path are reloaded or restarted, once each; nothing else
    is touched.
 4. script.sh, if present, runs with SAMS_CHANGED (changed and removed paths, newline-separated) and
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import hashlib
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +35,11 @@ import tempfile
 TOKEN = "@@SAMS_LATE:{}@@"
 # Beside the staged steps: what each step installed (item 2 above).
 RECORDS = ".applied"
+# Inside RECORDS: the package's own version of each conffile a step replaced (item 2 above).
+ORIGINALS = "originals"
+# Unit files under here are stopped and disabled before they are removed.
+UNIT_DIR = "/etc/systemd/system/"
+UNIT_SUFFIXES = (".service", ".timer", ".socket", ".path")
 
 
 def _render(text: str, late: dict[str, str], names: list[str]) -> str:
@@ -94,8 +104,47 @@ def _record(records: str, step: str, files: list[str]) -> None:
     os.replace(tmp, os.path.join(records, f"{step}.json"))
 
 
+def _original(records: str, path: str) -> str:
+    return os.path.join(records, ORIGINALS, path.lstrip("/").replace("/", "%"))
+
+
+def _pristine_conffile(path: str) -> bool:
+    """Whether a package installed this file and it still holds the package's own content (dpkg's
+    md5 of the conffile), so it is worth putting back when a step lets go of it."""
+    owner = subprocess.run(["dpkg-query", "-S", path], capture_output=True, text=True, check=False)
+    if owner.returncode != 0:
+        return False
+    package = owner.stdout.split(":", 1)[0].split(",")[0].strip()
+    listed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Conffiles}\n", package], capture_output=True, text=True, check=False
+    )
+    with open(path, "rb") as fh:
+        digest = hashlib.md5(fh.read(), usedforsecurity=False).hexdigest()
+    return any(line.split()[:2] == [path, digest] for line in listed.stdout.splitlines())
+
+
+def _keep_originals(records: str, declared: list[str]) -> None:
+    """Before a step first replaces a package's pristine conffile, keep a copy (content, mode,
+    owner) to put back when the step stops declaring it."""
+    ours: set[str] = set()
+    if os.path.isdir(records):
+        for name in os.listdir(records):
+            if name.endswith(".json"):
+                ours.update(_recorded(os.path.join(records, name)))
+    for path in declared:
+        keep = _original(records, path)
+        if path in ours or os.path.exists(keep) or not os.path.isfile(path) or os.path.islink(path):
+            continue
+        if _pristine_conffile(path):
+            os.makedirs(os.path.dirname(keep), mode=0o700, exist_ok=True)
+            shutil.copy2(path, keep)
+            st = os.stat(path)
+            os.chown(keep, st.st_uid, st.st_gid)
+
+
 def _withdraw(records: str, step: str, declared: list[str]) -> list[str]:
-    """Remove the files this step installed before and declares no more; the paths removed.
+    """Remove the files this step installed before and declares no more (a kept package original
+    goes back instead); the paths removed or put back.
 
     A path that another step's record lists now belongs to that step and stays.
     """
@@ -111,11 +160,25 @@ def _withdraw(records: str, step: str, declared: list[str]) -> list[str]:
     for path in sorted(stale - others):
         if os.path.isdir(path) and not os.path.islink(path):
             continue  # only ever a file was installed here; a directory now is not ours to delete
+        keep = _original(records, path)
+        if os.path.exists(keep):
+            st = os.stat(keep)
+            shutil.copy2(keep, path)
+            os.chown(path, st.st_uid, st.st_gid)
+            os.unlink(keep)
+            removed.append(path)
+            continue
+        unit = os.path.basename(path)
+        if os.path.dirname(path) + "/" == UNIT_DIR and unit.endswith(UNIT_SUFFIXES) and os.path.exists(path):
+            # A unit whose file goes stops first: systemd keeps running what it has loaded.
+            subprocess.run(["systemctl", "disable", "-q", "--now", unit], check=False)
         try:
             os.unlink(path)
         except FileNotFoundError:
             continue
         removed.append(path)
+    if any(p.startswith("/etc/systemd/") for p in removed):
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
     return removed
 
 
@@ -130,6 +193,9 @@ def main(step_dir: str) -> int:
         if missing:
             raise SystemExit(f"sams-apply: late values missing on stdin: {', '.join(missing)}")
 
+    records = _records_dir(step_dir)
+    declared = [entry["path"] for entry in manifest["files"]]
+    _keep_originals(records, declared)
     changed: list[str] = []
     for entry in manifest["files"]:
         with open(os.path.join(step_dir, entry["src"]), encoding="utf-8") as fh:
@@ -137,8 +203,6 @@ def main(step_dir: str) -> int:
         if _install(entry, text.encode()):
             changed.append(entry["path"])
 
-    records = _records_dir(step_dir)
-    declared = [entry["path"] for entry in manifest["files"]]
     removed = _withdraw(records, manifest["step"], declared)
     _record(records, manifest["step"], declared)
     touched = changed + removed
