@@ -130,6 +130,8 @@ def test_mail_retried_ten_seconds_after_postgresql_is_back_is_accepted(mail: Wor
 # Internet addresses of their own: a ban (the failure) must not touch the other tests' address.
 RETRIER = "198.18.0.68"  # a user whose client retries while Dovecot is down
 MISTYPER = "198.18.0.69"  # a user who mistypes their password
+GUESSER = "198.18.0.70"  # a password guesser, many passwords in one session
+RUSHER = "198.18.0.71"  # a client logging in more than 30 times a minute
 JAIL = "postfix-sasl"
 
 
@@ -283,6 +285,55 @@ def test_one_failed_login_counts_once(mail: World, address: str) -> None:
     assert sum("authentication failed" in line for line in lines) == 4, lines  # PLAIN and LOGIN, twice
     assert counted == 2, (counted, lines)
     assert not banned(lab, JAIL, address)
+
+
+def guessing_session(host: str, cafile: str, source: str, user: str, count: int) -> list[str]:
+    """One submission session from `source` trying `count` wrong passwords with AUTH PLAIN, as a
+    guesser would: each reply code, until the server ends the session."""
+    outcomes: list[str] = []
+    with smtplib.SMTP(host, 587, timeout=60, source_address=(source, 0), local_hostname="guess") as c:
+        c.starttls(context=tls_context(cafile))
+        c.ehlo()
+        for n in range(count):
+            try:
+                code, text = c.docmd("AUTH", f"PLAIN {plain_token(user, f'guess-{n}')}")
+            except smtplib.SMTPServerDisconnected:
+                outcomes.append("dropped")
+                break
+            outcomes.append(f"{code} {text.decode(errors='replace')}")
+            if code == 421:
+                break
+    return outcomes
+
+
+@pytest.mark.parametrize("address", [GUESSER], indirect=True)
+def test_a_guesser_gets_five_passwords_a_session(mail: World, address: str) -> None:
+    """The jail counts a failed session once, so a session must not try many passwords: submission
+    ends it at its 5th error (421), and the session counts once. (Before the cap the session took
+    all 10.) Dovecot's auth penalty may answer a later try with a temporary 454: an error too."""
+    lab, user = mail.lab, "alice@sams.test"
+    before = jail_failures(lab, JAIL)
+    outcomes = mail.inet(guessing_session, mail.host, mail.cafile, address, user, 10, timeout=300)
+    codes = [o.split()[0] for o in outcomes]
+    assert len(codes) == 6 and codes[0] == "535" and set(codes[:5]) <= {"535", "454"}, outcomes
+    assert outcomes[5].startswith("421") and "too many errors" in outcomes[5], outcomes
+    time.sleep(3)  # fail2ban reads the journal as it grows
+    assert jail_failures(lab, JAIL) - before == 1
+    assert not banned(lab, JAIL, address)
+
+
+@pytest.mark.parametrize("address", [RUSHER], indirect=True)
+def test_more_than_30_logins_a_minute_from_one_address_wait(mail: World, address: str) -> None:
+    """Across sessions, one address gets 30 AUTH commands a minute (Postfix's anvil): the 31st is
+    refused with a temporary 450 before Dovecot is asked, even with the right password."""
+    user = "alice@sams.test"
+    start = time.monotonic()
+    outcomes = mail.inet(auth_sessions, mail.host, mail.cafile, address, user, mail.passwords[user], 31, 30,
+                         timeout=120)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert elapsed < 60, elapsed  # all within anvil's one-minute window
+    assert all(o.startswith("235") for o in outcomes[:30]), outcomes
+    assert outcomes[30].startswith("450") and "too many AUTH commands" in outcomes[30], outcomes[30]
 
 
 # Postfix 3.10's lines (smtpd_sasl_glue.c, xsasl_dovecot_server.c, smtpd.c) for sessions with a
