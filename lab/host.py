@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,18 +186,8 @@ def start(paths: StatePaths, timeout: float = 10.0) -> int:
 
 def find_hypervisor_pids(paths: StatePaths) -> list[int]:
     """lab/hypervisor.py processes of this lab (also found if the pid file is lost)."""
-    found = []
     needle = str(paths.nspawn_pid).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if b"lab.hypervisor" in cmdline and needle in cmdline:
-            found.append(int(entry))
-    return found
+    return pids_whose_cmdline(lambda argv: b"lab.hypervisor" in argv and needle in argv)
 
 
 def power_cut(paths: StatePaths) -> None:
@@ -355,20 +346,25 @@ def _keep_logs(paths: StatePaths) -> None:
             (paths.logs / name).write_bytes(src.read_bytes())
 
 
-def find_nspawn_pids(tree: Path) -> list[int]:
-    """systemd-nspawn processes booting *tree* (also finds them if the pid file is lost)."""
+def pids_whose_cmdline(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """The processes whose argv (/proc/<pid>/cmdline, split at NULs) `match` accepts."""
     found = []
-    needle = f"--directory={tree}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if cmdline and cmdline[0].endswith(b"systemd-nspawn") and needle in cmdline:
+        if argv and match(argv):
             found.append(int(entry))
     return found
+
+
+def find_nspawn_pids(tree: Path) -> list[int]:
+    """systemd-nspawn processes booting *tree* (also finds them if the pid file is lost)."""
+    needle = f"--directory={tree}".encode()
+    return pids_whose_cmdline(lambda argv: argv[0].endswith(b"systemd-nspawn") and needle in argv)
 
 
 def stop(paths: StatePaths, timeout: float = 15.0) -> list[str]:

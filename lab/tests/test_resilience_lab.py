@@ -27,7 +27,7 @@ from components.mail import services
 from lab import control, receiver
 from lab.dns import RECEIVER_DOMAIN, SENDER_DOMAIN
 from lab.hostcmd import WAIT_RSPAMD, sh
-from lab.netclient import Reply, message, mx_attempt, tls_context
+from lab.netclient import Reply, message, mx_attempt, submission_attempt, tls_context
 from lab.proc import run
 from lab.session import Lab
 from lab.spec import NAMES
@@ -68,21 +68,6 @@ def fill_until(lab: Lab, free: int) -> None:
 
 # IMAP's SEARCH takes the phrase quoted (imaplib sends arguments as they are).
 WARNING = f'"{services.MAIL_SPACE_SUBJECT}"'
-
-
-def submission_attempt(host: str, cafile: str, login: tuple[str, str], sender: str, rcpt: str, data: bytes) -> Reply:
-    """A mail client on 587 (STARTTLS, AUTH): the first refusal from MAIL FROM on, else the reply to
-    the message's final dot."""
-    with smtplib.SMTP(host, 587, timeout=60, local_hostname="laptop.example") as client:
-        client.starttls(context=tls_context(cafile))
-        client.login(*login)
-        for verb, arg in (("mail", f"FROM:<{sender}>"), ("rcpt", f"TO:<{rcpt}>"), ("data", "")):
-            code, text = client.docmd(verb, arg)
-            if code >= 400:
-                return code, text.decode(errors="replace")
-        client.send(smtplib.quotedata(data.decode()).encode() + b"\r\n.\r\n")
-        code, text = client.getreply()
-        return code, text.decode(errors="replace")
 
 
 def both_ports(mail: World, data_tag: str) -> dict[int, Reply]:
