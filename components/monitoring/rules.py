@@ -149,6 +149,24 @@ ALERTS: tuple[Alert, ...] = (
         "guessing campaign, from more addresses than the bans hold back.",
     ),
     Alert(
+        "SamsPostgresDown",
+        "sams_postgres_up == 0",
+        "2m",
+        "critical",
+        "PostgreSQL on {{ $labels.host }} does not answer",
+        "No query succeeded for 2 minutes: Postfix answers 4xx to incoming mail, logins fail.",
+    ),
+    Alert(
+        "SamsWalArchiveFailing",
+        "increase(sams_postgres_wal_archive_failed_total[15m]) > 0"
+        " and sams_postgres_wal_last_failed_timestamp_seconds > sams_postgres_wal_last_archived_timestamp_seconds",
+        "15m",
+        "critical",
+        "PostgreSQL on {{ $labels.host }} cannot archive its WAL",
+        "archive_command keeps failing: a restore to a point in time after the last archived segment is not "
+        "possible, and pg_wal grows until the disk is full.",
+    ),
+    Alert(
         HEARTBEAT,
         "vector(1)",
         "0s",

@@ -16,6 +16,8 @@ import yaml
 
 from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
+from components.database.roles import SUPERUSER as DB_SUPERUSER
+from components.database.steps import CONTAINER as DB_CONTAINER
 from components.mail.services import INSTALLED_FN, VMAIL_ROOT
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
@@ -129,6 +131,7 @@ def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = Fal
 def metrics_config(wg_interface: str) -> dict[str, object]:
     return {
         "wireguard_interface": wg_interface,
+        "postgres": {"container": DB_CONTAINER, "superuser": DB_SUPERUSER},
         "backup_config": BACKUP_CONFIG,
         "backup_status": BACKUP_STATUS,
         "certificates": [TLS_FULLCHAIN],

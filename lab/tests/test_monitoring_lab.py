@@ -29,6 +29,8 @@ from cryptography import x509
 
 from components.backup.plan import STATUS_FILE
 from components.backup.plan import UNIT as BACKUP_UNIT
+from components.database.steps import CONTAINER as DB_CONTAINER
+from components.database.steps import UNIT as DB_UNIT
 from components.monitoring.plan import (
     ALERTMANAGER_PORT,
     ALERTMANAGER_UNIT,
@@ -386,6 +388,25 @@ def test_failed_logins_and_the_tunnel_are_metrics(monitored: Lab) -> None:
     sh(lab, f"fail2ban-client set dovecot unbanip {lab.spec.inet_ipv4} >/dev/null 2>&1 || true")
     handshakes = {k: v for k, v in node_metrics(lab).items() if k.startswith("sams_wireguard_latest_handshake")}
     assert handshakes and all(time.time() - v < 300 for v in handshakes.values()), handshakes
+
+
+def test_postgresql_and_its_wal_archiver_are_metrics(monitored: Lab) -> None:
+    """The WAL archiver's counts are PostgreSQL's own (pg_stat_archiver); with the container stopped
+    the writer says PostgreSQL does not answer, and it answers again once started."""
+    lab = monitored
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    metrics = node_metrics(lab)
+    assert metrics["sams_postgres_up"] == 1, metrics
+    truth = sh(lab, f"docker exec {DB_CONTAINER} psql -U postgres -XAtc 'SELECT archived_count FROM pg_stat_archiver'")
+    assert metrics["sams_postgres_wal_archived_total"] == float(truth.strip())
+    sh(lab, f"systemctl stop {DB_UNIT}")
+    try:
+        sh(lab, f"systemctl start {METRICS_UNIT}.service")
+        assert node_metrics(lab)["sams_postgres_up"] == 0
+    finally:
+        sh(lab, f"systemctl start {DB_UNIT}")
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    assert node_metrics(lab)["sams_postgres_up"] == 1
 
 
 def test_the_memory_monitoring_takes(monitored: Lab) -> None:

@@ -409,6 +409,22 @@ FIRING += [
         None,
     ),
 ]
+FIRING += [
+    ("SamsPostgresDown", [_series("sams_postgres_up", "0x5")], "4m", {},
+     "PostgreSQL on mail.example.org does not answer", None),
+    (  # a failure every minute since, nothing archived
+        "SamsWalArchiveFailing",
+        [
+            _series("sams_postgres_wal_archive_failed_total", "0+1x30"),
+            _series("sams_postgres_wal_last_failed_timestamp_seconds", "0+60x30"),
+            _series("sams_postgres_wal_last_archived_timestamp_seconds", "0x30"),
+        ],
+        "20m",
+        {},
+        "PostgreSQL on mail.example.org cannot archive its WAL",
+        None,
+    ),
+]  # fmt: skip
 # (alert, input series, eval time): each must stay quiet.
 QUIET: list[tuple[str, list[dict[str, str]], str]] = [
     ("SamsTargetDown", [_series("up", "1x10")], "5m"),
@@ -467,6 +483,18 @@ QUIET: list[tuple[str, list[dict[str, str]], str]] = [
         "30m",
     ),
     ("SamsLoginFailuresSpike", [_series("sams_fail2ban_failed_total", "0+1x70", jail="dovecot")], "60m"),
+]
+QUIET += [
+    ("SamsPostgresDown", [_series("sams_postgres_up", "1x5")], "4m"),
+    (  # failures long ago, archiving since
+        "SamsWalArchiveFailing",
+        [
+            _series("sams_postgres_wal_archive_failed_total", "5x30"),
+            _series("sams_postgres_wal_last_failed_timestamp_seconds", "100x30"),
+            _series("sams_postgres_wal_last_archived_timestamp_seconds", "0+60x30"),
+        ],
+        "20m",
+    ),
 ]
 # Firing is its job: no quiet case.
 ALWAYS_FIRING = {HEARTBEAT}
@@ -571,7 +599,7 @@ def _write_metrics(
     test asks the real ones)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("postqueue", "wg", "fail2ban-client"):
+    for name in ("postqueue", "wg", "fail2ban-client", "docker"):
         output = (tools or {}).get(name)
         (bin_dir / f"{name}.out").write_text(output or "")
         body = f'cat "{bin_dir}/{name}.out"' if output is not None else "exit 1"
@@ -594,6 +622,7 @@ def _write_metrics(
         "mail_root": str(tmp_path / "vmail" / "not-yet"),
         "textfile": str(tmp_path / "node" / "sams.prom"),
         "wireguard_interface": "wg0",
+        "postgres": {"container": "sams-postgres", "superuser": "postgres"},
     }
     (tmp_path / "metrics.json").write_text(json.dumps(cfg))
     tool = PROJECT / "components" / "monitoring" / "files" / "sams-metrics.py"
@@ -662,7 +691,14 @@ def test_the_writer_reports_the_queue_by_domain_the_tunnel_and_the_bans(tmp_path
     """Postfix's queue by recipient domain (a message counts once per domain; the oldest deferred
     arrival), each WireGuard peer's handshake, each jail's failures and bans, from what the tools print."""
     metrics = _write_metrics(
-        tmp_path, None, tools={"postqueue": QUEUE, "wg": HANDSHAKES, "fail2ban-client": F2B_STATUS + F2B_JAIL}
+        tmp_path,
+        None,
+        tools={
+            "postqueue": QUEUE,
+            "wg": HANDSHAKES,
+            "fail2ban-client": F2B_STATUS + F2B_JAIL,
+            "docker": "120 2 1796500000 1796400000\n",  # psql -At -F ' ' of pg_stat_archiver
+        },
     )
     queue = {k: v for k, v in metrics.items() if k.startswith("sams_postfix_queue_messages")}
     assert queue == {
@@ -677,12 +713,17 @@ def test_the_writer_reports_the_queue_by_domain_the_tunnel_and_the_bans(tmp_path
     # The stand-in prints the same status for each jail: both jails appear with its counts.
     assert metrics['sams_fail2ban_failed_total{jail="dovecot"}'] == 7
     assert metrics['sams_fail2ban_banned{jail="postfix-sasl"}'] == 2
+    assert metrics["sams_postgres_up"] == 1 and metrics["sams_postgres_wal_archived_total"] == 120
+    assert metrics["sams_postgres_wal_archive_failed_total"] == 2
+    assert metrics["sams_postgres_wal_last_failed_timestamp_seconds"] == 1796400000
 
 
 def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:
     """postqueue, wg and fail2ban-client failing: no queue, tunnel or ban metric (an empty queue would
-    read as "all is well"); an empty queue that postqueue reported says so."""
+    read as "all is well"); an empty queue that postqueue reported says so. PostgreSQL not answering
+    is what its metric reports: 0."""
     metrics = _write_metrics(tmp_path, None, backups=False)
     assert not [k for k in metrics if k.startswith(("sams_postfix_", "sams_wireguard_", "sams_fail2ban_"))]
+    assert [(k, v) for k, v in metrics.items() if k.startswith("sams_postgres_")] == [("sams_postgres_up", 0)]
     metrics = _write_metrics(tmp_path, None, backups=False, tools={"postqueue": ""})
     assert [k for k in metrics if k.startswith("sams_postfix_")] == ["sams_postfix_queue_readable"]

@@ -2,8 +2,9 @@
 """sams-metrics: what SAMS knows about the host, as node_exporter textfile metrics (installed by SAMS).
 
 Reads /etc/sams/metrics.json (written by the monitoring step): the backup's status record and config,
-the certificates in use, the mail directory, the WireGuard interface; asks Postfix's queue
-(postqueue -j), WireGuard (wg show) and fail2ban (fail2ban-client) as root; writes one .prom file
+the certificates in use, the mail directory, the WireGuard interface, PostgreSQL's container; asks
+Postfix's queue (postqueue -j), WireGuard (wg show), fail2ban (fail2ban-client) and PostgreSQL
+(pg_stat_archiver through docker exec) as root; writes one .prom file
 atomically, so node_exporter never reads half of it. Run every minute by sams-metrics.timer.
 Python's standard library only. A source that cannot be asked is left out, never guessed.
 """
@@ -189,6 +190,31 @@ def fail2ban_metrics(lines: list[str]) -> None:
     metric(lines, "sams_fail2ban_banned", "gauge", "addresses the jail bans now", banned)
 
 
+def postgres_metrics(pg: dict[str, str], lines: list[str]) -> None:
+    """PostgreSQL in its container: whether it answers a query, and its WAL archiver's counts
+    (pg_stat_archiver): a failing archive_command leaves point-in-time restores with a gap."""
+    query = (
+        "SELECT archived_count, failed_count, "
+        "coalesce(extract(epoch FROM last_archived_time), 0), coalesce(extract(epoch FROM last_failed_time), 0) "
+        "FROM pg_stat_archiver"
+    )
+    out = command("docker", "exec", pg["container"], "psql", "-U", pg["superuser"], "-XAt", "-F", " ", "-c", query)
+    fields = out.split() if out else []
+    up = len(fields) == 4
+    metric(lines, "sams_postgres_up", "gauge", "1 if PostgreSQL answered a query, else 0", [({}, 1.0 if up else 0.0)])
+    if not up:
+        return
+    archived, failed, last_ok, last_failed = (float(f) for f in fields)
+    metric(lines, "sams_postgres_wal_archived_total", "counter", "WAL segments archived since the statistics reset",
+           [({}, archived)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_archive_failed_total", "counter", "failed WAL archive attempts",
+           [({}, failed)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_last_archived_timestamp_seconds", "gauge", "when a WAL segment was last archived "
+           "(0: never)", [({}, last_ok)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_last_failed_timestamp_seconds", "gauge", "when archiving last failed (0: never)",
+           [({}, last_failed)])  # fmt: skip
+
+
 def main() -> int:
     cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
     lines: list[str] = []
@@ -206,6 +232,7 @@ def main() -> int:
     queue_metrics(lines)
     wireguard_metrics(cfg["wireguard_interface"], lines)
     fail2ban_metrics(lines)
+    postgres_metrics(cfg["postgres"], lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],
