@@ -106,6 +106,7 @@ monitoring = Monitoring(
         settings,
         tunnel,
         webhook_url=secrets.get_secret("monitoringWebhookUrl"),
+        heartbeat_url=secrets.get_secret("monitoringHeartbeatUrl"),
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
         after=(tls, users),
     ),

@@ -19,6 +19,8 @@ token that sams-apply replaces on the host, so no password is ever part of a ren
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from components.database import schema
 from components.firewall.policy import public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
@@ -86,6 +88,10 @@ QUEUE_MINFREE = 2 * MESSAGE_SIZE_LIMIT
 # sams-mail-space (a timer) mails the postmaster once per episode when the queue's or the Maildirs'
 # filesystem has less than this share free (or less than twice QUEUE_MINFREE), before Postfix refuses.
 MAIL_SPACE_TOOL = "/usr/local/sbin/sams-mail-space"
+# The saved log queries (docs/logs.md): auth failures, rejects, deliveries, senders.
+LOGS_TOOL = "/usr/local/sbin/sams-logs"
+LOGS_SOURCE = Path(__file__).resolve().parent / "usr" / "local" / "sbin" / "sams-logs.py"
+DOVECOT_UNIT = "dovecot.service"
 MAIL_SPACE_UNIT = "sams-mail-space"
 MAIL_SPACE_STATE = "/var/lib/sams/mail-space-low"
 MAIL_SPACE_WARN_PERCENT = 10
@@ -158,6 +164,14 @@ def _domains(settings: Settings) -> list[str]:
 # --- base ------------------------------------------------------------------------------------------
 
 
+def logs_tool() -> str:
+    """sams-logs with the units whose journal it reads written in."""
+    source = LOGS_SOURCE.read_text()
+    empty = "UNITS: tuple[str, ...] = ()"
+    assert empty in source, "sams-logs.py lost its UNITS line"
+    return source.replace(empty, f"UNITS: tuple[str, ...] = {(*POSTFIX_UNITS, DOVECOT_UNIT)!r}", 1)
+
+
 def mail_base_step(settings: Settings) -> StepSpec:
     """What the daemons' configs point at: vmail, the certificate, the milter socket directories.
 
@@ -189,6 +203,7 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         login_ports=reachable(LOGIN_SERVICES),
     )
     files = (
+        File(LOGS_TOOL, logs_tool(), mode="0755"),
         File(FAIL2BAN_JAIL, jail),
         File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
         File(
@@ -199,9 +214,9 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
     return StepSpec(
         name="mail-base",
         files=files,
-        services=(Service("fail2ban.service", tuple(f.path for f in files), "reload"),),
+        services=(Service("fail2ban.service", tuple(f.path for f in files if f.path != LOGS_TOOL), "reload"),),
         script=script,
-        description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails",
+        description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails, sams-logs",
     )
 
 
