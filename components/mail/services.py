@@ -88,6 +88,8 @@ QUEUE_MINFREE = 2 * MESSAGE_SIZE_LIMIT
 # sams-mail-space (a timer) mails the postmaster once per episode when the queue's or the Maildirs'
 # filesystem has less than this share free (or less than twice QUEUE_MINFREE), before Postfix refuses.
 MAIL_SPACE_TOOL = "/usr/local/sbin/sams-mail-space"
+# fail2ban's ignorecommand: a failed login while PostgreSQL is down is no password guessing.
+AUTH_UNAVAILABLE_TOOL = "/usr/local/sbin/sams-auth-unavailable"
 # The saved log queries (docs/logs.md): auth failures, rejects, deliveries, senders.
 LOGS_TOOL = "/usr/local/sbin/sams-logs"
 LOGS_SOURCE = Path(__file__).resolve().parent / "usr" / "local" / "sbin" / "sams-logs.py"
@@ -201,9 +203,12 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         "etc/fail2ban/jail.d/sams-mail.local.j2",
         submission_ports=reachable(SASL_SERVICES),
         login_ports=reachable(LOGIN_SERVICES),
+        ignorecommand=AUTH_UNAVAILABLE_TOOL,
     )
+    unavailable = _render("usr/local/sbin/sams-auth-unavailable.j2", db_host=schema.DB_HOST, db_port=schema.DB_PORT)
     files = (
         File(LOGS_TOOL, logs_tool(), mode="0755"),
+        File(AUTH_UNAVAILABLE_TOOL, unavailable, mode="0755"),
         File(FAIL2BAN_JAIL, jail),
         File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
         File(
@@ -214,7 +219,13 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
     return StepSpec(
         name="mail-base",
         files=files,
-        services=(Service("fail2ban.service", tuple(f.path for f in files if f.path != LOGS_TOOL), "reload"),),
+        services=(
+            Service(
+                "fail2ban.service",
+                tuple(f.path for f in files if f.path not in (LOGS_TOOL, AUTH_UNAVAILABLE_TOOL)),
+                "reload",
+            ),
+        ),
         script=script,
         description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails, sams-logs",
     )
