@@ -1,9 +1,12 @@
-"""DNS records in one form (components/dns/records.py): every record type survives dnspython's
-presentation format, the wire and Cloudflare's fields unchanged."""
+"""DNS records in one form (components/dns/records.py): every record the plan emits survives
+dnspython's presentation format, the wire and Cloudflare's fields unchanged, and the zone files the
+lab serves, the Cloudflare inputs and the `dnsRecords` output are the same records."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import dns.exception
 import dns.rdata
@@ -11,8 +14,22 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from components.dns import records
+import mockrun
+from components.dns import records, zonefile
 from components.dns.records import Record, Ref
+from lab import dns as labdns
+from tests.conftest import VARIANTS, run_variant
+
+DNSRECORD = "cloudflare:index/dnsRecord:DnsRecord"
+
+
+def published(run: mockrun.Run) -> list[Record]:
+    """The `dnsRecords` output: the plan, resolved."""
+    return [Record.from_json(entry) for entry in run.outputs["dnsRecords"]]
+
+
+def program_zones(run: mockrun.Run) -> list[str]:
+    return [a["filter"]["name"] for t, a in run.invokes if t == labdns.GETZONE]
 
 
 def assert_round_trips(rdata: dns.rdata.Rdata) -> None:
@@ -26,6 +43,17 @@ def assert_round_trips(rdata: dns.rdata.Rdata) -> None:
     fields = records.cloudflare_fields(rdata)
     assert records.rdata_from_cloudflare({"type": kind, **fields}) == rdata, (text, fields)
     assert records.normal(again) == records.normal(rdata)
+
+
+def test_every_record_the_plan_emits_round_trips() -> None:
+    kinds: set[str] = set()
+    for variant in sorted(VARIANTS):
+        for record in published(run_variant(variant)):
+            assert_round_trips(record.rdata())
+            assert Record.from_json(record.to_json()) == record
+            kinds.add(record.type)
+    # What the plan publishes today (PTR is the provider's, NS Cloudflare's: both below).
+    assert kinds == {"A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA"}
 
 
 @pytest.mark.parametrize(
@@ -117,3 +145,60 @@ def test_a_record_is_consistent_or_refused() -> None:
     with pytest.raises(ValueError, match="none of the zones"):
         records.zone_of("example.com", ["sams.test"])
     assert records.zone_of("a.sub.sams.test", ["sams.test", "sub.sams.test"]) == "sub.sams.test"
+
+
+def cloudflare_view(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A DnsRecord's inputs without the zone id, numbers as the engine returns them (floats)."""
+    out = {k: v for k, v in inputs.items() if k != "zoneId"}
+    return json_numbers(out)
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def json_numbers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_numbers(v) for k, v in value.items()}
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return float(value)
+
+
+def test_cloudflare_inputs_the_output_and_the_lab_zones_are_the_same_records(variant: str) -> None:
+    """One set of Record objects feeds Cloudflare, the `dnsRecords` output and the lab's zone files:
+    each DnsRecord's inputs are exactly cloudflare_record + cloudflare_fields of its output entry,
+    and the zone files the lab renders from the DnsRecord inputs equal those from the output."""
+    run = run_variant(variant)
+    out = published(run)
+    declared = [r.inputs for r in run.of_type(DNSRECORD)]
+    assert declared and len(declared) == len(out)
+    expected = sorted(
+        (cloudflare_view({**records.cloudflare_record(r), **records.cloudflare_fields(r.rdata())}) for r in out),
+        key=canonical,
+    )
+    assert sorted((cloudflare_view(i) for i in declared), key=canonical) == expected
+    zones = program_zones(run)
+    from_cloudflare = zonefile.zone_files(
+        [records.from_cloudflare(i, zones) for i in declared], zones, nameservers=["ns"]
+    )
+    from_output = zonefile.zone_files(out, zones, nameservers=["ns"])
+    assert from_cloudflare == from_output
+    back = sorted((records.from_cloudflare(i, zones) for i in declared), key=Record.line)
+    assert back == sorted(out, key=Record.line)  # zone, TTL, data and purpose alike
+
+
+def test_the_lab_serves_the_program_zones_from_the_same_records() -> None:
+    run = run_variant("lab")
+    lab = dict(
+        labdns.zones_for_run(
+            run,
+            hostname="mail.sams.test",
+            public_ipv4="198.18.0.10",
+            prefix=24,
+            inet_ipv4="198.18.0.1",
+            receiver_ipv4="198.18.0.20",
+        )
+    )
+    own = zonefile.zone_files(published(run), program_zones(run), nameservers=[labdns.NAMESERVER])
+    assert own and all(lab[zone] == text for zone, text in own.items())

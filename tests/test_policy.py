@@ -18,6 +18,7 @@ import pulumi_policy
 import pytest
 
 import mockrun
+from components.dns.records import rdata_from_cloudflare, txt_value
 from policy import rules
 from policy.rules import Context, Resource
 
@@ -175,6 +176,11 @@ def test_oci_nsg_rule_open_to_the_world_violates() -> None:
 DMARC = "dmarc-enforced-in-prod"
 
 
+def txt_of(content: str) -> str:
+    """A DnsRecord's TXT content as the rule reads it (components/dns/records.py)."""
+    return txt_value(rdata_from_cloudflare({"type": "TXT", "content": content}))
+
+
 def test_dmarc_none_in_prod_violates(runner: Callable[[str], mockrun.Run]) -> None:
     run = runner("prod")
 
@@ -190,7 +196,7 @@ def test_dmarc_none_in_prod_violates(runner: Callable[[str], mockrun.Run]) -> No
 def test_dmarc_none_outside_prod_is_allowed(runner: Callable[[str], mockrun.Run]) -> None:
     run = runner("dev")
     assert {
-        rules.dmarc_policy(rules.txt_value(r.inputs["content"]))
+        rules.dmarc_policy(txt_of(r.inputs["content"]))
         for r in run.resources
         if r.type == rules.DNS_RECORD and r.inputs["name"].startswith("_dmarc.")
     } == {"none"}
@@ -219,6 +225,33 @@ def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
     assert len(found) == 2 and all("p=none" in m for m in found)
 
 
+class Unknown(dict[str, Any]):
+    """A dnsRecords entry as a preview's proxy holds it: its data is computed during the update."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "data":
+            raise AssertionError("the rule read an unknown value")
+        return super().__getitem__(key)
+
+
+def test_the_table_rule_reads_only_dmarc_entries_and_refuses_a_broken_one() -> None:
+    """Entries are structured (components/dns/records.py): the rule picks _dmarc TXT by field, never
+    touches another entry's data (unknown in a preview), and a DMARC entry it cannot parse is named."""
+    prod = Context.of("prod")
+    dmarc = {"zone": "example.org", "name": "_dmarc.example.org", "type": "TXT", "ttl": 300, "purpose": ""}
+    dkim = Unknown(zone="example.org", name="s1._domainkey.example.org", type="TXT", ttl=300, purpose="")
+    entries = [dkim, {**dmarc, "data": '"v=DMARC1; " "p=none"'}]
+    assert rules.check_dmarc_table({"dnsRecords": entries}, prod) == [
+        "_dmarc.example.org: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
+    ]
+    assert rules.check_dmarc_table({"dnsRecords": [dkim, {**dmarc, "data": '"v=DMARC1; p=reject"'}]}, prod) == []
+    (broken,) = rules.check_dmarc_table({"dnsRecords": [{**dmarc, "data": '"v=DMARC1; p=reject'}]}, prod)
+    assert broken.startswith("dnsRecords: not a record") and "_dmarc.example.org" in broken
+    unparsable = {"type": "TXT", "name": "_dmarc.example.org", "content": '"v=DMARC1; p=reject'}
+    (message,) = rules.check_dmarc(rules.DNS_RECORD, unparsable, prod)
+    assert "not DNS presentation format" in message
+
+
 @pytest.mark.parametrize(
     ("content", "policy"),
     [
@@ -229,7 +262,7 @@ def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
     ],
 )
 def test_dmarc_parsing(content: str, policy: str | None) -> None:
-    assert rules.dmarc_policy(rules.txt_value(content)) == policy
+    assert rules.dmarc_policy(txt_of(content)) == policy
 
 
 # --- remote steps -----------------------------------------------------------------------------
