@@ -200,15 +200,17 @@ def check_dmarc(type_: str, props: Mapping[str, Any], ctx: Context) -> list[str]
 def check_dmarc_table(stack_outputs: Mapping[str, Any], ctx: Context) -> list[str]:
     """The same rule over the `dnsRecords` output (components.dns.records.Record.to_json per record),
     which is all there is with sams:dns.provider=manual."""
-    entries = stack_outputs.get("dnsRecords")
+    entries = _known(stack_outputs, "dnsRecords")
     if not isinstance(entries, Sequence) or isinstance(entries, str):
-        return []  # unknown in a preview, or no DNS records at all
+        return []  # no DNS records (or all unknown in a preview)
     found = []
-    for entry in entries:
-        # Only DMARC entries are read: in a preview the others' data (addresses, keys) is unknown.
-        if not isinstance(entry, Mapping) or entry.get("type") != "TXT":
+    for i in range(len(entries)):
+        # Only DMARC entries are read. In a preview a record whose value comes with the update (an
+        # address, a DKIM key) is unknown: skipped, so DMARC is checked before the first `up` too.
+        entry = _known(entries, i)
+        if not isinstance(entry, Mapping) or _known(entry, "type") != "TXT":
             continue
-        if not str(entry.get("name", "")).startswith("_dmarc."):
+        if not str(_known(entry, "name")).startswith("_dmarc."):
             continue
         try:
             record = Record.from_json(entry)
@@ -247,12 +249,13 @@ def check_remote_host(type_: str, props: Mapping[str, Any], ctx: Context) -> lis
 UNKNOWN = object()  # a value the engine does not know yet (a preview): pulumi-policy's proxy raises on it
 
 
-def _known(props: Mapping[str, Any], key: str) -> Any:
-    """props.get(key), or UNKNOWN where the policy SDK says the value is computed during the update."""
+def _known(props: Mapping[str, Any] | Sequence[Any], key: Any) -> Any:
+    """props.get(key) (a list: props[key]), or UNKNOWN where the policy SDK says the value is
+    computed during the update."""
     from pulumi_policy.proxy import UnknownValueError  # here: the rest of the rules need no policy SDK
 
     try:
-        return props.get(key)
+        return props.get(key) if isinstance(props, Mapping) else props[key]
     except UnknownValueError:
         return UNKNOWN
 

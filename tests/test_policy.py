@@ -225,26 +225,25 @@ def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
     assert len(found) == 2 and all("p=none" in m for m in found)
 
 
-class Unknown(dict[str, Any]):
-    """A dnsRecords entry as a preview's proxy holds it: its data is computed during the update."""
+def test_the_table_rule_reads_dmarc_by_field_even_in_a_preview() -> None:
+    """Entries are structured (components/dns/records.py): the rule picks _dmarc TXT by field. In a
+    preview, through the policy SDK's own proxy, records whose value comes with the update (the
+    address, the DKIM keys) are unknown: skipped, not a reason to give up on DMARC."""
+    from pulumi_policy.proxy import UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
-    def __getitem__(self, key: str) -> Any:
-        if key == "data":
-            raise AssertionError("the rule read an unknown value")
-        return super().__getitem__(key)
-
-
-def test_the_table_rule_reads_only_dmarc_entries_and_refuses_a_broken_one() -> None:
-    """Entries are structured (components/dns/records.py): the rule picks _dmarc TXT by field, never
-    touches another entry's data (unknown in a preview), and a DMARC entry it cannot parse is named."""
     prod = Context.of("prod")
     dmarc = {"zone": "example.org", "name": "_dmarc.example.org", "type": "TXT", "ttl": 300, "purpose": ""}
-    dkim = Unknown(zone="example.org", name="s1._domainkey.example.org", type="TXT", ttl=300, purpose="")
-    entries = [dkim, {**dmarc, "data": '"v=DMARC1; " "p=none"'}]
-    assert rules.check_dmarc_table({"dnsRecords": entries}, prod) == [
-        "_dmarc.example.org: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
-    ]
-    assert rules.check_dmarc_table({"dnsRecords": [dkim, {**dmarc, "data": '"v=DMARC1; p=reject"'}]}, prod) == []
+    dkim = {**dmarc, "name": "s1._domainkey.example.org", "data": UNKNOWN_STRING_VALUE}
+    none = "_dmarc.example.org: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
+    for policy, found in (("none", [none]), ("reject", [])):
+        entries = [UNKNOWN_OBJECT_VALUE, dkim, {**dmarc, "data": f'"v=DMARC1; " "p={policy}"'}]
+        assert rules.check_dmarc_table(unknown_checking_proxy({"dnsRecords": entries}), prod) == found
+    assert rules.check_dmarc_table(unknown_checking_proxy({"dnsRecords": UNKNOWN_OBJECT_VALUE}), prod) == []
+
+
+def test_the_table_rule_names_what_it_cannot_read() -> None:
+    prod = Context.of("prod")
+    dmarc = {"zone": "example.org", "name": "_dmarc.example.org", "type": "TXT", "ttl": 300, "purpose": ""}
     (broken,) = rules.check_dmarc_table({"dnsRecords": [{**dmarc, "data": '"v=DMARC1; p=reject'}]}, prod)
     assert broken.startswith("dnsRecords: not a record") and "_dmarc.example.org" in broken
     unparsable = {"type": "TXT", "name": "_dmarc.example.org", "content": '"v=DMARC1; p=reject'}
