@@ -125,7 +125,7 @@ pulumi.export(
     ),
 )
 pulumi.export("publicPorts", host.firewall.public_ports)
-pulumi.export("dnsRecords", dns.table)
+pulumi.export("dnsRecords", dns.output)
 # Which DKIM selectors are published, which one signs, and when a rotation's next phase starts.
 pulumi.export("dkimRotation", dkim.summary())
 pulumi.export("clientSettings", client_settings(settings))
