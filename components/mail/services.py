@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.database import schema
+from components.database.steps import UNIT as DB_UNIT
 from components.firewall.policy import public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
@@ -90,6 +91,8 @@ QUEUE_MINFREE = 2 * MESSAGE_SIZE_LIMIT
 MAIL_SPACE_TOOL = "/usr/local/sbin/sams-mail-space"
 # fail2ban's ignorecommand: a failed login while PostgreSQL is down is no password guessing.
 AUTH_UNAVAILABLE_TOOL = "/usr/local/sbin/sams-auth-unavailable"
+# ... and for this long after the database is back: fail2ban may read an outage's lines later.
+AUTH_UNAVAILABLE_GRACE_S = 20
 # The saved log queries (docs/logs.md): auth failures, rejects, deliveries, senders.
 LOGS_TOOL = "/usr/local/sbin/sams-logs"
 LOGS_SOURCE = Path(__file__).resolve().parent / "usr" / "local" / "sbin" / "sams-logs.py"
@@ -205,7 +208,13 @@ install -d -o _rspamd -g postfix -m 2750 {POSTFIX_SPOOL}/{RSPAMD_MILTER.split("/
         login_ports=reachable(LOGIN_SERVICES),
         ignorecommand=AUTH_UNAVAILABLE_TOOL,
     )
-    unavailable = _render("usr/local/sbin/sams-auth-unavailable.j2", db_host=schema.DB_HOST, db_port=schema.DB_PORT)
+    unavailable = _render(
+        "usr/local/sbin/sams-auth-unavailable.j2",
+        db_host=schema.DB_HOST,
+        db_port=schema.DB_PORT,
+        db_unit=DB_UNIT,
+        grace_s=AUTH_UNAVAILABLE_GRACE_S,
+    )
     files = (
         File(LOGS_TOOL, logs_tool(), mode="0755"),
         File(AUTH_UNAVAILABLE_TOOL, unavailable, mode="0755"),
