@@ -19,6 +19,7 @@ from components.dns import records, zonefile
 from components.dns.records import Record, Ref
 from lab import dns as labdns
 from tests.conftest import VARIANTS, run_variant
+from tests.test_zonefile import lab_zones
 
 DNSRECORD = "cloudflare:index/dnsRecord:DnsRecord"
 
@@ -190,15 +191,6 @@ def test_cloudflare_inputs_the_output_and_the_lab_zones_are_the_same_records(var
 
 def test_the_lab_serves_the_program_zones_from_the_same_records() -> None:
     run = run_variant("lab")
-    lab = dict(
-        labdns.zones_for_run(
-            run,
-            hostname="mail.sams.test",
-            public_ipv4="198.18.0.10",
-            prefix=24,
-            inet_ipv4="198.18.0.1",
-            receiver_ipv4="198.18.0.20",
-        )
-    )
+    lab = lab_zones(run)
     own = zonefile.zone_files(published(run), program_zones(run), nameservers=[labdns.NAMESERVER])
     assert own and all(lab[zone] == text for zone, text in own.items())
