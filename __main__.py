@@ -106,6 +106,7 @@ monitoring = Monitoring(
         settings,
         tunnel,
         webhook_url=secrets.get_secret("monitoringWebhookUrl"),
+        heartbeat_url=secrets.get_secret("monitoringHeartbeatUrl"),
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
         after=(tls, users),
     ),
@@ -124,7 +125,7 @@ pulumi.export(
     ),
 )
 pulumi.export("publicPorts", host.firewall.public_ports)
-pulumi.export("dnsRecords", dns.table)
+pulumi.export("dnsRecords", dns.output)
 # Which DKIM selectors are published, which one signs, and when a rotation's next phase starts.
 pulumi.export("dkimRotation", dkim.summary())
 pulumi.export("clientSettings", client_settings(settings))

@@ -33,12 +33,12 @@ from typing import Any
 import yaml
 
 import mockrun
-from bench.mail_path import Bench, imap_logins, lab_object, ms, pct
+from bench.fresh import fresh_lab
+from bench.mail_path import Bench, imap_logins, ms, pct
 from bench.record import record
 from components.backup.plan import STATUS_FILE, UNIT
-from lab import acme, control, program
+from lab import acme, control
 from lab.hostcmd import WAIT_RSPAMD, sh
-from lab.lock import machine_lock
 from lab.session import up_with
 from lab.spec import StatePaths
 from lab.world import World, world
@@ -197,22 +197,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="samsbench-"))
     paths = StatePaths(tmp / "lab")
     try:
-        with machine_lock(timeout=1200):
-            control.clear_leftovers()
-            if control.status()["running"]:
-                raise SystemExit("a lab is up: `python -m lab down` first")
-            try:
-                list_file = mail_list(tmp, args.mailboxes)
-                keys = program.lab_keys(paths)
-                run = program.lab_run(paths, keys, {"sams:mailList": str(list_file)})
-                settings = program.lab_settings(keys)
-                control.up(program.spec_from_run(run, settings, keys), paths=paths)
-                report = program.apply(run, paths, images=(settings.config.database.image,))
-                lab = lab_object(paths, report)
-                with world(lab, tmp) as w:
-                    rows = measure(w, paths, list_file, args)
-            finally:
-                control.down(purge=True, paths=paths)
+        list_file = mail_list(tmp, args.mailboxes)
+        with fresh_lab(paths.root, {"sams:mailList": str(list_file)}) as lab, world(lab, tmp) as w:
+            rows = measure(w, paths, list_file, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     record(

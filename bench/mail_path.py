@@ -36,15 +36,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.fresh import fresh_lab, lab_object
 from bench.record import record
-from lab import control, program
+from lab import program
 from lab.dns import SENDER_DOMAIN
 from lab.hostcmd import sh
-from lab.lock import machine_lock
 from lab.netclient import message, tls_context
 from lab.session import Lab
 from lab.spec import StatePaths, state_paths
-from lab.ssh import HostShell
 from lab.world import World, world
 
 SINK_PORT = 2525
@@ -456,14 +455,6 @@ def measure(w: World, paths: StatePaths) -> list[tuple[str, str]]:
     return b.rows
 
 
-def lab_object(paths: StatePaths, report: program.ApplyReport) -> Lab:
-    keys = program.lab_keys(paths)
-    run = program.lab_run(paths, keys)
-    settings = program.lab_settings(keys)
-    spec = program.spec_from_run(run, settings, keys)
-    return Lab(paths, spec, settings, run, HostShell.from_state(paths), report, {}, (settings.config.database.image,))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--live", action="store_true", help="measure the running lab (python -m lab up)")
@@ -477,21 +468,8 @@ def main() -> None:
                 rows = measure(w, paths)
         else:
             paths = StatePaths(tmp / "lab")
-            with machine_lock(timeout=1200):
-                control.clear_leftovers()
-                if control.status()["running"]:
-                    raise SystemExit("a lab is up: `python -m lab down` first (or --live)")
-                try:
-                    keys = program.lab_keys(paths)
-                    run = program.lab_run(paths, keys)
-                    settings = program.lab_settings(keys)
-                    control.up(program.spec_from_run(run, settings, keys), paths=paths)
-                    report = program.apply(run, paths, images=(settings.config.database.image,))
-                    lab = lab_object(paths, report)
-                    with world(lab, tmp) as w:
-                        rows = measure(w, paths)
-                finally:
-                    control.down(purge=True, paths=paths)
+            with fresh_lab(paths.root) as lab, world(lab, tmp) as w:
+                rows = measure(w, paths)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     notes = (

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from components.backup.plan import STATUS_FILE, UNIT
+from components.dns.records import normal, ptr
 from doctor.model import (
     BackupStatus,
     CheckInfo,
@@ -317,7 +318,7 @@ def check_ptr(expected: Expected, obs: Observations) -> list[Finding]:
             out.append(
                 _f("ptr", subject, "fail", f"{address} has no PTR record; receivers distrust such senders.", fix)
             )
-        elif set(answer.values) != {expected.hostname}:
+        elif set(answer.values) != {normal(ptr(expected.hostname))}:
             out.append(
                 _f(
                     "ptr",

@@ -2,17 +2,19 @@
 
 The records are the DNS plan (components/dns/plan.py) for the DKIM selectors the last `pulumi up`
 published (the `dkimRotation` output), with the values only the outputs know: the host's
-addresses (`publicIpv4`, `publicIpv6`) and the DKIM public keys (their rows in `dnsRecords`).
+addresses (`publicIpv4`, `publicIpv6`) and the DKIM public keys (their entries in `dnsRecords`, a
+list of components.dns.records.Record.to_json objects). Values are compared in one normal form,
+components.dns.records.normal, applied alike to the plan's records and to what DNS answers.
 Ports come from the port policy that renders the cloud firewall and nftables.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from components.dns.plan import Record, Ref, plan, value_text
+from components.dns.plan import plan
+from components.dns.records import Record, Ref, normal, txt_value
 from components.firewall.policy import NEVER_PUBLIC_SERVICES, port_policy
 from components.hostpaths import VMAIL_ROOT
 from components.keys.rotation import DkimPhase
@@ -22,11 +24,8 @@ from doctor.model import (
     PortSpec,
     TlsEndpoint,
     TlsMode,
-    caa_value,
-    mx_value,
     normalize_address,
     normalize_name,
-    srv_value,
 )
 from settings import Settings
 
@@ -41,24 +40,17 @@ _TLS: dict[int, tuple[TlsMode, str]] = {
 }
 
 
-def table_rows(table: str) -> list[tuple[str, str, str, str]]:
-    """(name, type, value, purpose) from the `dnsRecords` output (components.dns.plan.table)."""
-    lines = table.splitlines()
-    if not lines or not lines[0].startswith("NAME"):
-        raise ValueError("dnsRecords: not a record table (no NAME header)")
-    header = lines[0]
-    type_at, value_at = header.index("TYPE"), header.index("VALUE")
-    rows = []
-    for line in lines[1:]:
-        value, _, purpose = line[value_at:].partition("  # ")
-        rows.append((line[:type_at].strip(), line[type_at:value_at].strip(), value, purpose))
-    return rows
-
-
-def unquote_txt(presentation: str) -> str:
-    """The TXT value from its quoted character-strings ('"a" "b"' -> 'ab')."""
-    parts = re.findall(r'"((?:[^"\\]|\\.)*)"', presentation)
-    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
+def output_records(outputs: Mapping[str, Any]) -> list[Record]:
+    """The `dnsRecords` output as Records (none when the outputs lack it)."""
+    entries = outputs.get("dnsRecords")
+    if entries is None:
+        return []
+    if isinstance(entries, str) or not isinstance(entries, Sequence):
+        raise ValueError(
+            "dnsRecords: not a list of records (outputs of a program from before records became JSON: "
+            "run `pulumi up` with this version, then take `pulumi stack output --json` again)"
+        )
+    return [Record.from_json(e) for e in entries]
 
 
 def resolved_values(outputs: Mapping[str, Any], records: tuple[Record, ...]) -> dict[str, str]:
@@ -68,12 +60,10 @@ def resolved_values(outputs: Mapping[str, Any], records: tuple[Record, ...]) -> 
         resolved["ipv4"] = str(outputs["publicIpv4"])
     if outputs.get("publicIpv6"):
         resolved["ipv6"] = str(outputs["publicIpv6"])
-    rows = table_rows(str(outputs["dnsRecords"])) if outputs.get("dnsRecords") else []
+    published = {r.name: r.rdata() for r in output_records(outputs) if r.type == "TXT"}
     for record in records:
-        if isinstance(record.content, Ref) and record.content.key.startswith("dkim:"):
-            for name, kind, value, _ in rows:
-                if name == record.name and kind == "TXT":
-                    resolved[record.content.key] = unquote_txt(value)
+        if isinstance(record.data, Ref) and record.data.key.startswith("dkim:") and record.name in published:
+            resolved[record.data.key] = txt_value(published[record.name])
     return resolved
 
 
@@ -85,34 +75,13 @@ def dkim_phase_of(outputs: Mapping[str, Any]) -> DkimPhase | None:
     return DkimPhase(summary["phase"], tuple(summary["published"]), summary["signing"])
 
 
-def _normal(record: Record, resolved: Mapping[str, str]) -> str | None:
-    if isinstance(record.content, Ref):
-        if record.content.key not in resolved:
-            return None
-        content = resolved[record.content.key]
-    else:
-        content = record.content
-    if record.type in ("A", "AAAA"):
-        return normalize_address(content)
-    if record.type == "MX":
-        return mx_value(record.priority or 0, content)
-    if record.type == "CNAME":
-        return normalize_name(content)
-    if record.srv:
-        return srv_value(*record.srv)
-    if record.caa:
-        return caa_value(*record.caa)
-    return content  # TXT
-
-
 def expected_records(settings: Settings, outputs: Mapping[str, Any]) -> tuple[ExpectedRecord, ...]:
-    ttl = settings.config.dns.ttl
     records = plan(settings, has_ipv6=bool(outputs.get("publicIpv6")), dkim=dkim_phase_of(outputs))
     resolved = resolved_values(outputs, records)
     out = []
     for r in records:
-        value = _normal(r, resolved)
-        line = f"{r.name}. {ttl} IN {r.type} {value_text(r, resolved)}" if value is not None else ""
+        known = not isinstance(r.data, Ref) or r.data.key in resolved
+        value, line = (normal(r.rdata(resolved)), r.line(resolved)) if known else (None, "")
         out.append(ExpectedRecord(normalize_name(r.name), r.type, value, r.purpose, line))
     return tuple(out)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from components.dns.records import RecordType
+
 # ok: as planned. warn: works, but something is off. fail: broken, or a promise is not kept.
 # unchecked: the doctor could not look (no host access, no answer, nothing to compare with);
 # the message says what was not checked and why. Only `fail` makes the CLI exit non-zero.
@@ -41,14 +43,14 @@ class CheckInfo:
 
 # --- the plan the doctor checks against -----------------------------------------------------------
 
-RecordKind = Literal["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA", "PTR"]
+RecordKind = RecordType  # components/dns/records.py
 
 
 @dataclass(frozen=True)
 class ExpectedRecord:
     name: str  # fully qualified, lower case, no trailing dot
     type: RecordKind
-    value: str | None  # normalized (see normalize_*); None: unknown here (not in the outputs given)
+    value: str | None  # components.dns.records.normal of its data; None: unknown here (not in the outputs)
     purpose: str
     zone_line: str  # the record as one zone-file line, for the fix ("" when the value is unknown)
 
@@ -215,18 +217,6 @@ def normalize_name(name: str) -> str:
 
 def normalize_address(text: str) -> str:
     return str(ipaddress.ip_address(text))
-
-
-def mx_value(preference: int, exchange: str) -> str:
-    return f"{preference} {normalize_name(exchange)}"
-
-
-def srv_value(priority: int, weight: int, port: int, target: str) -> str:
-    return f"{priority} {weight} {port} {normalize_name(target)}"
-
-
-def caa_value(flags: int, tag: str, value: str) -> str:
-    return f'{flags} {tag.lower()} "{value}"'
 
 
 def txt_kind(value: str) -> str:

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from components.backup.plan import STATUS_FILE
 from components.database.steps import DATA_DIR
+from components.dns.records import normal
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET
 from doctor.checks import reverse_name
 from doctor.model import (
@@ -35,12 +36,7 @@ from doctor.model import (
     SmtpProbe,
     TlsEndpoint,
     TlsProbe,
-    caa_value,
     host_facts,
-    mx_value,
-    normalize_address,
-    normalize_name,
-    srv_value,
 )
 
 HOST_SCRIPT = Path(__file__).with_name("hostscript.py")
@@ -65,23 +61,6 @@ class ProbeOptions:
 # --- DNS ----------------------------------------------------------------------------------------------
 
 
-def _rdata_value(kind: str, rdata: object) -> str:
-    r: object = rdata
-    if kind in ("A", "AAAA"):
-        return normalize_address(r.address)  # type: ignore[attr-defined]
-    if kind in ("CNAME", "PTR"):
-        return normalize_name(r.target.to_text())  # type: ignore[attr-defined]
-    if kind == "MX":
-        return mx_value(r.preference, r.exchange.to_text())  # type: ignore[attr-defined]
-    if kind == "SRV":
-        return srv_value(r.priority, r.weight, r.port, r.target.to_text())  # type: ignore[attr-defined]
-    if kind == "CAA":
-        return caa_value(r.flags, r.tag.decode(), r.value.decode())  # type: ignore[attr-defined]
-    if kind == "TXT":
-        return b"".join(r.strings).decode(errors="replace")  # type: ignore[attr-defined]
-    raise ValueError(f"no normal form for {kind}")
-
-
 def lookup(name: str, kind: RecordKind, resolver: str | None, timeout: float) -> DnsAnswer:
     import dns.exception
     import dns.resolver
@@ -99,7 +78,8 @@ def lookup(name: str, kind: RecordKind, resolver: str | None, timeout: float) ->
     if answer.rrset is None:
         return DnsAnswer(name, kind, "nodata")
     # A CNAME chain answers an A query with the target's address: keep only the asked type.
-    values = tuple(sorted(_rdata_value(kind, r) for r in answer.rrset))
+    # Compared with the plan in the one normal form of components/dns/records.py.
+    values = tuple(sorted(normal(r) for r in answer.rrset))
     return DnsAnswer(name, kind, "ok", values)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     host.seed(paths.tree, spec, instance_id)
     if repo is not None:
         mirror.seed(paths.tree)
+    host.attach_mail_volume(paths)
     t["tree"] = time.monotonic() - mark
 
     if netns.create(spec):
@@ -125,12 +127,14 @@ def replace_host(
     with contextlib.suppress(LabError):
         HostShell.from_state(paths).close_master()
     host.stop(paths)
+    host.detach_mail_volume(paths)  # the mail volume was on the lost disk too
     rootfs.remove_tree(paths.tree)
     (paths.run / "applied.json").unlink(missing_ok=True)  # lab/program.py's record of what ran there
     rootfs.fresh_tree(rootfs.ensure_pristine(spec.packages), paths.tree)
     host.seed(paths.tree, spec, f"sams-lab-{uuid.uuid4().hex[:12]}")
     if spec.mirror_packages:
         mirror.seed(paths.tree)
+    host.attach_mail_volume(paths)
     result: dict[str, Any] = {"booted_at": time.time()}
     mark = time.monotonic()
     host.start(paths)
@@ -153,6 +157,56 @@ def replace_host(
     return result
 
 
+def wait_booted(paths: StatePaths, *, since_pid: int | None = None, timeout: float = 300.0) -> str:
+    """Wait for a (re)booted host: a systemd-nspawn other than *since_pid* whose systemd has finished
+    starting up; return what ``systemctl is-system-running`` says (running, degraded, ...)."""
+    deadline = time.monotonic() + timeout
+    last = "no container"
+    while time.monotonic() < deadline:
+        pid = read_pid(paths.nspawn_pid)
+        leader = host.leader_pid(pid) if pid is not None and pid != since_pid and alive(pid) else None
+        if leader is not None:
+            left = max(1.0, deadline - time.monotonic())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc = host.container_exec(leader, ["systemctl", "is-system-running", "--wait"], timeout=left)
+                last = proc.stdout.decode().strip() or proc.stderr.decode(errors="replace").strip()
+                if last not in ("", "offline", "initializing", "starting") and "Failed to connect" not in last:
+                    return last
+        time.sleep(0.5)
+    raise LabError(f"the host did not finish booting in {timeout:.0f} s (last: {last}); see {paths.console_log}")
+
+
+def _reconnect(paths: StatePaths, timeout: float) -> HostShell:
+    shell = HostShell.from_state(paths)
+    shell.wait_ready(timeout=timeout)
+    shell.open_master()
+    return shell
+
+
+def reboot(paths: StatePaths, *, timeout: float = 300.0) -> str:
+    """``systemctl reboot`` on the host, as its admin would; the hypervisor boots it again. Returns
+    ``systemctl is-system-running`` once it is up, with SSH through the tunnel working again."""
+    before = read_pid(paths.nspawn_pid)
+    shell = HostShell.from_state(paths)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # the session may die with sshd
+        shell.run(["sudo", "-n", "systemctl", "reboot"], check=False, timeout=30)
+    shell.close_master()
+    state = wait_booted(paths, since_pid=before, timeout=timeout)
+    _reconnect(paths, timeout=120)
+    return state
+
+
+def power_cycle(paths: StatePaths, *, timeout: float = 300.0) -> str:
+    """A hard power-off (lab/host.py: power_cut) and power-on; returns ``systemctl
+    is-system-running`` once the host is up again, with SSH through the tunnel working."""
+    HostShell.from_state(paths).close_master()  # its TCP peer dies without a word
+    host.power_cut(paths)
+    host.start(paths)
+    state = wait_booted(paths, timeout=timeout)
+    _reconnect(paths, timeout=120)
+    return state
+
+
 def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
     """Remove everything the lab made, and nothing else; idempotent.
 
@@ -168,6 +222,7 @@ def down(*, purge: bool = False, paths: StatePaths | None = None) -> list[str]:
             HostShell.from_state(paths).close_master()
     removed += wg.down(paths)
     removed += host.stop(paths)
+    removed += host.detach_mail_volume(paths)
     removed += acme.stop(paths)
     removed += backupserver.stop(paths)
     removed += s3server.stop(paths)  # started by the backup tests, not by up

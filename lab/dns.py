@@ -1,13 +1,14 @@
 """The lab's DNS: NSD, authoritative only, at the internet's address in ``sams-inet`` (198.18.0.1).
 
-It serves the zones the program publishes through Cloudflare (its ``DnsRecord`` inputs, rendered by
-:mod:`components.dns.zonefile`) plus the lab's own world: the reverse zone of the lab's /24 (the
-host's PTR is its hostname, as the provider's rDNS would say), a remote sender's domain and the
-independent receiver's domain (:mod:`lab.receiver`), and an empty root zone. Nothing recurses and
-no query leaves the lab: every other name gets an authoritative NXDOMAIN, which is what the real
-internet answers for a name that does not exist or an address no blocklist lists (RBL lookups by
-Rspamd). REFUSED instead made every such lookup a resolver error that Rspamd retries and counts
-against its only upstream, so the lab's mail path measured that, not the mail system.
+It serves the zones the program publishes through Cloudflare (its ``DnsRecord`` inputs, read back
+as :class:`components.dns.records.Record` and rendered by :mod:`components.dns.zonefile`) plus the
+lab's own world, Records too: the reverse zone of the lab's /24 (the host's PTR is its hostname, as
+the provider's rDNS would say), a remote sender's domain and the independent receiver's domain
+(:mod:`lab.receiver`), and an empty root zone. Nothing recurses and no query leaves the lab: every
+other name gets an authoritative NXDOMAIN, which is what the real internet answers for a name that
+does not exist or an address no blocklist lists (RBL lookups by Rspamd). REFUSED instead made every
+such lookup a resolver error that Rspamd retries and counts against its only upstream, so the lab's
+mail path measured that, not the mail system.
 
 Why NSD: authoritative-only by design (no resolver to switch off), one short config file, zones in
 memory, ~5 MB resident, and ``nsd-checkzone`` for the unit tests. Knot would do as well; BIND is a
@@ -27,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.dns import zonefile
-from components.dns.zonefile import ZoneRecord
+from components.dns import records, zonefile
+from components.dns.records import Record
 from lab.proc import LabError, daemon_pid, netns_exec, run, stop_daemon, tail
 from lab.spec import NAMES, LabSpec, StatePaths
 
@@ -71,27 +72,30 @@ def ptr(address: str) -> str:
     return ipaddress.IPv4Address(address).reverse_pointer
 
 
-def lab_records(*, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv4: str) -> list[ZoneRecord]:
+def lab_records(
+    *, hostname: str, public_ipv4: str, inet_ipv4: str, receiver_ipv4: str, prefix: int = 24
+) -> list[Record]:
     """The records of the lab's world that no SAMS resource declares."""
     sender_mx, receiver_mx = f"mx.{SENDER_DOMAIN}", f"mx.{RECEIVER_DOMAIN}"
+    reverse = reverse_zone(public_ipv4, prefix)
     return [
-        ZoneRecord(NAMESERVER, "A", TTL, inet_ipv4),
-        ZoneRecord(SMARTHOST, "A", TTL, inet_ipv4),
-        ZoneRecord(BACKUP_SERVER, "A", TTL, inet_ipv4),
-        ZoneRecord(S3_SERVER, "A", TTL, inet_ipv4),
-        ZoneRecord(MIRROR, "A", TTL, inet_ipv4),
+        Record(LAB_ZONE, NAMESERVER, "A", TTL, records.a(inet_ipv4)),
+        Record(LAB_ZONE, SMARTHOST, "A", TTL, records.a(inet_ipv4)),
+        Record(LAB_ZONE, BACKUP_SERVER, "A", TTL, records.a(inet_ipv4)),
+        Record(LAB_ZONE, S3_SERVER, "A", TTL, records.a(inet_ipv4)),
+        Record(LAB_ZONE, MIRROR, "A", TTL, records.a(inet_ipv4)),
         # The provider's reverse DNS (Vultr's ReverseIpv4 for real): PTR = hostname = HELO.
-        ZoneRecord(ptr(public_ipv4), "PTR", TTL, zonefile.absolute(hostname)),
-        ZoneRecord(ptr(inet_ipv4), "PTR", TTL, zonefile.absolute(sender_mx)),
-        ZoneRecord(ptr(receiver_ipv4), "PTR", TTL, zonefile.absolute(receiver_mx)),
+        Record(reverse, ptr(public_ipv4), "PTR", TTL, records.ptr(hostname)),
+        Record(reverse, ptr(inet_ipv4), "PTR", TTL, records.ptr(sender_mx)),
+        Record(reverse, ptr(receiver_ipv4), "PTR", TTL, records.ptr(receiver_mx)),
         # A remote MTA sending to SAMS from the internet's own address, with SPF for it.
-        ZoneRecord(SENDER_DOMAIN, "MX", TTL, f"10 {sender_mx}."),
-        ZoneRecord(SENDER_DOMAIN, "TXT", TTL, f'"v=spf1 ip4:{inet_ipv4} -all"'),
-        ZoneRecord(sender_mx, "A", TTL, inet_ipv4),
+        Record(SENDER_DOMAIN, SENDER_DOMAIN, "MX", TTL, records.mx(10, sender_mx)),
+        Record(SENDER_DOMAIN, SENDER_DOMAIN, "TXT", TTL, records.txt(f"v=spf1 ip4:{inet_ipv4} -all")),
+        Record(SENDER_DOMAIN, sender_mx, "A", TTL, records.a(inet_ipv4)),
         # The independent receiver SAMS delivers to (lab/receiver.py).
-        ZoneRecord(RECEIVER_DOMAIN, "MX", TTL, f"10 {receiver_mx}."),
-        ZoneRecord(RECEIVER_DOMAIN, "TXT", TTL, f'"v=spf1 ip4:{receiver_ipv4} -all"'),
-        ZoneRecord(receiver_mx, "A", TTL, receiver_ipv4),
+        Record(RECEIVER_DOMAIN, RECEIVER_DOMAIN, "MX", TTL, records.mx(10, receiver_mx)),
+        Record(RECEIVER_DOMAIN, RECEIVER_DOMAIN, "TXT", TTL, records.txt(f"v=spf1 ip4:{receiver_ipv4} -all")),
+        Record(RECEIVER_DOMAIN, receiver_mx, "A", TTL, records.a(receiver_ipv4)),
     ]
 
 
@@ -113,10 +117,12 @@ def zones_for_run(
     run: mockrun.Run, *, hostname: str, public_ipv4: str, prefix: int, inet_ipv4: str, receiver_ipv4: str
 ) -> tuple[tuple[str, str], ...]:
     """(zone, zone file text) for every zone the lab serves: the program's, then the lab's own."""
-    published = [zonefile.from_cloudflare(r.inputs) for r in run.of_type(DNSRECORD)]
     # Exactly the zones the Cloudflare component looks up (cloudflare.get_zone_output).
     program_zones = [args["filter"]["name"] for token, args in run.invokes if token == GETZONE]
-    extra = lab_records(hostname=hostname, public_ipv4=public_ipv4, inet_ipv4=inet_ipv4, receiver_ipv4=receiver_ipv4)
+    published = [records.from_cloudflare(r.inputs, program_zones) for r in run.of_type(DNSRECORD)]
+    extra = lab_records(
+        hostname=hostname, public_ipv4=public_ipv4, inet_ipv4=inet_ipv4, receiver_ipv4=receiver_ipv4, prefix=prefix
+    )
     zones = [*program_zones, LAB_ZONE, SENDER_DOMAIN, RECEIVER_DOMAIN, reverse_zone(public_ipv4, prefix)]
     files = zonefile.zone_files([*published, *extra], zones, nameservers=[NAMESERVER])
     return tuple(sorted({**files, ROOT: ROOT_ZONE}.items()))

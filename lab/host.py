@@ -13,12 +13,14 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.docker.nspawn_flags import NSPAWN_DOCKER_ARGS
-from lab.proc import LabError, alive, kill_pids, read_pid, wait_gone
+from lab.proc import LabError, alive, kill_pids, read_pid, run, wait_gone
 from lab.spec import NAMES, LabSpec, StatePaths
 
 log = logging.getLogger("lab.host")
@@ -87,8 +89,54 @@ options timeout:1
 """
 
 
-def nspawn_argv(tree: Path) -> list[str]:
-    return ["systemd-nspawn", *NSPAWN_FLAGS, f"--directory={tree}"]
+# The host's mail volume: Postfix's queue and the Maildirs on one size-bounded filesystem, as on a
+# real host, where both are on its disk (or on one volume mounted at both places). The tree is a
+# directory on this machine's large disk, which no test could fill: a sparse ext4 image, loop-mounted
+# here and bound into the container, can be (lab/tests/test_resilience_lab.py fills it).
+MAIL_VOLUME_MIB = 8192
+# Where each directory of the volume appears in the container.
+MAIL_VOLUME_BINDS: tuple[tuple[str, str], ...] = (("mail", "/var/mail"), ("spool", "/var/spool/postfix"))
+
+# Where lab/hypervisor.py is imported from.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def nspawn_argv(tree: Path, mail_volume: Path | None = None) -> list[str]:
+    binds = [f"--bind={mail_volume}/{sub}:{path}" for sub, path in MAIL_VOLUME_BINDS] if mail_volume else []
+    return ["systemd-nspawn", *NSPAWN_FLAGS, *binds, f"--directory={tree}"]
+
+
+def attach_mail_volume(paths: StatePaths) -> None:
+    """Give the host a fresh mail volume, filled with the tree's own /var/mail and Postfix spool
+    (owners and modes as the packages made them). A volume already attached is kept (a reboot)."""
+    volume = paths.mail_volume
+    if os.path.ismount(volume):
+        return
+    image = paths.mail_volume_image
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as fh:
+        fh.truncate(MAIL_VOLUME_MIB << 20)  # sparse: only what is written takes space here
+    # -m 0: no blocks reserved for root, so "free" means the same to root and to the daemons.
+    run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "sams-mail", str(image)])
+    volume.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-o", "loop", str(image), str(volume)])
+    for sub, path in MAIL_VOLUME_BINDS:
+        source = paths.tree / path.lstrip("/")
+        if source.is_dir():
+            run(["cp", "-a", str(source), str(volume / sub)])
+        else:
+            (volume / sub).mkdir(mode=0o755)
+
+
+def detach_mail_volume(paths: StatePaths) -> list[str]:
+    """Unmount and delete the mail volume (the container must be stopped)."""
+    removed = []
+    if os.path.ismount(paths.mail_volume):
+        run(["umount", str(paths.mail_volume)])  # mount -o loop frees the loop device with it
+        removed.append(f"mail volume {paths.mail_volume}")
+    if paths.mail_volume_image.exists():
+        paths.mail_volume_image.unlink()
+    return removed
 
 
 def seed(tree: Path, spec: LabSpec, instance_id: str) -> None:
@@ -108,24 +156,56 @@ def seed(tree: Path, spec: LabSpec, instance_id: str) -> None:
         resolv.write_text(LAB_RESOLV_CONF.format(server=spec.inet_ipv4))
 
 
-def start(paths: StatePaths) -> int:
-    """Start systemd-nspawn in the background (own session); return its pid."""
+def start(paths: StatePaths, timeout: float = 10.0) -> int:
+    """Boot the host: lab/hypervisor.py runs systemd-nspawn (again after each reboot) in its own
+    session; return nspawn's pid."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **NSPAWN_ENV}
-    argv = nspawn_argv(paths.tree)
+    volume = paths.mail_volume if os.path.ismount(paths.mail_volume) else None
+    argv = nspawn_argv(paths.tree, volume)
     log.info("starting: %s", " ".join(argv))
-    with open(paths.console_log, "wb") as console:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd="/",
-        )
-    paths.nspawn_pid.write_text(f"{proc.pid}\n")
-    return proc.pid
+    paths.nspawn_pid.unlink(missing_ok=True)
+    paths.console_log.write_bytes(b"")  # one console log per start, appended across reboots
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.hypervisor", str(paths.nspawn_pid), str(paths.console_log), "--", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        cwd=REPO_ROOT,
+    )
+    paths.hypervisor_pid.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while (pid := read_pid(paths.nspawn_pid)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"lab hypervisor did not start systemd-nspawn (exit {proc.poll()}); see {paths.console_log}")
+        time.sleep(0.05)
+    return pid
+
+
+def find_hypervisor_pids(paths: StatePaths) -> list[int]:
+    """lab/hypervisor.py processes of this lab (also found if the pid file is lost)."""
+    needle = str(paths.nspawn_pid).encode()
+    return pids_whose_cmdline(lambda argv: b"lab.hypervisor" in argv and needle in argv)
+
+
+def power_cut(paths: StatePaths) -> None:
+    """Pull the plug: SIGKILL the hypervisor (nothing boots again), the container's PID 1 (the kernel
+    then kills every process of the container at once, no shutdown, no unit stopped) and nspawn.
+    What the processes wrote but did not fsync is still in this machine's page cache: unlike a
+    real power loss, only what no process had written yet is lost. :func:`start` powers it on."""
+    nspawns = set(find_nspawn_pids(paths.tree))
+    if (pid := read_pid(paths.nspawn_pid)) is not None and alive(pid):
+        nspawns.add(pid)
+    leaders = [lp for p in nspawns if (lp := leader_pid(p)) is not None]
+    hypervisors = find_hypervisor_pids(paths)
+    kill_pids(hypervisors, signal.SIGKILL)
+    kill_pids(leaders, signal.SIGKILL)
+    kill_pids(nspawns, signal.SIGKILL)
+    left = wait_gone([*hypervisors, *leaders, *nspawns], 15.0)
+    if left:
+        raise LabError(f"power cut: processes {left} survived SIGKILL")
 
 
 def _status_field(pid: int, name: str) -> str:
@@ -266,20 +346,25 @@ def _keep_logs(paths: StatePaths) -> None:
             (paths.logs / name).write_bytes(src.read_bytes())
 
 
-def find_nspawn_pids(tree: Path) -> list[int]:
-    """systemd-nspawn processes booting *tree* (also finds them if the pid file is lost)."""
+def pids_whose_cmdline(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """The processes whose argv (/proc/<pid>/cmdline, split at NULs) `match` accepts."""
     found = []
-    needle = f"--directory={tree}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if cmdline and cmdline[0].endswith(b"systemd-nspawn") and needle in cmdline:
+        if argv and match(argv):
             found.append(int(entry))
     return found
+
+
+def find_nspawn_pids(tree: Path) -> list[int]:
+    """systemd-nspawn processes booting *tree* (also finds them if the pid file is lost)."""
+    needle = f"--directory={tree}".encode()
+    return pids_whose_cmdline(lambda argv: argv[0].endswith(b"systemd-nspawn") and needle in argv)
 
 
 def stop(paths: StatePaths, timeout: float = 15.0) -> list[str]:
@@ -288,12 +373,16 @@ def stop(paths: StatePaths, timeout: float = 15.0) -> list[str]:
     Killing the container's PID 1 makes the kernel kill every process in its
     PID namespace, including ones in other network namespaces (e.g. Docker's).
     """
+    # The hypervisor first: it passes SIGTERM on to nspawn and boots nothing again.
+    hypervisors = find_hypervisor_pids(paths)
+    kill_pids(hypervisors, signal.SIGTERM)
     pids = set(find_nspawn_pids(paths.tree))
     pid = read_pid(paths.nspawn_pid)
     if pid is not None and alive(pid):
         pids.add(pid)
     if not pids:
-        return []
+        kill_pids(wait_gone(hypervisors, 5.0), signal.SIGKILL)
+        return [f"hypervisor {sorted(hypervisors)}"] if hypervisors else []
     leaders = [lp for p in pids if (lp := leader_pid(p)) is not None]
     kill_pids(pids, signal.SIGTERM)
     left = wait_gone(pids, timeout)
@@ -304,4 +393,8 @@ def stop(paths: StatePaths, timeout: float = 15.0) -> list[str]:
         left = wait_gone([*left, *leaders], 10.0)
         if left:
             raise LabError(f"could not kill nspawn/container processes {left}")
+    left = wait_gone(hypervisors, 10.0)
+    kill_pids(left, signal.SIGKILL)
+    if wait_gone(left, 5.0):
+        raise LabError(f"could not stop the lab hypervisor {left}")
     return [f"nspawn {sorted(pids)}"]

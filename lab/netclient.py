@@ -228,18 +228,32 @@ def banner(host: str, port: int) -> str:
             return "silent"
 
 
+def _transaction(client: smtplib.SMTP, sender: str, rcpt: str, data: bytes) -> Reply:
+    """MAIL, RCPT, DATA: the first refusal (4xx/5xx), else the reply to the message's final dot."""
+    for verb, arg in (("mail", f"FROM:<{sender}>"), ("rcpt", f"TO:<{rcpt}>"), ("data", "")):
+        code, text = client.docmd(verb, arg)
+        if code >= 400:
+            return code, text.decode(errors="replace")
+    client.send(smtplib.quotedata(data.decode()).encode() + b"\r\n.\r\n")
+    code, text = client.getreply()
+    return code, text.decode(errors="replace")
+
+
 def mx_attempt(host: str, sender: str, rcpt: str, data: bytes) -> Reply:
     """One delivery attempt of a remote MTA on port 25: the first refusal (4xx/5xx), else the reply
     to the message's final dot."""
     with smtplib.SMTP(host, 25, timeout=60, local_hostname="mx.sender.example") as client:
         client.ehlo()
-        for verb, arg in (("mail", f"FROM:<{sender}>"), ("rcpt", f"TO:<{rcpt}>"), ("data", "")):
-            code, text = client.docmd(verb, arg)
-            if code >= 400:
-                return code, text.decode(errors="replace")
-        client.send(smtplib.quotedata(data.decode()).encode() + b"\r\n.\r\n")
-        code, text = client.getreply()
-        return code, text.decode(errors="replace")
+        return _transaction(client, sender, rcpt, data)
+
+
+def submission_attempt(host: str, cafile: str, login: tuple[str, str], sender: str, rcpt: str, data: bytes) -> Reply:
+    """A mail client on 587 (STARTTLS, AUTH): the first refusal from MAIL FROM on, else the reply to
+    the message's final dot."""
+    with smtplib.SMTP(host, 587, timeout=60, local_hostname="laptop.example") as client:
+        client.starttls(context=tls_context(cafile))
+        client.login(*login)
+        return _transaction(client, sender, rcpt, data)
 
 
 def submit_attempt(

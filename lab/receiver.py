@@ -200,10 +200,12 @@ def spool(paths: StatePaths) -> Path:
 
 
 def start(spec: LabSpec, paths: StatePaths, *, name: str, domain: str, timeout: float = 20.0) -> int | None:
-    """Give sams-inet the receiver's address and start the receiver there; wait for its banner."""
+    """Give sams-inet the receiver's address (kept if a stopped receiver left it) and start the
+    receiver there; wait for its banner."""
     if not spec.receiver_ipv4:
         return None
-    run(["ip", "-n", NAMES.ns_inet, "addr", "add", f"{spec.receiver_ipv4}/{spec.public_prefix}", "dev", NAMES.bridge])
+    address = f"{spec.receiver_ipv4}/{spec.public_prefix}"
+    run(["ip", "-n", NAMES.ns_inet, "addr", "replace", address, "dev", NAMES.bridge])
     args = ["--listen", spec.receiver_ipv4, "--name", name, "--dns", spec.inet_ipv4]
     args += ["--spool", str(spool(paths)), "--domain", domain]
     pid = start_lab_module(NAMES.ns_inet, "receiver", args, directory(paths), timeout)

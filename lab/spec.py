@@ -134,6 +134,20 @@ class StatePaths:
         return self.run / "nspawn.pid"
 
     @property
+    def hypervisor_pid(self) -> Path:
+        """lab/hypervisor.py, which boots nspawn again after a reboot."""
+        return self.run / "hypervisor.pid"
+
+    @property
+    def mail_volume(self) -> Path:
+        """Mount point of the host's mail volume (lab/host.py: attach_mail_volume)."""
+        return self.run / "mailvol"
+
+    @property
+    def mail_volume_image(self) -> Path:
+        return self.run / "mailvol.img"
+
+    @property
     def wg_conf(self) -> Path:
         return self.run / "wg" / f"{NAMES.wg_hub}.conf"
 

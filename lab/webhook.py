@@ -24,6 +24,7 @@ log = logging.getLogger("lab")
 
 PORT = 8099
 PATH = "/services/T0SAMSLAB/B0SAMSLAB/webhook"  # the shape of a Slack incoming-webhook path
+HEARTBEAT_PATH = "/ping/sams-lab-heartbeat"  # the shape of a dead man's switch ping URL (healthchecks.io)
 
 
 def serve(listen: str, port: int, out: Path) -> None:
@@ -40,7 +41,7 @@ def serve(listen: str, port: int, out: Path) -> None:
                 return
             with out.open("a") as fh:
                 fh.write(json.dumps({"received": time.time(), "path": self.path, "body": payload}) + "\n")
-            self.send_response(200 if self.path == PATH else 404)
+            self.send_response(200 if self.path in (PATH, HEARTBEAT_PATH) else 404)
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
             self.wfile.write(b"ok")
@@ -78,6 +79,11 @@ def posts_file(paths: StatePaths) -> Path:
 def url(address: str) -> str:
     """The webhook URL the host's Alertmanager is given (sams:monitoringWebhookUrl)."""
     return f"http://{address}:{PORT}{PATH}"
+
+
+def heartbeat_url(address: str) -> str:
+    """The dead man's switch URL the host's Alertmanager pings (sams:monitoringHeartbeatUrl)."""
+    return f"http://{address}:{PORT}{HEARTBEAT_PATH}"
 
 
 def start(paths: StatePaths, address: str, timeout: float = 20.0) -> int:

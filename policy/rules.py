@@ -16,12 +16,14 @@ What a rule needs to know about the stack comes in a `Context`:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
+from dns.exception import DNSException
+
+from components.dns.records import Record, rdata_from_cloudflare, txt_value
 from components.firewall.policy import NEVER_PUBLIC
 from settings.stack import WireGuardSettings
 
@@ -160,14 +162,6 @@ def _oci_rule(
 # --- DMARC: production enforces --------------------------------------------------------------
 
 
-def txt_value(content: str) -> str:
-    """'"v=DMARC1; p=none" "..."' -> 'v=DMARC1; p=none...' (unquoted content is taken as it is)."""
-    parts = re.findall(r'"((?:[^"\\]|\\.)*)"', content)
-    if not parts:
-        return content
-    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
-
-
 def dmarc_policy(value: str) -> str | None:
     """The p= tag of a DMARC record, lowercased; None if it has none."""
     for tag in value.split(";"):
@@ -177,10 +171,11 @@ def dmarc_policy(value: str) -> str | None:
     return None
 
 
-def _dmarc_problem(name: str, content: str, ctx: Context) -> str | None:
+def _dmarc_problem(name: str, value: str, ctx: Context) -> str | None:
+    """`value`: the TXT record's value (its character-strings joined)."""
     if not ctx.is_prod:
         return None
-    policy = dmarc_policy(txt_value(content))
+    policy = dmarc_policy(value)
     if policy in ("quarantine", "reject"):
         return None
     shown = "p=" + policy if policy is not None else "no p= tag"
@@ -194,22 +189,37 @@ def check_dmarc(type_: str, props: Mapping[str, Any], ctx: Context) -> list[str]
     name = str(props.get("name", ""))
     if not name.startswith("_dmarc."):
         return []
-    problem = _dmarc_problem(name, str(props.get("content", "")), ctx)
+    try:
+        value = txt_value(rdata_from_cloudflare({"type": "TXT", "content": str(props.get("content", ""))}))
+    except (ValueError, DNSException) as exc:
+        return [f"{name}: the TXT content is not DNS presentation format ({exc})"] if ctx.is_prod else []
+    problem = _dmarc_problem(name, value, ctx)
     return [problem] if problem else []
 
 
 def check_dmarc_table(stack_outputs: Mapping[str, Any], ctx: Context) -> list[str]:
-    """The same rule over the `dnsRecords` output, which is all there is with sams:dns.provider=manual."""
-    table = stack_outputs.get("dnsRecords")
-    if not isinstance(table, str):
-        return []
+    """The same rule over the `dnsRecords` output (components.dns.records.Record.to_json per record),
+    which is all there is with sams:dns.provider=manual."""
+    entries = _known(stack_outputs, "dnsRecords")
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        return []  # no DNS records (or all unknown in a preview)
     found = []
-    for line in table.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and fields[0].startswith("_dmarc.") and fields[1] == "TXT":
-            problem = _dmarc_problem(fields[0], fields[2].split("  # ", 1)[0], ctx)
-            if problem:
-                found.append(problem)
+    for i in range(len(entries)):
+        # Only DMARC entries are read. In a preview a record whose value comes with the update (an
+        # address, a DKIM key) is unknown: skipped, so DMARC is checked before the first `up` too.
+        entry = _known(entries, i)
+        if not isinstance(entry, Mapping) or _known(entry, "type") != "TXT":
+            continue
+        if not str(_known(entry, "name")).startswith("_dmarc."):
+            continue
+        try:
+            record = Record.from_json(entry)
+        except ValueError as exc:
+            found.append(str(exc))
+            continue
+        problem = _dmarc_problem(record.name, txt_value(record.rdata()), ctx)
+        if problem:
+            found.append(problem)
     return found
 
 
@@ -239,12 +249,13 @@ def check_remote_host(type_: str, props: Mapping[str, Any], ctx: Context) -> lis
 UNKNOWN = object()  # a value the engine does not know yet (a preview): pulumi-policy's proxy raises on it
 
 
-def _known(props: Mapping[str, Any], key: str) -> Any:
-    """props.get(key), or UNKNOWN where the policy SDK says the value is computed during the update."""
+def _known(props: Mapping[str, Any] | Sequence[Any], key: Any) -> Any:
+    """props.get(key) (a list: props[key]), or UNKNOWN where the policy SDK says the value is
+    computed during the update."""
     from pulumi_policy.proxy import UnknownValueError  # here: the rest of the rules need no policy SDK
 
     try:
-        return props.get(key)
+        return props.get(key) if isinstance(props, Mapping) else props[key]
     except UnknownValueError:
         return UNKNOWN
 

@@ -46,6 +46,8 @@ SECRET_KEYS = frozenset(
         "backupCopyKeySecret",
         # The Slack-compatible webhook Alertmanager posts to (sams:monitoring).
         "monitoringWebhookUrl",
+        # The dead man's switch Alertmanager pings while the host's monitoring lives.
+        "monitoringHeartbeatUrl",
     }
 )
 

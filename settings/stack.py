@@ -245,6 +245,12 @@ class MonitoringSettings(_Config):
             "on loopback (docs/monitoring.md). The Slack-compatible webhook is the secret sams:monitoringWebhookUrl"
         ),
     )
+    queue_threshold: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="alert when more messages than this wait in Postfix's queue for one recipient domain (10 min)",
+    )
     runbook_url: str = Field(
         default="docs/monitoring.md",
         pattern=r"^\S+$",

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import mockrun
-from components.dns.plan import Ref, dkim_ref, plan
+from components.dns.plan import dkim_ref, plan
+from components.dns.records import Ref
 from components.keys.derive import dkim_public_key_b64, dkim_record_value
 from components.keys.rotation import DkimPhase, dkim_phase, now, phase_without_clock
 from components.mail import dkim_late_name
@@ -320,6 +321,6 @@ def test_the_plan_refs_resolve_to_each_selectors_key() -> None:
     """plan() names one Ref per (domain, selector); the Dns component resolves exactly those."""
     s = settings_with(ROTATION)
     phase = dkim_phase(s.config.dkim, START)
-    refs = {r.content.key for r in plan(s, has_ipv6=False, dkim=phase) if isinstance(r.content, Ref)}
+    refs = {r.data.key for r in plan(s, has_ipv6=False, dkim=phase) if isinstance(r.data, Ref)}
     refs -= {"ipv4", "ipv6"}
     assert refs == {dkim_ref(d, sel).key for d in domains() for sel in ("s1", "s2")}

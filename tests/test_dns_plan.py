@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import mockrun
-from components.dns.plan import CLIENT_SRV, Record, plan, report_authorizations
+from components.dns.plan import CLIENT_SRV, plan, report_authorizations
+from components.dns.records import Record, srv, txt
 from components.firewall.policy import port_policy
 from tests.test_program import dns_records, settings_of, txt_strings
 
@@ -26,9 +27,9 @@ def test_client_srv_records_follow_the_port_policy(variant: str) -> None:
         for service, priority, _ in CLIENT_SRV:
             (record,) = [r for r in records if r.name == f"_{service}._tcp.{domain.name}"]
             if service in public:
-                assert record.srv == (priority, 1, public[service], s.config.hostname), record
+                assert record.data == srv(priority, 1, public[service], s.config.hostname), record
             else:
-                assert record.srv == (0, 0, 0, "."), record
+                assert record.data == srv(0, 0, 0, "."), record
 
 
 def test_plain_imap_is_advertised_where_port_143_is_public() -> None:
@@ -36,11 +37,11 @@ def test_plain_imap_is_advertised_where_port_143_is_public() -> None:
     with IMAP VPN-only, neither IMAP service is advertised; POP3 without TLS (110) never is."""
     for variant, offered in (("lab", True), ("prod", True), ("prod-bastion", False)):
         s = settings_of(variant)
-        by_name = {r.name: r.srv for r in records_of(s)}
+        by_name = {r.name: r.data for r in records_of(s)}
         d = s.mail.domains[0].name
-        assert (by_name[f"_imap._tcp.{d}"] == (10, 1, 143, s.config.hostname)) is offered, variant
-        assert (by_name[f"_imaps._tcp.{d}"] == (0, 1, 993, s.config.hostname)) is offered, variant
-        assert by_name[f"_pop3._tcp.{d}"] == (0, 0, 0, "."), variant
+        assert (by_name[f"_imap._tcp.{d}"] == srv(10, 1, 143, s.config.hostname)) is offered, variant
+        assert (by_name[f"_imaps._tcp.{d}"] == srv(0, 1, 993, s.config.hostname)) is offered, variant
+        assert by_name[f"_pop3._tcp.{d}"] == srv(0, 0, 0, "."), variant
 
 
 def test_dmarc_report_authorization_between_sams_domains(variant: str) -> None:
@@ -54,7 +55,7 @@ def test_dmarc_report_authorization_between_sams_domains(variant: str) -> None:
         if rua != d and rua in ours:
             expected.add(f"{d}._report._dmarc.{rua}")
     assert {r.name for r in records} == expected
-    assert all(r.type == "TXT" and r.content == "v=DMARC1" and r.zone in ours for r in records)
+    assert all(r.type == "TXT" and r.data == txt("v=DMARC1") and r.zone in ours for r in records)
     # They reach Cloudflare (and so the lab DNS) like every other record.
     published = {r["name"]: txt_strings(r["content"]) for r in dns_records(mockrun_run(variant)) if r["type"] == "TXT"}
     for name in expected:

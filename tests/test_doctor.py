@@ -21,9 +21,9 @@ import pytest
 
 import mockrun
 from components.backup.plan import STATUS_FILE
-from components.dns.plan import table
+from components.dns.records import Record, normal, ptr, txt_value
 from doctor import checks, probe, report
-from doctor.expect import expected, table_rows, unquote_txt
+from doctor.expect import expected, output_records
 from doctor.model import (
     BackupStatus,
     Disk,
@@ -125,7 +125,7 @@ def healthy(e: Expected) -> Observations:
     for r in e.records:
         rrsets.setdefault((r.name, r.type), []).append(str(r.value))
     dns = [DnsAnswer(n, k, "ok", tuple(sorted(v))) for (n, k), v in rrsets.items()]  # type: ignore[arg-type]
-    dns += [DnsAnswer(checks.reverse_name(a), "PTR", "ok", (e.hostname,)) for a in (e.ipv4, e.ipv6) if a]
+    dns += [DnsAnswer(checks.reverse_name(a), "PTR", "ok", (normal(ptr(e.hostname)),)) for a in (e.ipv4, e.ipv6) if a]
     ports = [PortState(p.number, p.proto, "open" if p.proto == "tcp" else "unprobed") for p in e.public_ports]
     ports += [PortState(p.number, p.proto, "filtered") for p in e.private_ports]
     tls = [
@@ -188,13 +188,23 @@ def test_every_planned_value_is_known_from_the_outputs(variant: str) -> None:
     assert not {p.number for p in e.private_ports} & {p.number for p in e.public_ports}
 
 
-def test_dns_records_table_parses_back(lab: Expected) -> None:
+def test_dns_records_output_parses_back(lab: Expected) -> None:
+    """`dnsRecords` is a list of JSON records (components/dns/records.py), read by field, not by column."""
     out = run_variant("lab").outputs["dnsRecords"]
-    rows = table_rows(out)
-    assert len(rows) == len(lab.records)
-    dkim = next(v for n, k, v, _ in rows if n.startswith("s1._domainkey."))
-    assert unquote_txt(dkim).startswith("v=DKIM1;") and '"' not in unquote_txt(dkim)
-    assert table_rows(table((), {})) == []
+    assert isinstance(out, list) and json.loads(json.dumps(out)) == out
+    records = output_records({"dnsRecords": out})
+    assert len(records) == len(lab.records)
+    assert [(r.name, r.type) for r in records] == [(e.name, e.type) for e in lab.records]
+    assert [r.line() for r in records] == [e.zone_line for e in lab.records]
+    dkim = [txt_value(r.rdata()) for r in records if r.name.startswith("s1._domainkey.")]
+    assert dkim and all(v.startswith("v=DKIM1; k=rsa; p=") and '"' not in v for v in dkim)
+    assert output_records({}) == []
+    # A stack output of the program before records became JSON: said plainly, not misread.
+    with pytest.raises(ValueError, match="not a list of records"):
+        output_records({"dnsRecords": "NAME  TYPE  VALUE  # PURPOSE"})
+    with pytest.raises(ValueError, match="dnsRecords: not a record"):
+        output_records({"dnsRecords": [{**out[0], "data": "not an address"}]})
+    assert Record.from_json(out[0]).to_json() == out[0]
 
 
 def test_tls_endpoints_follow_the_policy() -> None:
@@ -677,7 +687,7 @@ def test_probe_normal_form_matches_the_plans(lab: Expected) -> None:
     for r in lab.records:
         text = r.zone_line.split(f" IN {r.type} ", 1)[1]
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(r.type), text)
-        assert probe._rdata_value(r.type, rdata) == r.value, r
+        assert normal(rdata) == r.value, r
 
 
 def run_host_script(args: dict[str, Any]) -> dict[str, Any]:

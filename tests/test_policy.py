@@ -18,6 +18,7 @@ import pulumi_policy
 import pytest
 
 import mockrun
+from components.dns.records import rdata_from_cloudflare, txt_value
 from policy import rules
 from policy.rules import Context, Resource
 
@@ -175,6 +176,11 @@ def test_oci_nsg_rule_open_to_the_world_violates() -> None:
 DMARC = "dmarc-enforced-in-prod"
 
 
+def txt_of(content: str) -> str:
+    """A DnsRecord's TXT content as the rule reads it (components/dns/records.py)."""
+    return txt_value(rdata_from_cloudflare({"type": "TXT", "content": content}))
+
+
 def test_dmarc_none_in_prod_violates(runner: Callable[[str], mockrun.Run]) -> None:
     run = runner("prod")
 
@@ -190,7 +196,7 @@ def test_dmarc_none_in_prod_violates(runner: Callable[[str], mockrun.Run]) -> No
 def test_dmarc_none_outside_prod_is_allowed(runner: Callable[[str], mockrun.Run]) -> None:
     run = runner("dev")
     assert {
-        rules.dmarc_policy(rules.txt_value(r.inputs["content"]))
+        rules.dmarc_policy(txt_of(r.inputs["content"]))
         for r in run.resources
         if r.type == rules.DNS_RECORD and r.inputs["name"].startswith("_dmarc.")
     } == {"none"}
@@ -219,6 +225,32 @@ def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
     assert len(found) == 2 and all("p=none" in m for m in found)
 
 
+def test_the_table_rule_reads_dmarc_by_field_even_in_a_preview() -> None:
+    """Entries are structured (components/dns/records.py): the rule picks _dmarc TXT by field. In a
+    preview, through the policy SDK's own proxy, records whose value comes with the update (the
+    address, the DKIM keys) are unknown: skipped, not a reason to give up on DMARC."""
+    from pulumi_policy.proxy import UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+    prod = Context.of("prod")
+    dmarc = {"zone": "example.org", "name": "_dmarc.example.org", "type": "TXT", "ttl": 300, "purpose": ""}
+    dkim = {**dmarc, "name": "s1._domainkey.example.org", "data": UNKNOWN_STRING_VALUE}
+    none = "_dmarc.example.org: DMARC p=none in production stack 'prod'; set sams:dmarc.policy to quarantine or reject"
+    for policy, found in (("none", [none]), ("reject", [])):
+        entries = [UNKNOWN_OBJECT_VALUE, dkim, {**dmarc, "data": f'"v=DMARC1; " "p={policy}"'}]
+        assert rules.check_dmarc_table(unknown_checking_proxy({"dnsRecords": entries}), prod) == found
+    assert rules.check_dmarc_table(unknown_checking_proxy({"dnsRecords": UNKNOWN_OBJECT_VALUE}), prod) == []
+
+
+def test_the_table_rule_names_what_it_cannot_read() -> None:
+    prod = Context.of("prod")
+    dmarc = {"zone": "example.org", "name": "_dmarc.example.org", "type": "TXT", "ttl": 300, "purpose": ""}
+    (broken,) = rules.check_dmarc_table({"dnsRecords": [{**dmarc, "data": '"v=DMARC1; p=reject'}]}, prod)
+    assert broken.startswith("dnsRecords: not a record") and "_dmarc.example.org" in broken
+    unparsable = {"type": "TXT", "name": "_dmarc.example.org", "content": '"v=DMARC1; p=reject'}
+    (message,) = rules.check_dmarc(rules.DNS_RECORD, unparsable, prod)
+    assert "not DNS presentation format" in message
+
+
 @pytest.mark.parametrize(
     ("content", "policy"),
     [
@@ -229,7 +261,7 @@ def test_manual_dns_dmarc_none_in_prod_is_caught_from_the_table() -> None:
     ],
 )
 def test_dmarc_parsing(content: str, policy: str | None) -> None:
-    assert rules.dmarc_policy(rules.txt_value(content)) == policy
+    assert rules.dmarc_policy(txt_of(content)) == policy
 
 
 # --- remote steps -----------------------------------------------------------------------------

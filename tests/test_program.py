@@ -397,9 +397,13 @@ def test_stack_outputs(run: mockrun.Run, variant: str) -> None:
     assert out["wireguardAddress"] == str(s.config.wireguard.address)
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", out["publicIpv4"])
     assert set(out["clientSettings"]) == {d.name for d in s.mail.domains}
-    for d in s.mail.domains:
-        assert f"{d.name}  " in out["dnsRecords"] or f"{d.name} " in out["dnsRecords"]
-    assert "MX" in out["dnsRecords"]
+    # One JSON object per record: every domain's MX to the host, every record in one of its zones.
+    records = out["dnsRecords"]
+    assert {(r["name"], r["type"], r["data"]) for r in records if r["type"] == "MX"} == {
+        (d.name, "MX", f"10 {s.config.hostname}.") for d in s.mail.domains
+    }
+    assert all(set(r) == {"zone", "name", "type", "ttl", "data", "purpose"} for r in records)
+    assert all(r["ttl"] == s.config.dns.ttl and r["purpose"] for r in records)
     peer = out["hubPeerConfig"]
     assert f"PublicKey = {out['wireguardPublicKey']}" in peer
     assert f"AllowedIPs = {s.config.wireguard.address}/32" in peer

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 import mockrun
-from components.dns.plan import mta_sts_id, mta_sts_policy, txt_content
+from components.dns.plan import mta_sts_id, mta_sts_policy
+from components.dns.records import txt
 from components.firewall.policy import nftables_conf, public_ports
 from components.remote.steps import StepSpec, digest
 from components.tls import autoconfig, certs
@@ -129,7 +130,7 @@ def test_nginx_serves_exactly_the_published_mta_sts_policy(runner: Any) -> None:
         if r.inputs["type"] == "TXT"
     }
     for d in settings.mail.domains:
-        assert published[f"_mta-sts.{d.name}"] == txt_content(f"v=STSv1; id={mta_sts_id(settings)}")
+        assert published[f"_mta-sts.{d.name}"] == txt(f"v=STSv1; id={mta_sts_id(settings)}").to_text()
     assert "default_type text/plain;" in https and "types { }" in https
     # Port 80: the ACME webroot certbot writes to, everything else to HTTPS.
     webroot = re.search(r"location /\.well-known/acme-challenge/ \{\s*root (\S+);", plain)

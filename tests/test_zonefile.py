@@ -1,15 +1,18 @@
 """Zone files from the published records (components/dns/zonefile.py) and the lab DNS's zones.
 
-The zone text must say exactly what the Cloudflare component declares: every record, TXT values
+The zone text must say exactly what the Cloudflare component declares (its inputs read back as
+components.dns.records.Record): every record, TXT values
 split into the same character-strings, parseable by dnspython and accepted by NSD's own checker
 (nsd-checkzone, installed by ./run setup from lab/requirements-apt.txt).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.name
 import dns.rdata
@@ -19,9 +22,8 @@ import dns.zone
 import pytest
 
 import mockrun
-from components.dns import zonefile
-from components.dns.plan import txt_strings
-from components.dns.zonefile import ZoneRecord
+from components.dns import records, zonefile
+from components.dns.records import Record
 from lab import dns as labdns
 
 DNSRECORD = "cloudflare:index/dnsRecord:DnsRecord"
@@ -29,9 +31,9 @@ NS = ["ns.lab.example"]
 
 
 def published_zones(run: mockrun.Run) -> dict[str, str]:
-    records = [zonefile.from_cloudflare(r.inputs) for r in run.of_type(DNSRECORD)]
     zones = [a["filter"]["name"] for t, a in run.invokes if t == labdns.GETZONE]
-    return zonefile.zone_files(records, zones, nameservers=NS)
+    published = [records.from_cloudflare(r.inputs, zones) for r in run.of_type(DNSRECORD)]
+    return zonefile.zone_files(published, zones, nameservers=NS)
 
 
 def parse(zones: dict[str, str]) -> dict[str, dns.zone.Zone]:
@@ -105,7 +107,8 @@ def test_txt_character_strings_are_kept(runner: Callable[[str], mockrun.Run]) ->
         (rdata,) = zone.find_rdataset(owner, "TXT")
         strings = [s.decode() for s in rdata.strings]
         assert len(strings) >= 2 and all(len(s) <= 255 for s in strings)
-        assert strings == txt_strings("".join(strings))
+        planned: Any = records.txt("".join(strings))
+        assert rdata.strings == planned.strings  # the plan's split, kept
         assert "".join(strings).startswith("v=DKIM1; k=rsa; p=")
 
 
@@ -130,34 +133,46 @@ def test_nsd_accepts_every_zone(runner: Callable[[str], mockrun.Run], variant: s
 
 def test_nsd_rejects_a_broken_zone(tmp_path: Path) -> None:
     """The checker is live: a CNAME beside other data at the same name is refused (RFC 1034 3.6.2)."""
-    records = [
-        ZoneRecord("www.sams.test", "CNAME", 300, "mail.sams.test."),
-        ZoneRecord("www.sams.test", "A", 300, "198.18.0.10"),
+    broken = [
+        Record("sams.test", "www.sams.test", "CNAME", 300, records.cname("mail.sams.test")),
+        Record("sams.test", "www.sams.test", "A", 300, records.a("198.18.0.10")),
     ]
-    text = zonefile.render("sams.test", records, nameservers=NS)
+    text = zonefile.render("sams.test", broken, nameservers=NS)
     proc = nsd_checkzone("sams.test", text, tmp_path)
     assert proc.returncode != 0, proc.stdout
 
 
-def test_records_outside_every_zone_or_with_line_breaks_are_refused() -> None:
+def test_records_outside_every_zone_are_refused_and_line_breaks_stay_data(tmp_path: Path) -> None:
+    elsewhere = Record("elsewhere.example", "mail.elsewhere.example", "A", 300, records.a("198.18.0.10"))
     with pytest.raises(ValueError, match="none of the zones"):
-        zonefile.zone_files(
-            [ZoneRecord("mail.elsewhere.example", "A", 300, "198.18.0.10")], ["sams.test"], nameservers=NS
-        )
-    with pytest.raises(ValueError, match="line break"):
-        zonefile.render("sams.test", [ZoneRecord("sams.test", "TXT", 300, '"a"\n@ NS evil.')], nameservers=NS)
-    with pytest.raises(ValueError, match="no zone-file rendering"):
-        zonefile.from_cloudflare({"type": "HTTPS", "name": "sams.test", "content": "x"})
+        zonefile.zone_files([elsewhere], ["sams.test"], nameservers=NS)
+    with pytest.raises(ValueError, match=re.escape("not in zone sams.test")):
+        zonefile.render("sams.test", [elsewhere], nameservers=NS)
+    with pytest.raises(ValueError, match="not read from Cloudflare"):
+        records.from_cloudflare({"type": "HTTPS", "name": "sams.test", "content": "x"}, ["sams.test"])
+    # A value with a line break and quotes cannot add a record: dnspython escapes it in the data.
+    evil = 'a"\n@ NS evil.'
+    text = zonefile.render(
+        "sams.test", [Record("sams.test", "sams.test", "TXT", 300, records.txt(evil))], nameservers=NS
+    )
+    parsed = parse({"sams.test": text})
+    assert rdatas(parsed, "sams.test", "NS") == {"ns.lab.example."}
+    (served,) = parsed["sams.test"].find_rdataset("sams.test.", "TXT")
+    assert records.txt_value(served) == evil
+    assert nsd_checkzone("sams.test", text, tmp_path).returncode == 0
 
 
 def test_longest_zone_wins() -> None:
-    files = zonefile.zone_files(
-        [ZoneRecord("mail.sub.sams.test", "A", 300, "198.18.0.10"), ZoneRecord("sams.test", "A", 300, "198.18.0.11")],
-        ["sams.test", "sub.sams.test"],
-        nameservers=NS,
-    )
+    inner = {"type": "A", "name": "mail.sub.sams.test", "content": "198.18.0.10", "ttl": 300}
+    apex = {"type": "A", "name": "sams.test", "content": "198.18.0.11", "ttl": 300}
+    zones = ["sams.test", "sub.sams.test"]
+    files = zonefile.zone_files([records.from_cloudflare(r, zones) for r in (inner, apex)], zones, nameservers=NS)
     assert "mail 300 IN A 198.18.0.10" in files["sub.sams.test"] and "198.18.0.10" not in files["sams.test"]
     assert "@ 300 IN A 198.18.0.11" in files["sams.test"]
+    # A record filed in the parent zone would sit under the child's cut, never served: refused.
+    hidden = Record("sams.test", "mail.sub.sams.test", "A", 300, records.a("198.18.0.10"))
+    with pytest.raises(ValueError, match=re.escape("filed in zone sams.test, but sub.sams.test holds it")):
+        zonefile.zone_files([hidden], zones, nameservers=NS)
 
 
 # --- the lab's zones (lab/dns.py, pure part) --------------------------------------------------------

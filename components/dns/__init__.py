@@ -1,4 +1,8 @@
-"""Cloudflare DNS component: one v6 `DnsRecord` per record of the pure plan (components.dns.plan)."""
+"""Cloudflare DNS component: one v6 `DnsRecord` per record of the pure plan (components.dns.plan).
+
+Every record's fields come from components.dns.records (`cloudflare_record`, `cloudflare_fields`);
+`records` is the plan, `output` the `dnsRecords` stack output (one JSON object per record).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from typing import Any
 
 import pulumi
 
-from components.dns.plan import Record, Ref, dkim_ref, plan, report_authorizations, table, txt_content
+from components.dns.plan import dkim_ref, plan, report_authorizations
+from components.dns.records import Record, Ref, cloudflare_fields, cloudflare_record, txt_value
 from components.keys.derive import dkim_record_value
 from components.keys.rotation import DkimPhase
 from settings import Settings
+from settings.stack import LETS_ENCRYPT_CAA
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,20 @@ def resolve_refs(args: DnsArgs) -> pulumi.Output[dict[str, str]]:
     return pulumi.Output.all(**refs)
 
 
+def resource_key(record: Record) -> str:
+    """A stable resource name: type + name (+ discriminator for multi-valued sets)."""
+    extra = ""
+    data: Any = record.data
+    if record.type == "CAA":
+        tag, value = data.tag.decode(), data.value.decode()
+        # Let's Encrypt's issue record keeps the name it has always had (stable URN); any other
+        # allowed CA gets its own resource.
+        extra = f"-{tag}" if tag != "issue" or value == LETS_ENCRYPT_CAA else f"-{tag}-{value}"
+    elif record.type == "TXT" and not isinstance(data, Ref) and txt_value(data).startswith("v=spf1"):
+        extra = "-spf"
+    return f"{record.type.lower()}-{record.name}{extra}"
+
+
 class Dns(pulumi.ComponentResource):
     def __init__(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:dns:Dns", name, None, opts)
@@ -42,53 +62,43 @@ class Dns(pulumi.ComponentResource):
         for warning in report_authorizations(args.settings)[1]:
             pulumi.log.warn(warning, resource=self)
         resolved = resolve_refs(args)
-        self.table: pulumi.Output[str] = resolved.apply(lambda r: table(self.records, r))
+        # Records whose data is known stay known in a preview (the policy pack reads DMARC there).
+        self.output: list[pulumi.Input[dict[str, Any]]] = [_entry(rec, resolved) for rec in self.records]
         if args.settings.config.dns.provider == "cloudflare":
-            self._cloudflare(name, args, resolved)
-        self.register_outputs({"table": self.table})
+            self._cloudflare(name, resolved)
+        self.register_outputs({"records": self.output})
 
-    def _cloudflare(self, name: str, args: DnsArgs, resolved: pulumi.Output[dict[str, str]]) -> None:
+    def _cloudflare(self, name: str, resolved: pulumi.Output[dict[str, str]]) -> None:
         import pulumi_cloudflare as cloudflare
 
-        ttl = args.settings.config.dns.ttl
         zones = {
             zone: cloudflare.get_zone_output(filter=cloudflare.GetZoneFilterArgs(name=zone, match="all")).zone_id
             for zone in sorted({r.zone for r in self.records})
         }
         counts: dict[str, int] = {}
         for record in self.records:
-            key = record.key
+            key = resource_key(record)
             counts[key] = counts.get(key, 0) + 1
             if counts[key] > 1:
                 key = f"{key}-{counts[key]}"
             cloudflare.DnsRecord(
                 f"{name}-{key}",
                 zone_id=zones[record.zone],
-                name=record.name,
-                type=record.type,
-                ttl=ttl,
-                # Mail records must resolve to the host itself: never through Cloudflare's proxy.
-                proxied=False,
-                comment=f"SAMS: {record.purpose}",
+                **cloudflare_record(record),
                 **_fields(record, resolved),
                 opts=pulumi.ResourceOptions(parent=self),
             )
 
 
+def _entry(record: Record, resolved: pulumi.Output[dict[str, str]]) -> pulumi.Input[dict[str, Any]]:
+    """The record's `dnsRecords` entry; a Ref's once the host and keys exist."""
+    if isinstance(record.data, Ref):
+        return resolved.apply(record.to_json)
+    return record.to_json()
+
+
 def _fields(record: Record, resolved: pulumi.Output[dict[str, str]]) -> dict[str, Any]:
-    if record.srv:
-        prio, weight, port, target = record.srv
-        return {"data": {"priority": prio, "weight": weight, "port": port, "target": target}}
-    if record.caa:
-        flags, tag, value = record.caa
-        return {"data": {"flags": flags, "tag": tag, "value": value}}
-    if record.type == "MX":
-        return {"content": record.content, "priority": record.priority}
-    if isinstance(record.content, Ref):
-        ref = record.content.key
-        if record.type == "TXT":
-            return {"content": resolved.apply(lambda r: txt_content(r[ref]))}
-        return {"content": resolved.apply(lambda r: r[ref])}
-    if record.type == "TXT":
-        return {"content": txt_content(record.content)}
-    return {"content": record.content}
+    """The data fields; a Ref's (a `content` of A, AAAA or TXT) once the host and keys exist."""
+    if isinstance(record.data, Ref):
+        return {"content": resolved.apply(lambda r: cloudflare_fields(record.rdata(r))["content"])}
+    return cloudflare_fields(record.data)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from components.dns.plan import Ref, mta_sts_policy, plan, value_text
+from components.dns.plan import mta_sts_policy, plan
+from components.dns.records import Record, Ref
 from components.keys.rotation import DkimPhase, dkim_phase, now
 from settings import Settings
 from settings.stackfile import read_stack
@@ -28,9 +29,17 @@ def _placeholder(ref: str) -> str:
     return PLACEHOLDERS[ref]
 
 
+def value(record: Record) -> str:
+    """The record's data in presentation format; a value known only after `pulumi up` as where to
+    find it (quoted for TXT, as it will be)."""
+    if isinstance(record.data, Ref):
+        text = _placeholder(record.data.key)
+        return f'"{text}"' if record.type == "TXT" else text
+    return record.text()
+
+
 def checklist(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -> str:
     records = plan(settings, has_ipv6=has_ipv6, dkim=dkim)
-    refs = {r.content.key: _placeholder(r.content.key) for r in records if isinstance(r.content, Ref)}
     cfg = settings.config
     lines = [
         f"# DNS checklist — stack `{settings.stack}`",
@@ -43,7 +52,7 @@ def checklist(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = No
     ]
     zones: dict[str, list[str]] = {}
     for r in records:
-        zones.setdefault(r.zone, []).append(f"| `{r.name}` | {r.type} | `{value_text(r, refs)}` | {r.purpose} |")
+        zones.setdefault(r.zone, []).append(f"| `{r.name}` | {r.type} | `{value(r)}` | {r.purpose} |")
     for zone, rows in zones.items():
         lines += [f"## Zone `{zone}`", "", "| name | type | value | why |", "| --- | --- | --- | --- |", *rows, ""]
     lines += [

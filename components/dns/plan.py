@@ -1,53 +1,19 @@
 """The DNS record plan: every record the mail system needs, computed from settings alone.
 
-Values known only after `pulumi up` (the host's addresses, DKIM public keys) appear as `Ref`s;
-the Cloudflare component, the lab's DNS server and docs/dns_checklist.md all resolve the same plan.
+Each record is a `components.dns.records.Record` (its data a dnspython Rdata); values known only
+after `pulumi up` (the host's addresses, DKIM public keys) appear as `Ref`s. The Cloudflare
+component, the `dnsRecords` output, the lab's DNS server, docs/dns_checklist.md and the doctor all
+take this plan.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
 
+from components.dns.records import Record, Ref, caa, cname, mx, srv, txt, within, zone_of
 from components.firewall.policy import Port, port_policy
 from components.keys.rotation import DkimPhase, phase_without_clock
 from settings import Settings
-from settings.stack import LETS_ENCRYPT_CAA
-
-RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA"]
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A value resolved later: 'ipv4', 'ipv6' or dkim_ref() (the whole DKIM TXT value of one key)."""
-
-    key: str
-
-
-@dataclass(frozen=True)
-class Record:
-    zone: str
-    name: str  # fully qualified, no trailing dot
-    type: RecordType
-    content: str | Ref
-    purpose: str
-    priority: int | None = None  # MX
-    srv: tuple[int, int, int, str] | None = None  # priority, weight, port, target
-    caa: tuple[int, str, str] | None = None  # flags, tag, value
-
-    @property
-    def key(self) -> str:
-        """A stable resource name: type + name (+ discriminator for multi-valued sets)."""
-        extra = ""
-        if self.caa:
-            _, tag, value = self.caa
-            # Let's Encrypt's issue record keeps the name it has always had (stable URN); any other
-            # allowed CA gets its own resource.
-            extra = f"-{tag}" if tag != "issue" or value == LETS_ENCRYPT_CAA else f"-{tag}-{value}"
-        elif self.type == "TXT" and isinstance(self.content, str) and self.content.startswith("v=spf1"):
-            extra = "-spf"
-        return f"{self.type.lower()}-{self.name}{extra}"
 
 
 def mta_sts_policy(settings: Settings) -> str:
@@ -61,17 +27,6 @@ def mta_sts_policy(settings: Settings) -> str:
 def mta_sts_id(settings: Settings) -> str:
     """Changes whenever the policy text changes, as RFC 8461 requires."""
     return hashlib.sha256(mta_sts_policy(settings).encode()).hexdigest()[:20]
-
-
-def txt_strings(value: str) -> list[str]:
-    """Split a TXT value into the <=255-byte character-strings DNS allows."""
-    data = value.encode()
-    return [data[i : i + 255].decode() for i in range(0, len(data), 255)] or [""]
-
-
-def txt_content(value: str) -> str:
-    """Presentation format: each character-string quoted, as Cloudflare and zone files expect."""
-    return " ".join('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in txt_strings(value))
 
 
 def spf(settings: Settings) -> str:
@@ -98,8 +53,9 @@ def dmarc(settings: Settings, domain: str) -> str:
     return "; ".join(parts)
 
 
-def _within(name: str, domain: str) -> bool:
-    return name == domain or name.endswith("." + domain)
+def domains(settings: Settings) -> list[str]:
+    """The zones SAMS publishes in: the mail list's domains."""
+    return [d.name for d in settings.mail.domains]
 
 
 def report_authorizations(settings: Settings) -> tuple[list[Record], list[str]]:
@@ -109,32 +65,23 @@ def report_authorizations(settings: Settings) -> tuple[list[Record], list[str]]:
     Returns the records SAMS publishes (the rua domain is one of its own zones) and a warning for
     each rua domain outside them (its owner must publish the record; SAMS cannot).
     """
-    ours = [d.name for d in settings.mail.domains]
+    ours = domains(settings)
     records: list[Record] = []
     warnings: list[str] = []
     for domain in ours:
         rua = dmarc_rua(settings, domain).rpartition("@")[2].lower()
-        if _within(rua, domain):
+        if within(rua, domain):
             continue  # the domain itself (or a name under it): no authorization needed
         name = f"{domain}._report._dmarc.{rua}"
-        zone = next((z for z in sorted(ours, key=len, reverse=True) if _within(rua, z)), None)
-        if zone is None:
+        if not any(within(rua, z) for z in ours):
             warnings.append(
                 f"sams:dmarc.rua sends {domain}'s DMARC reports to {rua}, which is not a SAMS domain: "
                 f'{rua} must publish {name} TXT "v=DMARC1" (RFC 7489 section 7.1), or receivers send none'
             )
             continue
-        records.append(Record(zone, name, "TXT", "v=DMARC1", f"{rua} accepts DMARC reports about {domain}"))
+        ttl, purpose = settings.config.dns.ttl, f"{rua} accepts DMARC reports about {domain}"
+        records.append(Record(zone_of(rua, ours), name, "TXT", ttl, txt("v=DMARC1"), purpose))
     return records, warnings
-
-
-def zone_of(settings: Settings, name: str) -> str:
-    """The declared domain a name lives in (the longest match)."""
-    zones = sorted((d.name for d in settings.mail.domains), key=len, reverse=True)
-    for zone in zones:
-        if name == zone or name.endswith("." + zone):
-            return zone
-    raise ValueError(f"{name} is in none of the declared domains")
 
 
 def dkim_name(domain: str, selector: str) -> str:
@@ -159,10 +106,10 @@ def _dkim_purpose(selector: str, phase: DkimPhase) -> str:
     return f"DKIM public key ({selector}, old: kept for mail signed before the switch, removed at {when})"
 
 
-def dkim_records(domain: str, phase: DkimPhase) -> list[Record]:
+def dkim_records(domain: str, phase: DkimPhase, ttl: int) -> list[Record]:
     """One TXT record per published selector (the value: dkim_ref, split into 255-byte strings)."""
     return [
-        Record(domain, dkim_name(domain, s), "TXT", dkim_ref(domain, s), _dkim_purpose(s, phase))
+        Record(domain, dkim_name(domain, s), "TXT", ttl, dkim_ref(domain, s), _dkim_purpose(s, phase))
         for s in phase.published
     ]
 
@@ -189,9 +136,10 @@ def client_srv(settings: Settings, domain: str) -> list[Record]:
         name = f"_{service}._tcp.{domain}"
         port = public.get(service)
         if port:
-            records.append(Record(domain, name, "SRV", "", purpose, srv=(priority, 1, port.number, cfg.hostname)))
+            data = srv(priority, 1, port.number, cfg.hostname)
+            records.append(Record(domain, name, "SRV", cfg.dns.ttl, data, purpose))
         else:
-            records.append(Record(domain, name, "SRV", "", f"{purpose}: not offered", srv=(0, 0, 0, ".")))
+            records.append(Record(domain, name, "SRV", cfg.dns.ttl, srv(0, 0, 0, "."), f"{purpose}: not offered"))
     return records
 
 
@@ -200,71 +148,46 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
     cfg = settings.config
     dkim_phase = dkim or phase_without_clock(cfg.dkim)
     host = cfg.hostname
+    ttl = cfg.dns.ttl
     records: list[Record] = []
-    host_zone = zone_of(settings, host) if cfg.dns.provider == "cloudflare" else host
-    records.append(Record(host_zone, host, "A", Ref("ipv4"), "the mail host"))
+    host_zone = zone_of(host, domains(settings)) if cfg.dns.provider == "cloudflare" else host
+    records.append(Record(host_zone, host, "A", ttl, Ref("ipv4"), "the mail host"))
     if has_ipv6:
-        records.append(Record(host_zone, host, "AAAA", Ref("ipv6"), "the mail host over IPv6"))
+        records.append(Record(host_zone, host, "AAAA", ttl, Ref("ipv6"), "the mail host over IPv6"))
 
     for domain in settings.mail.domains:
         d = domain.name
         rec = [
-            Record(d, d, "MX", host, "where other servers deliver mail", priority=10),
-            Record(d, d, "TXT", spf(settings), "SPF: who may send as this domain"),
-            *dkim_records(d, dkim_phase),
-            Record(d, f"_dmarc.{d}", "TXT", dmarc(settings, d), "DMARC policy and reports"),
+            Record(d, d, "MX", ttl, mx(10, host), "where other servers deliver mail"),
+            Record(d, d, "TXT", ttl, txt(spf(settings)), "SPF: who may send as this domain"),
+            *dkim_records(d, dkim_phase, ttl),
+            Record(d, f"_dmarc.{d}", "TXT", ttl, txt(dmarc(settings, d)), "DMARC policy and reports"),
             Record(
                 d,
                 f"_smtp._tls.{d}",
                 "TXT",
-                f"v=TLSRPTv1; rua=mailto:{dmarc_rua(settings, d)}",
+                ttl,
+                txt(f"v=TLSRPTv1; rua=mailto:{dmarc_rua(settings, d)}"),
                 "TLS-RPT: where senders report TLS failures",
             ),
             *client_srv(settings, d),
             *(
-                Record(d, d, "CAA", "", f"{ca} may issue (sams:acme.caaIssuers)", caa=(0, "issue", ca))
+                Record(d, d, "CAA", ttl, caa(0, "issue", ca), f"{ca} may issue (sams:acme.caaIssuers)")
                 for ca in cfg.acme.caa_issuers
             ),
-            Record(d, d, "CAA", "", "no wildcard certificates", caa=(0, "issuewild", ";")),
+            Record(d, d, "CAA", ttl, caa(0, "issuewild", ";"), "no wildcard certificates"),
         ]
         if cfg.public_web:
             # Only when nginx serves them (components/tls): a published MTA-STS id without its HTTPS
             # host makes senders fail a fetch on every delivery, and clients would ask a host that
             # does not answer for their settings.
             rec += [
-                Record(d, f"autoconfig.{d}", "CNAME", host, "Thunderbird autoconfig"),
-                Record(d, f"autodiscover.{d}", "CNAME", host, "Outlook autodiscover"),
-                Record(d, f"_autodiscover._tcp.{d}", "SRV", "", "Outlook autodiscover", srv=(0, 0, 443, host)),
-                Record(d, f"mta-sts.{d}", "CNAME", host, "MTA-STS policy host (HTTPS)"),
-                Record(d, f"_mta-sts.{d}", "TXT", f"v=STSv1; id={mta_sts_id(settings)}", "MTA-STS policy id"),
+                Record(d, f"autoconfig.{d}", "CNAME", ttl, cname(host), "Thunderbird autoconfig"),
+                Record(d, f"autodiscover.{d}", "CNAME", ttl, cname(host), "Outlook autodiscover"),
+                Record(d, f"_autodiscover._tcp.{d}", "SRV", ttl, srv(0, 0, 443, host), "Outlook autodiscover"),
+                Record(d, f"mta-sts.{d}", "CNAME", ttl, cname(host), "MTA-STS policy host (HTTPS)"),
+                Record(d, f"_mta-sts.{d}", "TXT", ttl, txt(f"v=STSv1; id={mta_sts_id(settings)}"), "MTA-STS policy id"),
             ]
         records += rec
     records += report_authorizations(settings)[0]
     return tuple(records)
-
-
-def value_text(record: Record, resolved: dict[str, str]) -> str:
-    """The record's data in zone-file presentation format (TXT quoted and split)."""
-    content = resolved[record.content.key] if isinstance(record.content, Ref) else record.content
-    if record.type == "TXT":
-        return txt_content(content)
-    if record.type == "MX":
-        return f"{record.priority} {content}."
-    if record.type == "CNAME":
-        return f"{content}."
-    if record.srv:
-        prio, weight, port, target = record.srv
-        return f"{prio} {weight} {port} {target if target == '.' else target + '.'}"
-    if record.caa:
-        flags, tag, value = record.caa
-        return f'{flags} {tag} "{value}"'
-    return content
-
-
-def table(records: tuple[Record, ...], resolved: dict[str, str]) -> str:
-    """A readable table of the plan (a stack output, and the core of the DNS checklist)."""
-    rows = [(r.name, r.type, value_text(r, resolved), r.purpose) for r in records]
-    widths = [max(len(row[i]) for row in rows + [("NAME", "TYPE", "VALUE", "PURPOSE")]) for i in range(2)]
-    lines = [f"{'NAME':<{widths[0]}}  {'TYPE':<{widths[1]}}  VALUE  # PURPOSE"]
-    lines += [f"{n:<{widths[0]}}  {t:<{widths[1]}}  {v}  # {p}" for n, t, v, p in rows]
-    return "\n".join(lines)

@@ -1,81 +1,24 @@
-"""RFC 1035 zone files from the records the Cloudflare component declares (pure).
+"""RFC 1035 zone files from records (pure).
 
-The input is what `cloudflare.DnsRecord` receives (name, type, content/priority or data, ttl), so a
-zone file holds exactly the published records, no second copy of the plan. Each zone gets the SOA
-and NS a DNS host adds around them (Cloudflare makes its own; the lab's server needs them written).
-The lab serves these files from its authoritative server; they also fit any BIND-style server.
+The records are `components.dns.records.Record`s: in the lab, exactly what the Cloudflare
+component declares, read back from its `DnsRecord` inputs (`records.from_cloudflare`), so a zone
+file holds the published records and no second copy of the plan. Each zone gets the SOA and NS a
+DNS host adds around them (Cloudflare makes its own; the lab's server needs them written). The lab
+serves these files from its authoritative server; they also fit any BIND-style server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Sequence
+
+from components.dns.records import Record, absolute, within, zone_of
 
 # SOA timers (seconds): refresh, retry, expire, negative-answer TTL. Nothing transfers these zones
 # (one server, no secondaries), so only the last one matters: NXDOMAIN is cached for 5 minutes.
 SOA_TIMERS = (3600, 600, 604800, 300)
 
 
-@dataclass(frozen=True)
-class ZoneRecord:
-    """One resource record: owner name (fully qualified, no trailing dot), type, TTL, rdata text."""
-
-    name: str
-    type: str
-    ttl: int
-    data: str  # presentation format, absolute names ending in "."
-
-
-def absolute(name: str) -> str:
-    """A host name as an absolute zone-file name ("." stays the root)."""
-    return name if name.endswith(".") else name + "."
-
-
-def from_cloudflare(inputs: Mapping[str, Any]) -> ZoneRecord:
-    """One `cloudflare.DnsRecord`'s inputs as a zone-file record.
-
-    Cloudflare takes target names without the trailing dot and numbers as JSON numbers (floats
-    after the engine's round trip); TXT content is already quoted character-strings.
-    """
-    kind = str(inputs["type"]).upper()
-    name = str(inputs["name"]).rstrip(".").lower()
-    ttl = int(float(inputs.get("ttl", 300)))
-    if kind == "TXT":
-        data = str(inputs["content"])
-    elif kind == "MX":
-        data = f"{int(float(inputs['priority']))} {absolute(str(inputs['content']))}"
-    elif kind == "CNAME":
-        data = absolute(str(inputs["content"]))
-    elif kind == "SRV":
-        d = inputs["data"]
-        numbers = " ".join(str(int(float(d[k]))) for k in ("priority", "weight", "port"))
-        data = f"{numbers} {absolute(str(d['target']))}"
-    elif kind == "CAA":
-        d = inputs["data"]
-        value = str(d["value"]).replace("\\", "\\\\").replace('"', '\\"')
-        data = f'{int(float(d["flags"]))} {d["tag"]} "{value}"'
-    elif kind in ("A", "AAAA", "PTR", "NS"):
-        data = absolute(str(inputs["content"])) if kind in ("PTR", "NS") else str(inputs["content"])
-    else:
-        raise ValueError(f"{name}: record type {kind} has no zone-file rendering here")
-    return ZoneRecord(name, kind, ttl, data)
-
-
-def zone_of(name: str, zones: Iterable[str]) -> str:
-    """The zone a name belongs to: the longest zone that is the name or a parent of it."""
-    matches = [z for z in zones if name == z or name.endswith("." + z)]
-    if not matches:
-        raise ValueError(f"{name} is in none of the zones {sorted(zones)}")
-    return max(matches, key=len)
-
-
-def owner(name: str, zone: str) -> str:
-    """The owner relative to $ORIGIN ("@" for the apex)."""
-    return "@" if name == zone else name[: -len(zone) - 1]
-
-
-def render(zone: str, records: Sequence[ZoneRecord], *, nameservers: Sequence[str], serial: int = 1) -> str:
+def render(zone: str, records: Sequence[Record], *, nameservers: Sequence[str], serial: int = 1) -> str:
     """The zone file text of `zone`: $ORIGIN, SOA, NS, then the records sorted by owner and type.
 
     The SOA names hostmaster@<zone> (RFC 2142). `serial` stays 1 unless the caller tracks changes:
@@ -92,22 +35,22 @@ def render(zone: str, records: Sequence[ZoneRecord], *, nameservers: Sequence[st
         f"@ SOA {absolute(nameservers[0])} hostmaster.{zone}. {serial} {refresh} {retry} {expire} {minimum}",
         *(f"@ NS {absolute(ns)}" for ns in nameservers),
     ]
-    for r in sorted(records, key=lambda r: (r.name.count("."), r.name, r.type, r.data)):
-        if zone_of(r.name, [zone]) != zone:
+    for r in sorted(records, key=lambda r: (r.name.count("."), r.name, r.type, r.text())):
+        if r.zone != zone or not within(r.name, zone):
             raise ValueError(f"{r.name} is not in zone {zone}")
-        if any(c in r.data for c in "\r\n\0"):
-            raise ValueError(f"{r.name} {r.type}: a line break in the record data")
-        lines.append(f"{owner(r.name, zone)} {r.ttl} IN {r.type} {r.data}")
+        lines.append(r.line(origin=zone))  # dnspython's presentation format: TXT and CAA quoted
     return "\n".join(lines) + "\n"
 
 
-def zone_files(records: Iterable[ZoneRecord], zones: Iterable[str], *, nameservers: Sequence[str]) -> dict[str, str]:
-    """Zone name -> zone file text, every record placed in the longest zone that contains it.
-
-    Every zone in `zones` gets a file (with only SOA and NS if no record falls in it).
-    """
+def zone_files(records: Iterable[Record], zones: Iterable[str], *, nameservers: Sequence[str]) -> dict[str, str]:
+    """Zone name -> zone file text. Every zone in `zones` gets a file (with only SOA and NS if no
+    record falls in it); a record must be in the longest of them that holds its name (a parent
+    zone's record under a child zone's cut would never be served)."""
     names = sorted({z.rstrip(".").lower() for z in zones})
-    grouped: dict[str, list[ZoneRecord]] = {z: [] for z in names}
+    grouped: dict[str, list[Record]] = {z: [] for z in names}
     for record in records:
-        grouped[zone_of(record.name, names)].append(record)
+        zone = zone_of(record.name, names)
+        if record.zone != zone:
+            raise ValueError(f"{record.name} {record.type} is filed in zone {record.zone}, but {zone} holds it")
+        grouped[zone].append(record)
     return {zone: render(zone, recs, nameservers=nameservers) for zone, recs in grouped.items()}

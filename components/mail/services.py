@@ -19,7 +19,10 @@ token that sams-apply replaces on the host, so no password is ever part of a ren
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from components.database import schema
+from components.database.steps import UNIT as DB_UNIT
 from components.firewall.policy import public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
@@ -53,6 +56,10 @@ OPENDKIM_MILTER = "opendkim/opendkim.sock"
 RSPAMD_MILTER = "rspamd/milter.sock"
 PGSQL_DIR = "/etc/postfix/pgsql"
 RELAY_PASSWORD_FILE = "/etc/postfix/relay_password"
+# The host's own mailbox names that reach root, and through /etc/aliases the first domain's
+# postmaster: RFC 2142's role names for the services a mail host runs, and the bounce sender.
+HOST_ROLE_NAMES = ("postmaster", "abuse", "hostmaster", "webmaster", "security", "noc", "mailer-daemon")
+UNATTENDED_UPGRADES_MAIL = "/etc/apt/apt.conf.d/52sams-mail"
 
 VMAIL_USER = "vmail"
 # A fixed id above Dovecot's first_valid_uid (500), so no extra setting is needed to allow it,
@@ -75,6 +82,26 @@ UNBOUND_CONF = "/etc/unbound/unbound.conf.d/sams.conf"
 REDIS_MAXMEMORY = "256mb"
 # Postfix's message_size_limit (main.cf): clamd takes streams this long, so any accepted part is scanned.
 MESSAGE_SIZE_LIMIT = 52428800
+# Below this much free space in its queue's filesystem Postfix's smtpd answers every MAIL FROM with
+# "452 4.3.1 Insufficient system storage" (main.cf). Postfix's own floor is 1.5 x message_size_limit;
+# twice leaves room to deliver what is already queued after the last message it took.
+QUEUE_MINFREE = 2 * MESSAGE_SIZE_LIMIT
+# sams-mail-space (a timer) mails the postmaster once per episode when the queue's or the Maildirs'
+# filesystem has less than this share free (or less than twice QUEUE_MINFREE), before Postfix refuses.
+MAIL_SPACE_TOOL = "/usr/local/sbin/sams-mail-space"
+# fail2ban's ignorecommand: a failed login while PostgreSQL is down is no password guessing.
+AUTH_UNAVAILABLE_TOOL = "/usr/local/sbin/sams-auth-unavailable"
+# ... and for this long after the database is back: fail2ban may read an outage's lines later.
+AUTH_UNAVAILABLE_GRACE_S = 20
+# The saved log queries (docs/logs.md): auth failures, rejects, deliveries, senders.
+LOGS_TOOL = "/usr/local/sbin/sams-logs"
+LOGS_SOURCE = Path(__file__).resolve().parent / "usr" / "local" / "sbin" / "sams-logs.py"
+DOVECOT_UNIT = "dovecot.service"
+MAIL_SPACE_UNIT = "sams-mail-space"
+MAIL_SPACE_STATE = "/var/lib/sams/mail-space-low"
+MAIL_SPACE_WARN_PERCENT = 10
+MAIL_SPACE_INTERVAL = "5min"
+MAIL_SPACE_SUBJECT = "Mail storage low"
 
 # ClamAV (sams:antivirus.clamav): Debian's clamd, asked by Rspamd over systemd's socket for it.
 CLAMAV_PACKAGES: tuple[str, ...] = ("clamav-daemon", "clamav-freshclam", "clamdscan")
@@ -83,30 +110,45 @@ CLAMD_CONF = "/etc/clamav/clamd.conf"
 # each in one of the forms freshclam writes (CVD, its patched CLD, the older unpacked .inc directory).
 CLAMAV_FIRST_DATABASES = ("main", "daily")
 CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshclam.service")
+# Debian 13's clamav-freshclam also enables a one-shot freshclam, at boot and daily: a second updater
+# beside freshclam's daemon, which SAMS uses. Without ClamAV, or in reach of no mirror, it fails.
+CLAMAV_ONESHOT_UNITS = ("clamav-freshclam-once.timer", "clamav-freshclam-once.service")
+# Shell: `off UNIT...` disables and stops units and forgets that they failed: a stopped unit that had
+# failed stays "failed" and leaves the host "degraded" (`systemctl is-system-running`).
+UNITS_OFF_FN = """off() {
+    for unit; do
+        systemctl disable --now --quiet "$unit"
+        if systemctl is-failed --quiet "$unit"; then systemctl reset-failed "$unit"; fi
+    done
+}"""
+# Shell: the one-shot updater off, where the installed package has it.
+ONESHOT_OFF = f"""for unit in {" ".join(CLAMAV_ONESHOT_UNITS)}; do
+    if [ -e "/usr/lib/systemd/system/$unit" ]; then off "$unit"; fi
+done"""
 # How long the step waits for clamd to answer after its start: loading ClamAV's official signatures
 # takes ~30-60 s; Debian's unit allows 420 s (TimeoutStartSec).
 CLAMD_READY_S = 420
 
-# fail2ban: the jails for the public logins and the filter that reads Dovecot 2.4's failed logins.
+# fail2ban: the jails for the public logins, and SAMS's filters for Dovecot 2.4's and Postfix's failed logins.
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sams-mail.local"
 FAIL2BAN_DOVECOT_FILTER = "/etc/fail2ban/filter.d/sams-dovecot.conf"
+FAIL2BAN_POSTFIX_SASL_FILTER = "/etc/fail2ban/filter.d/sams-postfix-sasl.conf"
 # The services (firewall/policy.py names) where a password is typed: SMTP AUTH, and Dovecot's logins.
 SASL_SERVICES = frozenset({"submission", "submissions"})
 LOGIN_SERVICES = SASL_SERVICES | {"imap", "imaps", "pop3s", "managesieve"}
 # Postfix's units on Debian 13 (the package's postfix.service and its per-instance unit).
 POSTFIX_UNITS = ("postfix.service", "postfix@-.service")
-# Journal priority of Postfix's "warning:" lines, where a failed SMTP AUTH is logged.
-LOG_WARNING = 4
 
 
 def postfix_sasl_journalmatch() -> str:
-    """The postfix-sasl jail's journal match: Postfix's units, the identifiers of the smtpds that
+    """The postfix-sasl jail's journal match: Postfix's units and the identifiers of the smtpds that
     offer AUTH (each submission service in master.cf logs as postfix/<service>/smtpd: its
-    syslog_name plus the program's name) and warnings only. Terms on one field are alternatives,
-    terms on different fields all apply."""
+    syslog_name plus the program's name), every priority (the filter needs the session's info-level
+    "disconnect" line as well as the warning that AUTH failed). Terms on one field are
+    alternatives, terms on different fields all apply."""
     units = [f"_SYSTEMD_UNIT={unit}" for unit in POSTFIX_UNITS]
     idents = [f"SYSLOG_IDENTIFIER=postfix/{service}/smtpd" for service in sorted(SASL_SERVICES)]
-    return " ".join([*units, *idents, f"PRIORITY={LOG_WARNING}"])
+    return " ".join([*units, *idents])
 
 
 # Late values (arrive on stdin at apply time).
@@ -125,6 +167,14 @@ def _domains(settings: Settings) -> list[str]:
 
 
 # --- base ------------------------------------------------------------------------------------------
+
+
+def logs_tool() -> str:
+    """sams-logs with the units whose journal it reads written in."""
+    source = LOGS_SOURCE.read_text()
+    empty = "UNITS: tuple[str, ...] = ()"
+    assert empty in source, "sams-logs.py lost its UNITS line"
+    return source.replace(empty, f"UNITS: tuple[str, ...] = {(*POSTFIX_UNITS, DOVECOT_UNIT)!r}", 1)
 
 
 def mail_base_step(settings: Settings) -> StepSpec:
@@ -159,18 +209,37 @@ install -d -o postfix -g root -m 0700 {POSTFIX_SPOOL}/{AUTH_SOCKET.split("/")[0]
         "etc/fail2ban/jail.d/sams-mail.local.j2",
         submission_ports=reachable(SASL_SERVICES),
         login_ports=reachable(LOGIN_SERVICES),
-        postfix_sasl_journalmatch=postfix_sasl_journalmatch(),
+        ignorecommand=AUTH_UNAVAILABLE_TOOL,
+    )
+    unavailable = _render(
+        "usr/local/sbin/sams-auth-unavailable.j2",
+        db_host=schema.DB_HOST,
+        db_port=schema.DB_PORT,
+        db_unit=DB_UNIT,
+        grace_s=AUTH_UNAVAILABLE_GRACE_S,
     )
     files = (
+        File(LOGS_TOOL, logs_tool(), mode="0755"),
+        File(AUTH_UNAVAILABLE_TOOL, unavailable, mode="0755"),
         File(FAIL2BAN_JAIL, jail),
         File(FAIL2BAN_DOVECOT_FILTER, _render("etc/fail2ban/filter.d/sams-dovecot.conf.j2")),
+        File(
+            FAIL2BAN_POSTFIX_SASL_FILTER,
+            _render("etc/fail2ban/filter.d/sams-postfix-sasl.conf.j2", journalmatch=postfix_sasl_journalmatch()),
+        ),
     )
     return StepSpec(
         name="mail-base",
         files=files,
-        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_DOVECOT_FILTER), "reload"),),
+        services=(
+            Service(
+                "fail2ban.service",
+                tuple(f.path for f in files if f.path not in (LOGS_TOOL, AUTH_UNAVAILABLE_TOOL)),
+                "reload",
+            ),
+        ),
         script=script,
-        description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails",
+        description="vmail user, bootstrap certificate, milter socket directories, fail2ban jails, sams-logs",
     )
 
 
@@ -216,9 +285,11 @@ def postfix_step(settings: Settings) -> StepSpec:
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 tls_fullchain=TLS_FULLCHAIN,
                 tls_key=TLS_KEY,
+                client_ciphers=certs.CLIENT_CIPHER_LIST,
                 rspamd_milter=RSPAMD_MILTER,
                 opendkim_milter=OPENDKIM_MILTER,
                 message_size_limit=MESSAGE_SIZE_LIMIT,
+                queue_minfree=QUEUE_MINFREE,
                 relay=relay,
                 relay_password_file=RELAY_PASSWORD_FILE,
                 **warmup,
@@ -232,8 +303,14 @@ def postfix_step(settings: Settings) -> StepSpec:
         _pgsql_lookup("virtual_mailbox_maps", "the mailboxes"),
         _pgsql_lookup("virtual_alias_maps", "the aliases"),
         _pgsql_lookup("sender_login_maps", "who may send as which address"),
-        # Mail to root (cron, daemons) reaches the first domain's postmaster.
-        File("/etc/aliases", _render("etc/aliases.j2", root_to=f"postmaster@{first_domain}")),
+        # Mail to root (cron, daemons) and to the host's role names reaches the first domain's postmaster.
+        File(
+            "/etc/aliases",
+            _render("etc/aliases.j2", role_names=HOST_ROLE_NAMES, root_to=f"postmaster@{first_domain}"),
+        ),
+        # unattended-upgrades reports a failed upgrade to root (it mails nothing unless told to).
+        File(UNATTENDED_UPGRADES_MAIL, _render("etc/apt/apt.conf.d/52sams-mail.j2")),
+        *mail_space_files(settings),
     ]
     late_values = [DB_POSTFIX_PASSWORD]
     if relay is not None and relay.username:
@@ -251,11 +328,13 @@ def postfix_step(settings: Settings) -> StepSpec:
     unused = "" if warmup["warmup"] else f"rm -f {limits.WARMUP_TRANSPORT_MAP}\n"
     script = (
         unused
-        + """\
+        + f"""\
 # /etc/aliases is read through its indexed copy.
 case "$SAMS_CHANGED" in *"/etc/aliases"*) newaliases ;; esac
 [ -e /etc/aliases.db ] || newaliases
 postfix check
+case "$SAMS_CHANGED" in *{MAIL_SPACE_UNIT}*) systemctl daemon-reload ;; esac
+systemctl enable --quiet --now {MAIL_SPACE_UNIT}.timer
 """
     )
     return StepSpec(
@@ -266,6 +345,29 @@ postfix check
         script=script,
         late_values=tuple(late_values),
         description="Postfix: MX with postscreen, submission 587/465, SQL lookups, milters",
+    )
+
+
+def mail_space_files(settings: Settings) -> tuple[File, ...]:
+    """sams-mail-space, its service and its timer: the postmaster hears of a filling disk."""
+    hostname = settings.config.hostname
+    tool = _render(
+        "usr/local/sbin/sams-mail-space.j2",
+        state_file=MAIL_SPACE_STATE,
+        warn_percent=MAIL_SPACE_WARN_PERCENT,
+        watched=[POSTFIX_SPOOL, VMAIL_ROOT],
+        hostname=hostname,
+        postmaster=f"postmaster@{settings.mail.domains[0].name}",
+        subject=MAIL_SPACE_SUBJECT,
+    )
+    unit = f"/etc/systemd/system/{MAIL_SPACE_UNIT}"
+    return (
+        File(MAIL_SPACE_TOOL, tool, mode="0755"),
+        File(f"{unit}.service", _render(f"etc/systemd/system/{MAIL_SPACE_UNIT}.service.j2", tool=MAIL_SPACE_TOOL)),
+        File(
+            f"{unit}.timer",
+            _render(f"etc/systemd/system/{MAIL_SPACE_UNIT}.timer.j2", interval=MAIL_SPACE_INTERVAL),
+        ),
     )
 
 
@@ -287,6 +389,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 "etc/dovecot/dovecot.conf.j2",
                 tls_fullchain=TLS_FULLCHAIN,
                 tls_key=TLS_KEY,
+                client_ciphers=certs.CLIENT_CIPHER_LIST,
                 sql_conf=DOVECOT_SQL_CONF,
                 vmail_user=VMAIL_USER,
                 vmail_root=VMAIL_ROOT,
@@ -428,8 +531,12 @@ def antivirus_step(settings: Settings) -> StepSpec:
 # ClamAV is off: stop and disable what an earlier setting (or the packages' postinst) started. The
 # packages and their signatures stay, so turning it on again downloads nothing twice.
 {INSTALLED_FN}
-if installed clamav-daemon; then systemctl disable --now --quiet {" ".join(CLAMAV_UNITS[:2])}; fi
-if installed clamav-freshclam; then systemctl disable --now --quiet {CLAMAV_UNITS[2]}; fi
+{UNITS_OFF_FN}
+if installed clamav-daemon; then off {" ".join(CLAMAV_UNITS[:2])}; fi
+if installed clamav-freshclam; then
+    off {CLAMAV_UNITS[2]}
+    {ONESHOT_OFF.replace(chr(10), chr(10) + "    ")}
+fi
 """
         return StepSpec(name="antivirus", script=script, description="ClamAV: off")
     have = " && ".join(f"have {db}" for db in CLAMAV_FIRST_DATABASES)
@@ -442,6 +549,9 @@ have() {{
     done
     return 1
 }}
+# freshclam's daemon updates the signatures; the one-shot updater would race it (and the download below).
+{UNITS_OFF_FN}
+{ONESHOT_OFF}
 # Debian's units start clamd only once freshclam has these, and nothing starts it after freshclam's
 # first download: fetch them now, so that `up` ends with clamd scanning, or fails saying why.
 if ! {{ {have}; }}; then

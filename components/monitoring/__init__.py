@@ -2,7 +2,8 @@
 tunnel (`sams:monitoring`, docs/monitoring.md).
 
 * the step (components/monitoring/steps.py); its secrets reach the host only on stdin: the
-  Slack-compatible webhook URL (`sams:monitoringWebhookUrl`) and, for e-mail through the relay,
+  Slack-compatible webhook URL (`sams:monitoringWebhookUrl`), the dead man's switch URL
+  (`sams:monitoringHeartbeatUrl`) and, for e-mail through the relay,
   `sams:relayPassword`;
 * with `mode: external`, `external` holds the scrape jobs and rules file for the owner's own
   Prometheus (the stack output `monitoring`).
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.monitoring.plan import SMTP_PASSWORD, WEBHOOK_URL
+from components.monitoring.plan import HEARTBEAT_URL, SMTP_PASSWORD, WEBHOOK_URL
 from components.monitoring.steps import external_config, late_values, monitoring_step
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from settings import Settings
@@ -26,6 +27,7 @@ class MonitoringArgs:
     settings: Settings
     tunnel: Tunnel
     webhook_url: pulumi.Input[str] | None = None  # the secret sams:monitoringWebhookUrl
+    heartbeat_url: pulumi.Input[str] | None = None  # the secret sams:monitoringHeartbeatUrl
     relay_password: pulumi.Input[str] | None = None  # the secret sams:relayPassword
     after: Sequence[pulumi.Resource] = ()
 
@@ -36,13 +38,17 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:monitoring:Monitoring", name, None, opts)
         mon = args.settings.config.monitoring
-        webhook = args.webhook_url is not None
-        spec = monitoring_step(args.settings, webhook=webhook)
+        webhook, heartbeat = args.webhook_url is not None, args.heartbeat_url is not None
+        spec = monitoring_step(args.settings, webhook=webhook, heartbeat=heartbeat)
         given: dict[str, pulumi.Input[str] | None] = {
             WEBHOOK_URL: args.webhook_url,
+            HEARTBEAT_URL: args.heartbeat_url,
             SMTP_PASSWORD: args.relay_password or "",
         }
-        late = {n: pulumi.Output.secret(given[n] or "") for n in late_values(args.settings, webhook=webhook)}
+        late = {
+            n: pulumi.Output.secret(given[n] or "")
+            for n in late_values(args.settings, webhook=webhook, heartbeat=heartbeat)
+        }
         self.step = RemoteStep(
             f"{name}-{spec.name}",
             RemoteStepArgs(spec, args.tunnel, late=late, after=args.after),

@@ -24,6 +24,8 @@ RULES_FILE = f"{PROMETHEUS_DIR}/rules/sams.yml"
 ALERTMANAGER_CONFIG = f"{PROMETHEUS_DIR}/alertmanager.yml"
 # The Slack-compatible webhook URL (a secret): its own file, readable by Alertmanager's user only.
 WEBHOOK_URL_FILE = f"{PROMETHEUS_DIR}/sams-webhook-url"
+# The dead man's switch URL Alertmanager pings (a secret), the same way.
+HEARTBEAT_URL_FILE = f"{PROMETHEUS_DIR}/sams-heartbeat-url"
 # The relay's password for Alertmanager's e-mail (a secret), the same way.
 SMTP_PASSWORD_FILE = f"{PROMETHEUS_DIR}/sams-smtp-password"
 DEFAULTS = {unit: f"/etc/default/{unit}" for unit in (*EXPORTER_UNITS, *SERVER_UNITS)}
@@ -38,6 +40,7 @@ METRICS_TOOL = "/usr/local/sbin/sams-metrics"
 METRICS_CONFIG = "/etc/sams/metrics.json"
 METRICS_UNIT = "sams-metrics"
 
-# Late values (stdin): the webhook URL and the relay password.
+# Late values (stdin): the webhook URL, the heartbeat URL and the relay password.
 WEBHOOK_URL = "monitoring_webhook_url"
+HEARTBEAT_URL = "monitoring_heartbeat_url"
 SMTP_PASSWORD = "monitoring_smtp_password"

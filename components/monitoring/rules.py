@@ -2,12 +2,13 @@
 tests and the runbook (docs/monitoring.md, a section per alert) all read.
 
 The metrics named `sams_*` are written by the host's textfile writer (files/sams-metrics.py) from
-what the program itself knows: the backup's status record and the certificate in use.
+what the program itself knows: the backup's status record, the certificate in use, Postfix's queue,
+the WireGuard handshakes and fail2ban's counts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import yaml
 
@@ -19,6 +20,12 @@ DISK_USED_RATIO = 0.80
 CERT_DAYS_LEFT = 14  # certbot renews at 30 days left: 14 means renewal has failed for two weeks
 MEMORY_AVAILABLE_RATIO = 0.10
 METRICS_MAX_AGE_MINUTES = 10  # the writer runs every minute
+QUEUE_MAX_AGE_HOURS = 1  # the oldest deferred message: Postfix has retried for an hour
+# The host's peer sends a keepalive every 25 s and WireGuard handshakes again every 2 minutes while
+# packets flow: a handshake older than this means the tunnel to the hub is down.
+WIREGUARD_MAX_AGE_MINUTES = 15
+FAILED_LOGINS_PER_HOUR = 100  # fail2ban's failed logins, all jails: a guessing campaign, not typos
+HEARTBEAT = "SamsHeartbeat"  # always firing: its absence at an outside watcher is the alert
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class Alert:
     severity: str  # critical: act now; warning: act today
     summary: str
     description: str
+    # The host's name as a label of its own: an expression without series (vector(1)) has none.
+    host_label: bool = False
 
     @property
     def anchor(self) -> str:
@@ -104,7 +113,86 @@ ALERTS: tuple[Alert, ...] = (
         "the SAMS metrics writer on {{ $labels.host }} has stopped",
         "Backup and certificate alerts are blind until sams-metrics writes again.",
     ),
+    Alert(
+        "SamsMailQueueHigh",
+        "sum by (host, domain) (sams_postfix_queue_messages) > {queue_threshold}",
+        "10m",
+        "warning",
+        "{{ $value }} messages queued on {{ $labels.host }} for {{ $labels.domain }}",
+        "More than {queue_threshold} messages for one recipient domain have waited 10 minutes: its servers "
+        "refuse or do not answer, or the host is sending far more than usual.",
+    ),
+    Alert(
+        "SamsMailQueueStuck",
+        f"time() - min by (host, domain) (sams_postfix_queue_oldest_deferred_timestamp_seconds)"
+        f" > {QUEUE_MAX_AGE_HOURS} * 3600",
+        "0s",
+        "warning",
+        "mail to {{ $labels.domain }} has waited {{ $value | humanizeDuration }} on {{ $labels.host }}",
+        f"A deferred message for this domain has been retried for more than {QUEUE_MAX_AGE_HOURS} hour.",
+    ),
+    Alert(
+        "SamsWireGuardStale",
+        f"time() - sams_wireguard_latest_handshake_timestamp_seconds > {WIREGUARD_MAX_AGE_MINUTES} * 60",
+        "5m",
+        "warning",
+        "the WireGuard tunnel of {{ $labels.host }} has had no handshake for {{ $value | humanizeDuration }}",
+        "No handshake with the hub peer: `pulumi up` and the VPN-only services cannot reach the host.",
+    ),
+    Alert(
+        "SamsLoginFailuresSpike",
+        f"sum by (host) (increase(sams_fail2ban_failed_total[1h])) > {FAILED_LOGINS_PER_HOUR}",
+        "0s",
+        "warning",
+        "{{ $value | humanize }} failed logins on {{ $labels.host }} in the last hour",
+        f"More than {FAILED_LOGINS_PER_HOUR} failed IMAP, POP3 or SMTP logins within an hour: a password "
+        "guessing campaign, from more addresses than the bans hold back.",
+    ),
+    Alert(
+        "SamsPostgresDown",
+        "sams_postgres_up == 0",
+        "2m",
+        "critical",
+        "PostgreSQL on {{ $labels.host }} does not answer",
+        "No query succeeded for 2 minutes: Postfix answers 4xx to incoming mail, logins fail.",
+    ),
+    Alert(
+        "SamsWalArchiveFailing",
+        "increase(sams_postgres_wal_archive_failed_total[15m]) > 0"
+        " and sams_postgres_wal_last_failed_timestamp_seconds > sams_postgres_wal_last_archived_timestamp_seconds",
+        "15m",
+        "critical",
+        "PostgreSQL on {{ $labels.host }} cannot archive its WAL",
+        "archive_command keeps failing: a restore to a point in time after the last archived segment is not "
+        "possible, and pg_wal grows until the disk is full.",
+    ),
+    Alert(
+        HEARTBEAT,
+        "vector(1)",
+        "0s",
+        "none",
+        "Prometheus and Alertmanager are alive",
+        "Always firing: Alertmanager sends it to the dead man's switch (sams:monitoringHeartbeatUrl), "
+        "which raises the alarm when it stops.",
+        host_label=True,
+    ),
 )
+
+
+def alerts(settings: Settings) -> tuple[Alert, ...]:
+    """The alerts with this stack's thresholds filled in; the heartbeat only where the host runs Prometheus
+    (the owner's own Prometheus, mode external, has its own)."""
+    mon = settings.config.monitoring
+    threshold = str(mon.queue_threshold)
+    return tuple(
+        replace(
+            a,
+            expr=a.expr.replace("{queue_threshold}", threshold),
+            description=a.description.replace("{queue_threshold}", threshold),
+        )
+        for a in ALERTS
+        if a.name != HEARTBEAT or mon.mode == "host"
+    )
 
 
 def rules(settings: Settings) -> dict[str, object]:
@@ -119,14 +207,15 @@ def rules(settings: Settings) -> dict[str, object]:
                         "alert": a.name,
                         "expr": a.expr,
                         "for": a.for_,
-                        "labels": {"severity": a.severity},
+                        "labels": {"severity": a.severity}
+                        | ({"host": str(settings.config.hostname)} if a.host_label else {}),
                         "annotations": {
                             "summary": a.summary,
                             "description": a.description,
                             "runbook_url": f"{base}#{a.anchor}",
                         },
                     }
-                    for a in ALERTS
+                    for a in alerts(settings)
                 ],
             }
         ]
@@ -138,4 +227,4 @@ def rules_yaml(settings: Settings) -> str:
     return header + yaml.safe_dump(rules(settings), sort_keys=False, width=120)
 
 
-__all__ = ["ALERTS", "Alert", "rules", "rules_yaml"]
+__all__ = ["ALERTS", "HEARTBEAT", "Alert", "alerts", "rules", "rules_yaml"]

@@ -16,6 +16,8 @@ import yaml
 
 from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
+from components.database.roles import SUPERUSER as DB_SUPERUSER
+from components.database.steps import CONTAINER as DB_CONTAINER
 from components.mail.services import INSTALLED_FN, VMAIL_ROOT
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
@@ -25,6 +27,8 @@ from components.monitoring.plan import (
     DROPINS,
     EXPORTER_PACKAGES,
     EXPORTER_UNITS,
+    HEARTBEAT_URL,
+    HEARTBEAT_URL_FILE,
     METRICS_CONFIG,
     METRICS_TOOL,
     METRICS_UNIT,
@@ -43,7 +47,7 @@ from components.monitoring.plan import (
     WEBHOOK_URL,
     WEBHOOK_URL_FILE,
 )
-from components.monitoring.rules import rules_yaml
+from components.monitoring.rules import HEARTBEAT, rules_yaml
 from components.remote.steps import File, StepSpec, late
 from components.render import render
 from components.tls.certs import TLS_FULLCHAIN
@@ -52,7 +56,11 @@ from settings.times import format_duration
 
 TOOL_SOURCE = Path(__file__).resolve().parent / "files" / "sams-metrics.py"
 # Each secret's file on the host and its late value's name.
-SECRET_FILES = ((WEBHOOK_URL_FILE, WEBHOOK_URL), (SMTP_PASSWORD_FILE, SMTP_PASSWORD))
+SECRET_FILES = (
+    (WEBHOOK_URL_FILE, WEBHOOK_URL),
+    (HEARTBEAT_URL_FILE, HEARTBEAT_URL),
+    (SMTP_PASSWORD_FILE, SMTP_PASSWORD),
+)
 
 
 def _render(template: str, **context: object) -> str:
@@ -103,12 +111,15 @@ def smtp(settings: Settings) -> dict[str, object]:
     return {"smarthost": "127.0.0.1:25", "smtp_username": None, "smtp_loopback": True}
 
 
-def alertmanager_yml(settings: Settings, *, webhook: bool) -> str:
+def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = False) -> str:
     mon = settings.config.monitoring
     return _render(
         "etc/prometheus/alertmanager.yml.j2",
         webhook=webhook,
         webhook_url_file=WEBHOOK_URL_FILE,
+        heartbeat=heartbeat,
+        heartbeat_alert=HEARTBEAT,
+        heartbeat_url_file=HEARTBEAT_URL_FILE,
         email_to=mon.email_to,
         email_from=f"alertmanager@{settings.config.hostname}",
         hostname=str(settings.config.hostname),
@@ -117,8 +128,10 @@ def alertmanager_yml(settings: Settings, *, webhook: bool) -> str:
     )
 
 
-def metrics_config() -> dict[str, object]:
+def metrics_config(wg_interface: str) -> dict[str, object]:
     return {
+        "wireguard_interface": wg_interface,
+        "postgres": {"container": DB_CONTAINER, "superuser": DB_SUPERUSER},
         "backup_config": BACKUP_CONFIG,
         "backup_status": BACKUP_STATUS,
         "certificates": [TLS_FULLCHAIN],
@@ -127,19 +140,22 @@ def metrics_config() -> dict[str, object]:
     }
 
 
-def late_values(settings: Settings, *, webhook: bool) -> tuple[str, ...]:
-    """The secrets the step takes on stdin: the webhook URL, the relay password for e-mail."""
+def late_values(settings: Settings, *, webhook: bool, heartbeat: bool = False) -> tuple[str, ...]:
+    """The secrets the step takes on stdin: the webhook and heartbeat URLs, the relay password for e-mail."""
     mon = settings.config.monitoring
     if not mon.enabled or mon.mode != "host":
         return ()
     names = [WEBHOOK_URL] if webhook else []
+    if heartbeat:
+        names.append(HEARTBEAT_URL)
     if mon.email_to and smtp(settings)["smtp_username"]:
         names.append(SMTP_PASSWORD)
     return tuple(names)
 
 
-def monitoring_step(settings: Settings, *, webhook: bool = False) -> StepSpec:
-    """`webhook`: whether the secret sams:monitoringWebhookUrl is set."""
+def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: bool = False) -> StepSpec:
+    """`webhook`, `heartbeat`: whether the secrets sams:monitoringWebhookUrl and
+    sams:monitoringHeartbeatUrl are set."""
     from cloudinit import WG_INTERFACE  # here: cloudinit imports the firewall, which imports monitoring's plan
 
     mon = settings.config.monitoring
@@ -161,7 +177,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False) -> StepSpec:
     }
     files = [
         File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
-        File(METRICS_CONFIG, json.dumps(metrics_config(), indent=1, sort_keys=True) + "\n"),
+        File(METRICS_CONFIG, json.dumps(metrics_config(WG_INTERFACE), indent=1, sort_keys=True) + "\n"),
         *(
             File(path, _render(f"{path.lstrip('/')}.j2", **ctx))
             for path in (f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))
@@ -172,12 +188,12 @@ def monitoring_step(settings: Settings, *, webhook: bool = False) -> StepSpec:
             File(DEFAULTS[unit], _render(f"etc/default/{unit}.j2", listen=listens[unit], **ctx)),
             File(DROPINS[unit], _render("etc/systemd/system/_unit_.service.d/10-sams.conf.j2", **ctx)),
         ]
-    secrets = late_values(settings, webhook=webhook)
+    secrets = late_values(settings, webhook=webhook, heartbeat=heartbeat)
     if server:
         files += [
             File(PROMETHEUS_CONFIG, prometheus_yml(settings)),
             File(RULES_FILE, rules_yaml(settings)),
-            File(ALERTMANAGER_CONFIG, alertmanager_yml(settings, webhook=webhook)),
+            File(ALERTMANAGER_CONFIG, alertmanager_yml(settings, webhook=webhook, heartbeat=heartbeat)),
         ]
         # Root's and Alertmanager's group's only (the group is set once the package made it).
         files += [File(path, late(name) + "\n", mode="0640") for path, name in SECRET_FILES if name in secrets]
@@ -261,8 +277,7 @@ def disabled_step() -> StepSpec:
     (the packages and Prometheus's stored samples stay)."""
     leftovers = " ".join(
         [
-            WEBHOOK_URL_FILE,
-            SMTP_PASSWORD_FILE,
+            *(path for path, _ in SECRET_FILES),
             METRICS_TOOL,
             METRICS_CONFIG,
             TEXTFILE,

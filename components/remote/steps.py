@@ -4,7 +4,8 @@ A step is a set of files (with mode and owner), the services to reload or restar
 them change, and an optional script. `stage()` writes it to a local directory whose content hash
 becomes the `triggers` of the pulumi-command resources, so a step runs again exactly when what it
 installs changes. On the host, `sams-apply` (files/sams-apply.py) installs the files atomically,
-substitutes late values read from stdin, reloads only what changed and prints a JSON summary.
+substitutes late values read from stdin, removes the files the step installed before and declares
+no more, reloads only what changed and prints a JSON summary.
 """
 
 from __future__ import annotations

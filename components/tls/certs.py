@@ -34,6 +34,22 @@ TLS_FULLCHAIN = f"{TLS_DIR}/fullchain.pem"  # symlink: bootstrap pair, then cert
 TLS_KEY = f"{TLS_DIR}/privkey.pem"
 BOOTSTRAP_DIR = f"{TLS_DIR}/bootstrap"  # deleted by the deploy hook once certbot's certificate exists
 
+# --- what TLS 1.2 offers mail clients and browsers -----------------------------------------------------
+# Submission (587/465), IMAP, POP3, ManageSieve and HTTPS: AEAD suites with forward secrecy only, in
+# this order, the server choosing (Mozilla's "intermediate" profile less its DHE suites: no daemon
+# here is given DH parameters). No CBC suite, so no Lucky13-style padding oracle; every client of
+# the last decade has one of these. TLS 1.3 suites are all AEAD: OpenSSL's defaults stay. Port 25
+# keeps Postfix's broader default (main.cf says why).
+CLIENT_TLS12_CIPHERS: tuple[str, ...] = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+CLIENT_CIPHER_LIST = ":".join(CLIENT_TLS12_CIPHERS)  # OpenSSL's syntax, read by all three daemons
+
 # --- certbot ------------------------------------------------------------------------------------------
 CERT_NAME = "sams"
 LETSENCRYPT = "/etc/letsencrypt"
@@ -146,6 +162,7 @@ def nginx_site(settings: Settings) -> str:
         autodiscover_local=AUTODISCOVER_LOCAL,
         tls_fullchain=TLS_FULLCHAIN,
         tls_key=TLS_KEY,
+        client_ciphers=CLIENT_CIPHER_LIST,
     )
 
 

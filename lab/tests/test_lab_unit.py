@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lab import host, rootfs, wg
+from lab import host, hypervisor, rootfs, wg
 from lab.lock import machine_lock
 from lab.proc import LabError
 from lab.spec import NAMES, LabSpec, StatePaths
@@ -186,3 +186,16 @@ def test_mirror_seed_points_apt_only_at_the_lab_mirror(tmp_path: Path, monkeypat
     # no gpg-agent of the key's generation is left running
     agents = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {tmp_path}"], capture_output=True, check=False)
     assert agents.returncode == 1, agents.stdout
+
+
+def test_hypervisor_boots_again_after_a_reboot_only(tmp_path: Path) -> None:
+    """nspawn's exit status 133 (a reboot inside) starts it again; any other status ends the loop."""
+    boots = tmp_path / "boots"
+    # A stand-in for systemd-nspawn: "reboots" twice, then powers off with status 0.
+    fake = ["sh", "-c", f'echo x >> {boots}; [ "$(wc -l < {boots})" -ge 3 ] && exit 0; exit 133']
+    status = hypervisor.supervise(tmp_path / "nspawn.pid", tmp_path / "console.log", fake)
+    assert status == 0 and boots.read_text().count("x") == 3
+    assert int((tmp_path / "nspawn.pid").read_text()) > 0
+    assert (tmp_path / "console.log").read_text().count("lab hypervisor: boot") == 3
+    fake = ["sh", "-c", "exit 1"]  # a crash is not a reboot
+    assert hypervisor.supervise(tmp_path / "nspawn.pid", tmp_path / "console.log", fake) == 1

@@ -50,7 +50,8 @@ def submit_many(
     host: str, cafile: str, login: tuple[str, str], to: list[str], tags: list[str], port: int = 587
 ) -> list[Reply]:
     """One logged-in session submitting one message per tag, as a spam tool would: the reply to each
-    message's end of DATA (or to the first refused RCPT), RSET between messages."""
+    message's end of DATA (or to the first refused RCPT), RSET between messages. Submission ends a
+    session at its 5th error (smtpd_hard_error_limit): the reply that ended it is the last one."""
     ctx = tls_context(cafile)
     client = (
         smtplib.SMTP_SSL(host, port, context=ctx, timeout=30, local_hostname="laptop.example")
@@ -63,7 +64,10 @@ def submit_many(
             client.starttls(context=ctx)
         client.login(*login)
         for tag in tags:
-            client.rset()
+            code, text = client.rset()
+            if code == 421:  # the server ended the session
+                replies.append((code, text.decode(errors="replace")))
+                break
             code, text = client.mail(login[0])
             for rcpt in to:
                 if code < 400:
@@ -118,7 +122,8 @@ def limited(lab: Lab, overrides: dict[str, Any] | None = None) -> None:
 def test_the_defaults_stop_a_flood_after_100_messages(lab: Lab, mail: World) -> None:
     """A stolen password submitting as fast as the host takes (one session, message after message):
     the default login limit (100 at once, then 100 an hour) takes the first 100 and refuses the rest
-    with a temporary 451 4.7.1, saying why. Before the limits the host took every one."""
+    with a temporary 451 4.7.1, saying why, until the 5th refusal ends the session. Before the limits
+    the host took every one."""
     default = LoginLimits().messages
     up_with(lab, {})
     sh(lab, WAIT_RSPAMD)
@@ -136,7 +141,9 @@ def test_the_defaults_stop_a_flood_after_100_messages(lab: Lab, mail: World) -> 
     assert codes(replies)[: default.burst] == [250] * default.burst, replies[: default.burst]
     assert default.burst <= accepted <= default.burst + leaked, (accepted, elapsed, codes(replies))
     refused = [r for r in replies if r[0] != 250]
-    assert refused and all(code == 451 for code, _ in refused), refused
+    # Refused with 451, and after 5 refusals the session is cut (submission's smtpd_hard_error_limit).
+    assert [code for code, _ in refused] == [451] * 5 + [421], refused
+    assert "too many errors" in refused[-1][1], refused
     assert refused[0][1].startswith(f"4.7.1 Sending limit reached for this login: {default.burst} messages at once")
 
 

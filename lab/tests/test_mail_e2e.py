@@ -342,7 +342,8 @@ GUESSER = "198.18.0.66"
 
 
 def guess_passwords(host: str, cafile: str, kind: str, source: str, attempts: int) -> list[str]:
-    """Wrong passwords from `source`: "denied" per refused login, "refused" once the port is closed to it."""
+    """Wrong passwords from `source`: "denied" per refused login, "cut" for a session the ban ended,
+    "refused" once the port is closed to it."""
     context = tls_context(cafile)
     outcomes = []
     for _ in range(attempts):
@@ -361,6 +362,10 @@ def guess_passwords(host: str, cafile: str, kind: str, source: str, attempts: in
         except ConnectionRefusedError:
             outcomes.append("refused")
             break
+        except (smtplib.SMTPServerDisconnected, ConnectionResetError, TimeoutError):
+            # The ban came while this session was open (the postfix-sasl jail counts a failed session
+            # when it ends, and the client has begun its next one): the rest of it is dropped.
+            outcomes.append("cut")
     return outcomes
 
 

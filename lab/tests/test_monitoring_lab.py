@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +29,8 @@ from cryptography import x509
 
 from components.backup.plan import STATUS_FILE
 from components.backup.plan import UNIT as BACKUP_UNIT
+from components.database.steps import CONTAINER as DB_CONTAINER
+from components.database.steps import UNIT as DB_UNIT
 from components.monitoring.plan import (
     ALERTMANAGER_PORT,
     ALERTMANAGER_UNIT,
@@ -39,11 +42,12 @@ from components.monitoring.plan import (
     TEXTFILE,
     WEBHOOK_URL_FILE,
 )
+from components.monitoring.rules import HEARTBEAT
 from components.tls.certs import TLS_FULLCHAIN
 from lab import backupserver, receiver, webhook
 from lab.dns import RECEIVER_DOMAIN
 from lab.hostcmd import sh
-from lab.netclient import in_netns
+from lab.netclient import imap_login_from, in_netns
 from lab.session import Lab, up_with
 from lab.spec import NAMES
 
@@ -160,6 +164,7 @@ def monitored(lab: Lab) -> Iterator[Lab]:
             {
                 "sams:monitoring": {"enabled": True, "scrapeIntervalSeconds": SCRAPE_S, "emailTo": [ALERT_MAIL_TO]},
                 "sams:monitoringWebhookUrl": webhook.url(lab.spec.inet_ipv4),
+                "sams:monitoringHeartbeatUrl": webhook.heartbeat_url(lab.spec.inet_ipv4),
             },
         )
         yield lab
@@ -253,6 +258,7 @@ def _alert_posts(lab: Lab, name: str, status: str, since: float) -> list[dict[st
         text = json.dumps(post["body"])
         if (
             post["received"] >= since
+            and post["path"] == webhook.PATH
             and name in text
             and post["body"]["attachments"][0]["title"].startswith(status.upper())
         ):
@@ -297,7 +303,116 @@ def test_a_failed_backup_alerts_the_webhook_and_a_mailbox_then_resolves(monitore
     print(f"fixed -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
     # One outage, one message, and one all-clear: nothing repeated while it lasted.
     assert len(_alert_posts(lab, name, "firing", fault)) == 1 and len(resolved) == 1, webhook.posts(lab.paths)
-    assert not prometheus(lab, 'ALERTS{alertstate="firing"}'), "an alert still fires"
+    assert not prometheus(lab, f'ALERTS{{alertstate="firing",alertname!="{HEARTBEAT}"}}'), "an alert still fires"
+
+
+def test_the_heartbeat_reaches_the_dead_mans_switch_alone(monitored: Lab) -> None:
+    """The always-firing heartbeat is POSTed to the heartbeat URL (Alertmanager's webhook format) and
+    again every 5 minutes; never to the owner's Slack-compatible webhook."""
+    lab = monitored
+
+    def pings() -> list[dict[str, Any]]:
+        return [p for p in webhook.posts(lab.paths) if p["path"] == webhook.HEARTBEAT_PATH]
+
+    first = wait_for("a heartbeat ping", pings, timeout=180, every=5)
+    alert = first[0]["body"]["alerts"][0]
+    assert alert["labels"]["alertname"] == HEARTBEAT and alert["labels"]["host"] == str(lab.settings.config.hostname)
+    assert first[0]["body"]["status"] == "firing"
+    slack = [p for p in webhook.posts(lab.paths) if p["path"] == webhook.PATH]
+    assert not any(HEARTBEAT in json.dumps(p["body"]) for p in slack), slack
+
+
+def _queue_series(lab: Lab) -> dict[str, float]:
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    return {k: v for k, v in node_metrics(lab).items() if f'domain="{RECEIVER_DOMAIN}"' in k}
+
+
+def test_the_queue_for_a_domain_that_refuses_is_a_metric(monitored: Lab) -> None:
+    """Mail for a domain whose server is down waits in Postfix's queue: node_exporter reports it by
+    domain (what the queue alert watches), Prometheus has scraped it over the tunnel, and once the
+    server is back and the queue flushed the series is gone."""
+    lab = monitored
+    start = time.time()
+    receiver.stop(lab.paths)
+    try:
+        for n in range(3):
+            note = f"printf 'Subject: queued {n}\\n\\nwaiting\\n'"
+            sh(lab, f"{note} | sendmail -f root postmaster-q{n}@{RECEIVER_DOMAIN}")
+        series = wait_for(
+            "3 deferred messages for the receiver's domain in the metrics",
+            lambda: (
+                (q := _queue_series(lab)).get(
+                    f'sams_postfix_queue_messages{{domain="{RECEIVER_DOMAIN}",queue="deferred"}}', 0
+                )
+                >= 3
+                and q
+            ),
+            timeout=120,
+        )
+        oldest = series[f'sams_postfix_queue_oldest_deferred_timestamp_seconds{{domain="{RECEIVER_DOMAIN}"}}']
+        assert start - 5 <= oldest <= time.time(), (start, oldest)
+        query = f'sams_postfix_queue_messages{{domain="{RECEIVER_DOMAIN}",queue="deferred"}}'
+        scraped = wait_for("Prometheus has the queue series", lambda: prometheus(lab, query), timeout=60)
+        assert float(scraped[0]["value"][1]) >= 3, scraped
+    finally:
+        receiver.start(lab.spec, lab.paths, name=f"mx.{RECEIVER_DOMAIN}", domain=RECEIVER_DOMAIN)
+    sh(lab, "postqueue -f")
+    wait_for("the queue for the receiver's domain empty again", lambda: not _queue_series(lab), timeout=120)
+    assert node_metrics(lab)["sams_postfix_queue_readable"] == 1
+
+
+def test_failed_logins_and_the_tunnel_are_metrics(monitored: Lab) -> None:
+    """A wrong IMAP password from the internet adds one to the dovecot jail's failure counter; the
+    hub's WireGuard handshake is recent."""
+    lab = monitored
+    before = node_metrics(lab).get('sams_fail2ban_failed_total{jail="dovecot"}')
+    assert before is not None, node_metrics(lab)
+    host = str(lab.settings.config.hostname)
+    # Any client will do for a wrong password: this one does not check the lab CA's certificate.
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    reply = in_netns(
+        NAMES.ns_inet, {host: lab.spec.public_ipv4}, imap_login_from, host, context, lab.spec.inet_ipv4,
+        "alice@sams.test", "not-her-password",
+    )  # fmt: skip
+    replies = ["failed"] if reply.startswith(b"a NO") else [reply.decode(errors="replace")]
+    assert replies == ["failed"], replies
+    wait_for(
+        "the failure counted",
+        lambda: (
+            (sh(lab, f"systemctl start {METRICS_UNIT}.service") is not None)
+            and node_metrics(lab).get('sams_fail2ban_failed_total{jail="dovecot"}') == before + 1
+        ),
+        timeout=60,
+    )
+    sh(lab, f"fail2ban-client set dovecot unbanip {lab.spec.inet_ipv4} >/dev/null 2>&1 || true")
+    handshakes = {k: v for k, v in node_metrics(lab).items() if k.startswith("sams_wireguard_latest_handshake")}
+    assert handshakes and all(time.time() - v < 300 for v in handshakes.values()), handshakes
+
+
+def test_postgresql_and_its_wal_archiver_are_metrics(monitored: Lab) -> None:
+    """The WAL archiver's counts are PostgreSQL's own (pg_stat_archiver); with the container stopped
+    the writer says PostgreSQL does not answer, and it answers again once started."""
+    lab = monitored
+
+    def archived() -> float:
+        query = "SELECT archived_count FROM pg_stat_archiver"
+        return float(sh(lab, f"docker exec {DB_CONTAINER} psql -U postgres -XAtc '{query}'").strip())
+
+    before = archived()
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    metrics = node_metrics(lab)
+    after = archived()  # WAL may be archived meanwhile: the metric lies between the two reads
+    assert metrics["sams_postgres_up"] == 1, metrics
+    assert before <= metrics["sams_postgres_wal_archived_total"] <= after, (before, metrics, after)
+    sh(lab, f"systemctl stop {DB_UNIT}")
+    try:
+        sh(lab, f"systemctl start {METRICS_UNIT}.service")
+        assert node_metrics(lab)["sams_postgres_up"] == 0
+    finally:
+        sh(lab, f"systemctl start {DB_UNIT}")
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    assert node_metrics(lab)["sams_postgres_up"] == 1
 
 
 def test_the_memory_monitoring_takes(monitored: Lab) -> None:
@@ -343,3 +458,10 @@ def test_monitoring_off_leaves_nothing_running(monitored: Lab) -> None:
     assert sh(lab, f"ls {WEBHOOK_URL_FILE} {TEXTFILE} /usr/local/sbin/sams-metrics 2>&1 || true").count("No such") == 3
     ruleset = sh(lab, "nft list chain inet sams input")
     assert not any(str(p) in ruleset for p in PORTS), ruleset
+    # The packages stay, whole: each /etc/default file the step replaced holds the package's own
+    # content again (dpkg --verify names a conffile that is missing or changed).
+    verify = sh(lab, "dpkg --verify prometheus prometheus-alertmanager prometheus-node-exporter", check=False)
+    assert "/etc/default/" not in verify, verify
+    # None of monitoring's units is left failed (other modules' units are theirs to judge).
+    mine = " ".join([*(f"{u}.service" for u in UNITS), f"{METRICS_UNIT}.service", f"{METRICS_UNIT}.timer"])
+    assert sh(lab, f"systemctl list-units --failed --plain --no-legend {mine}", check=False).strip() == ""

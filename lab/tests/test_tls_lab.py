@@ -14,11 +14,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from components.dns.plan import mta_sts_id, mta_sts_policy
+from components.firewall.policy import public_ports
 from components.tls import autoconfig, certs
 from lab import acme
 from lab.proc import netns_exec
@@ -209,3 +211,79 @@ def test_mail_clients_fetch_their_autoconfiguration(lab: Lab, issuers: Path, tmp
         assert got[d]["outlook"] == files[f"{root}{autoconfig.OUTLOOK_PATH}"].replace(autoconfig.ADDRESS, f"alice@{d}")
         assert f"<LoginName>alice@{d}</LoginName>" in got[d]["outlook"]
         assert f"<hostname>{lab.settings.config.hostname}</hostname>" in got[d]["thunderbird"]
+
+
+# --- what an outside TLS scanner finds (issue 21, item 9) -----------------------------------------
+
+# How testssl.sh opens each public TLS service: "" = TLS from the first byte, else its -t protocol.
+TESTSSL_MODES = {
+    "smtp": "smtp",
+    "submission": "smtp",
+    "submissions": "",
+    "imap": "imap",
+    "imaps": "",
+    "pop3s": "",
+    "managesieve": "sieve",
+    "https": "",
+}
+# Public services that speak no TLS at all.
+NOT_TLS = frozenset({"wireguard", "http"})
+# Findings the lab's CA causes, not the host: Pebble's certificates name neither an OCSP responder
+# nor a CRL, which testssl rates HIGH ("Neither CRL nor OCSP URI provided").
+CA_FINDINGS = ("cert_revocation", "cert_ocsp", "cert_crl", "OCSP_")
+# Port 25 only: other MTAs that know no AEAD suite must still get TLS, not plaintext (main.cf).
+MX_SERVICE = "smtp"
+
+
+def tls_services(lab: Lab) -> dict[str, int]:
+    """service -> port of every public TCP port; each must be TLS, or named plainly not TLS."""
+    ports = {p.service: p.number for p in public_ports(lab.settings.config) if p.service not in NOT_TLS}
+    unknown = set(ports) - set(TESTSSL_MODES)
+    assert not unknown, f"public ports with no testssl mode: {unknown}"
+    return ports
+
+
+def run_testssl(lab: Lab, issuers: Path, out: Path, service: str, port: int) -> list[dict[str, str]]:
+    """testssl.sh from sams-inet against one port: protocols, cipher categories, server defaults
+    (the certificate, checked against Pebble's roots), server preference and the vulnerabilities;
+    its flat JSON findings."""
+    report = out / f"{service}.json"
+    mode = TESTSSL_MODES[service]
+    argv = [
+        "testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none",
+        "--ip", lab.spec.public_ipv4, "--add-ca", str(issuers), "--openssl-timeout", "10",
+        "--jsonfile", str(report), "-p", "-s", "-S", "-P", "-U",
+        *(["-t", mode] if mode else []), f"{lab.settings.config.hostname}:{port}",
+    ]  # fmt: skip
+    result = subprocess.run(netns_exec(NAMES.ns_inet, argv), capture_output=True, text=True, timeout=900)
+    assert report.exists(), f"testssl wrote no report for {service}:\n{result.stdout[-3000:]}\n{result.stderr}"
+    findings: list[dict[str, str]] = json.loads(report.read_text())
+    (out / f"{service}.txt").write_text(result.stdout)
+    return findings
+
+
+def test_testssl_finds_nothing_high(lab: Lab, issuers: Path, tmp_path: Path) -> None:
+    services = tls_services(lab)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = {s: pool.submit(run_testssl, lab, issuers, tmp_path, s, p) for s, p in services.items()}
+        results = {s: run.result() for s, run in runs.items()}
+    problems = []
+    for service, findings in results.items():
+        by_id = {f["id"]: f for f in findings}
+        for f in findings:
+            if f["severity"] in ("HIGH", "CRITICAL") and not f["id"].startswith(CA_FINDINGS):
+                problems.append(f"{service}/{services[service]}: {f['severity']} {f['id']}: {f['finding']}")
+            if f["id"] == "scanProblem" or f["severity"] == "FATAL":
+                problems.append(f"{service}/{services[service]}: testssl could not scan: {f['finding']}")
+        # Every port: the server picks the suite, from TLS 1.2 and 1.3 only.
+        order = by_id.get("cipher_order", {}).get("finding", "(not tested)")
+        if not order.startswith("server"):
+            problems.append(f"{service}/{services[service]}: cipher order {order!r}")
+        for proto in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+            if by_id.get(proto, {}).get("finding", "").startswith("offered"):
+                problems.append(f"{service}/{services[service]}: {proto} offered")
+        # Clients (everything but the MX) get AEAD suites only: no CBC ("obsolete", testssl's AVERAGE).
+        cbc = by_id.get("cipherlist_AVERAGE", {}).get("finding", "(not tested)")
+        if service != MX_SERVICE and cbc != "not offered":
+            problems.append(f"{service}/{services[service]}: CBC suites {cbc!r}")
+    assert not problems, "\n".join(problems)

@@ -50,6 +50,13 @@ exit 0
 """
 
 
+def stub_systemctl(root: Path) -> None:
+    """The tree's systemctl logs its calls (SYSTEMCTL_LOG): no systemd runs in a chroot."""
+    stub = root / "usr/local/sbin/systemctl"
+    stub.write_text(_SYSTEMCTL_STUB)
+    stub.chmod(0o755)
+
+
 def declare_inactive(root: Path, *units: str) -> None:
     """From now on the tree's systemctl says these units are not running."""
     path = root / SYSTEMCTL_INACTIVE.lstrip("/")
@@ -135,9 +142,7 @@ def mail_root(
     from lab.trixie_chroot import mounted, scratch
 
     with scratch(tmp_path_factory.mktemp("mailcore")) as root, mounted(root):
-        stub = root / "usr/local/sbin/systemctl"
-        stub.write_text(_SYSTEMCTL_STUB)
-        stub.chmod(0o755)
+        stub_systemctl(root)
         make_dkim_keys(root, [d.name for d in lab_settings.mail.domains], lab_settings.config.dkim.selector)
         for spec in steps:
             changed = install_step(root, spec, DUMMY_LATE)

@@ -238,8 +238,10 @@ def test_base_step_created_vmail_and_socket_dirs(mail_root: Path) -> None:
 
 def test_scripts_reload_only_through_systemctl(mail_root: Path) -> None:
     calls = (mail_root / SYSTEMCTL_LOG.lstrip("/")).read_text().splitlines()
-    # The Dovecot step reads its drop-in and finds Dovecot's main process, to set its CPU share live.
-    assert calls == ["reload rspamd", "daemon-reload", "show -p MainPID --value dovecot"]
+    # The Dovecot step reads its drop-in and finds Dovecot's main process, to set its CPU share live;
+    # the Postfix step loads and starts the mail-space timer.
+    timer = f"enable --quiet --now {services.MAIL_SPACE_UNIT}.timer"
+    assert calls == ["reload rspamd", "daemon-reload", "show -p MainPID --value dovecot", "daemon-reload", timer]
 
 
 def _stack(name: str) -> Settings:
@@ -254,10 +256,11 @@ def _stack(name: str) -> Settings:
 def test_postfix_accepts_the_relay_variant(tmp_path: Path) -> None:
     """The dev stack's smarthost settings (SASL to the relay, texthash password file)."""
     from lab.trixie_chroot import mounted, scratch
-    from tests.mailcore.conftest import install_step, run_step_script
+    from tests.mailcore.conftest import install_step, run_step_script, stub_systemctl
 
     dev = _stack("dev")
     with scratch(tmp_path / "relay") as root, mounted(root):
+        stub_systemctl(root)  # the step enables the mail-space timer
         for spec in (services.mail_base_step(dev), services.postfix_step(dev)):
             run_step_script(root, spec, DUMMY_LATE, install_step(root, spec, DUMMY_LATE))
         assert _warnings(_ok(root, "postfix", "check")) == []

@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import mockrun
 import settings
-from components.dns.plan import Ref, dkim_ref, plan, value_text
+from components.dns.plan import dkim_ref, plan
+from components.dns.records import Ref
 from components.keys.derive import dkim_public_key_b64, dkim_record_value
 from components.keys.resources import DkimKey
 from components.keys.rotation import DkimPhase, dkim_phase
@@ -251,8 +252,8 @@ def published_txt(s: settings.Settings, phase: DkimPhase, pems: dict[tuple[str, 
     resolved.update({dkim_ref(d, sel).key: dkim_record_value(dkim_public_key_b64(pems[(d, sel)])) for d, sel in pems})
     out = {}
     for record in plan(s, has_ipv6=False, dkim=phase):
-        if record.type == "TXT" and isinstance(record.content, Ref) and "._domainkey." in record.name:
-            rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, value_text(record, resolved))
+        if record.type == "TXT" and isinstance(record.data, Ref) and "._domainkey." in record.name:
+            rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, record.text(resolved))
             assert all(len(part) <= 255 for part in rdata.strings)  # type: ignore[attr-defined]
             out[record.name] = b"".join(rdata.strings)  # type: ignore[attr-defined]
     return out

@@ -17,17 +17,10 @@ import settings
 from components.mail import limits, services
 from lab.trixie_chroot import mounted, run_in, scratch
 from tests.mailcore.conftest import _SYSTEMCTL_STUB, DUMMY_LATE, PROJECT, install_step, run_step_script
+from tests.test_limits import OVERRIDES
 
 pytestmark = pytest.mark.chroot
 
-LAB_LIST = (PROJECT / "stacks" / "lab" / "mail_list.yml").read_text()
-OVERRIDES = LAB_LIST.replace(
-    "      - alice\n",
-    "      - name: alice\n        limits:\n          messages: {count: 50, per: 1m, burst: 20}\n",
-).replace(
-    "  - name: sams.test\n",
-    "  - name: sams.test\n    limits:\n      recipients: {count: 9000, per: 1h, burst: 3000}\n",
-)
 ON = {
     "login": {"messages": {"count": 3, "per": "30s", "burst": 3}},
     "outbound": {"domains": ["gmail.com", "outlook.com"], "delay": "5s"},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import settings
 from components.database import schema
 from components.mail import services
 from components.remote.steps import StepSpec
+from components.tls import certs
 from settings.mail_list import MailList
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -133,9 +136,10 @@ def test_auth_is_never_offered_on_port_25(lab_settings) -> None:
         assert master[svc][1]["smtpd_sender_restrictions"].startswith("reject_sender_login_mismatch,")
 
 
-def test_postfix_sasl_jail_reads_exactly_the_auth_smtpds_warnings(lab_settings) -> None:
+def test_postfix_sasl_jail_reads_exactly_the_auth_smtpds_lines(lab_settings) -> None:
     """The jail's narrowed journal match follows master.cf: every service offering AUTH logs its
-    failures as <syslog_name>/smtpd, and no other Postfix line is read (fail2ban's CPU per message)."""
+    failures (and its sessions' ends) as <syslog_name>/smtpd, and no other Postfix line is read
+    (fail2ban's CPU per message)."""
     files = _files(services.mail_steps(lab_settings))
     master = _master_services(files["/etc/postfix/master.cf"])
     auth_idents = {
@@ -145,8 +149,9 @@ def test_postfix_sasl_jail_reads_exactly_the_auth_smtpds_warnings(lab_settings) 
     }
     jail = files[services.FAIL2BAN_JAIL]
     section = jail.split("[postfix-sasl]", 1)[1].split("\n[", 1)[0]
-    match = re.search(r'^filter = postfix\[mode=auth, journalmatch="([^"]+)"\]$', section, re.M)
-    assert match, section
+    assert re.search(r"^filter = sams-postfix-sasl$", section, re.M), section
+    match = re.search(r"^journalmatch = (.+)$", files[services.FAIL2BAN_POSTFIX_SASL_FILTER], re.M)
+    assert match, files[services.FAIL2BAN_POSTFIX_SASL_FILTER]
     terms: dict[str, set[str]] = {}
     for term in match.group(1).split():
         field, _, value = term.partition("=")
@@ -154,7 +159,6 @@ def test_postfix_sasl_jail_reads_exactly_the_auth_smtpds_warnings(lab_settings) 
     assert terms == {
         "_SYSTEMD_UNIT": {"postfix.service", "postfix@-.service"},
         "SYSLOG_IDENTIFIER": auth_idents,
-        "PRIORITY": {"4"},  # LOG_WARNING: Postfix's "warning: ... SASL ... authentication failed"
     }
     assert auth_idents == {"postfix/submission/smtpd", "postfix/submissions/smtpd"}
 
@@ -244,6 +248,7 @@ def test_a_config_change_reloads_only_its_own_daemon(lab_settings) -> None:
         "/etc/aliases": set(),  # newaliases, no reload
         services.FAIL2BAN_JAIL: {"fail2ban.service"},
         services.FAIL2BAN_DOVECOT_FILTER: {"fail2ban.service"},
+        services.FAIL2BAN_POSTFIX_SASL_FILTER: {"fail2ban.service"},
     }
     for path, units in expected.items():
         assert _units_touched(steps, [path]) == units, path
@@ -370,3 +375,37 @@ def test_signing_and_the_from_rules_name_the_same_domains(lab_settings) -> None:
     lua = files[f"{services.RSPAMD_LOCAL}/rspamd.local.lua"]
     hosted = set(re.findall(r'^  \["([^"]+)"\] = true,$', lua, re.M))
     assert hosted == {d.name for d in lab_settings.mail.domains}
+
+
+# --- TLS suites and a filling disk (issue 21, items 9 and 7) ---------------------------------------
+
+
+def test_clients_get_the_one_aead_list_and_the_server_picks(lab_settings: settings.Settings) -> None:
+    # No CBC suite: every entry is GCM or ChaCha20-Poly1305 with an ECDHE key exchange.
+    assert all(re.fullmatch(r"ECDHE-(ECDSA|RSA)-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)", c)
+               for c in certs.CLIENT_TLS12_CIPHERS)  # fmt: skip
+    files = _files(services.mail_steps(lab_settings))
+    main_cf, dovecot = files["/etc/postfix/main.cf"], files["/etc/dovecot/dovecot.conf"]
+    assert f"tls_high_cipherlist = {certs.CLIENT_CIPHER_LIST}\n" in main_cf
+    assert "smtpd_tls_mandatory_ciphers = high\n" in main_cf and "tls_preempt_cipherlist = yes\n" in main_cf
+    assert "smtpd_tls_ciphers" not in main_cf  # port 25 keeps Postfix's broad default
+    assert f"ssl_cipher_list = {certs.CLIENT_CIPHER_LIST}\n" in dovecot
+    assert "ssl_server_prefer_ciphers = server\n" in dovecot
+    nginx = certs.nginx_site(lab_settings)
+    assert nginx.count(f"ssl_ciphers {certs.CLIENT_CIPHER_LIST};") == nginx.count("listen 443 ssl")
+    assert nginx.count("ssl_prefer_server_ciphers on;") == nginx.count("listen 443 ssl")
+
+
+def test_mail_space_tool_passes_shellcheck_and_warns_before_postfix_refuses(lab_settings: settings.Settings) -> None:
+    files = _files(services.mail_steps(lab_settings))
+    tool = files[services.MAIL_SPACE_TOOL]
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is part of the test tools (see ./run)"
+    result = subprocess.run([shellcheck, "-s", "sh", "-"], input=tool, text=True, capture_output=True)
+    assert result.returncode == 0, result.stdout
+    assert f"queue_minfree = {services.QUEUE_MINFREE}\n" in files["/etc/postfix/main.cf"]
+    assert services.QUEUE_MINFREE >= 1.5 * services.MESSAGE_SIZE_LIMIT  # Postfix's own floor
+    assert (
+        f"OnUnitActiveSec={services.MAIL_SPACE_INTERVAL}"
+        in files[f"/etc/systemd/system/{services.MAIL_SPACE_UNIT}.timer"]
+    )

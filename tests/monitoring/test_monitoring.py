@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from components.monitoring.plan import (
     TEXTFILE,
     WEBHOOK_URL_FILE,
 )
-from components.monitoring.rules import ALERTS, rules_yaml
+from components.monitoring.rules import ALERTS, HEARTBEAT, alerts, rules_yaml
 from components.monitoring.steps import disabled_step, external_config, monitoring_step
 from settings import SettingsError, load
 from tests.conftest import PROJECT
@@ -279,7 +280,9 @@ def _series(name: str, values: str, **labels: str) -> dict[str, str]:
 
 # (alert, input series, eval time, the alert's labels beyond the host's, its summary, its description
 # or None for the rule's own): each must fire exactly so.
-FIRING: list[tuple[str, list[dict[str, str]], str, dict[str, str], str, str | None]] = [
+# An aggregating rule (sum by, min by) keeps only the labels it names: None drops one of HOST's.
+AGGREGATED: dict[str, str | None] = {"instance": None, "job": None}
+FIRING: list[tuple[str, list[dict[str, str]], str, dict[str, str | None], str, str | None]] = [
     (
         "SamsTargetDown",
         [_series("up", "0x10")],
@@ -369,6 +372,59 @@ FIRING: list[tuple[str, list[dict[str, str]], str, dict[str, str], str, str | No
         None,
     ),
 ]
+FIRING += [
+    (
+        "SamsMailQueueHigh",
+        [
+            _series("sams_postfix_queue_messages", "40x15", queue="deferred", domain="gmail.com"),
+            _series("sams_postfix_queue_messages", "20x15", queue="active", domain="gmail.com"),
+        ],
+        "12m",
+        {**AGGREGATED, "domain": "gmail.com"},
+        "60 messages queued on mail.example.org for gmail.com",
+        None,
+    ),
+    (
+        "SamsMailQueueStuck",
+        [_series("sams_postfix_queue_oldest_deferred_timestamp_seconds", "0x100", domain="gmail.com")],
+        "70m",
+        {**AGGREGATED, "domain": "gmail.com"},
+        "mail to gmail.com has waited 1h 10m 0s on mail.example.org",
+        None,
+    ),
+    (
+        "SamsWireGuardStale",
+        [_series("sams_wireguard_latest_handshake_timestamp_seconds", "0x40", interface="wg0", peer="K=")],
+        "30m",
+        {"interface": "wg0", "peer": "K="},
+        "the WireGuard tunnel of mail.example.org has had no handshake for 30m 0s",
+        None,
+    ),
+    (  # 5 failed logins a minute for an hour
+        "SamsLoginFailuresSpike",
+        [_series("sams_fail2ban_failed_total", "0+5x70", jail="dovecot")],
+        "60m",
+        AGGREGATED,
+        "300 failed logins on mail.example.org in the last hour",
+        None,
+    ),
+]
+FIRING += [
+    ("SamsPostgresDown", [_series("sams_postgres_up", "0x5")], "4m", {},
+     "PostgreSQL on mail.example.org does not answer", None),
+    (  # a failure every minute since, nothing archived
+        "SamsWalArchiveFailing",
+        [
+            _series("sams_postgres_wal_archive_failed_total", "0+1x30"),
+            _series("sams_postgres_wal_last_failed_timestamp_seconds", "0+60x30"),
+            _series("sams_postgres_wal_last_archived_timestamp_seconds", "0x30"),
+        ],
+        "20m",
+        {},
+        "PostgreSQL on mail.example.org cannot archive its WAL",
+        None,
+    ),
+]  # fmt: skip
 # (alert, input series, eval time): each must stay quiet.
 QUIET: list[tuple[str, list[dict[str, str]], str]] = [
     ("SamsTargetDown", [_series("up", "1x10")], "5m"),
@@ -408,16 +464,72 @@ QUIET: list[tuple[str, list[dict[str, str]], str]] = [
         "25m",
     ),
     ("SamsMetricsStale", [_series("sams_metrics_written_timestamp_seconds", "0+60x15")], "12m"),
+    (  # 40 for one domain and 30 for another: neither over 50
+        "SamsMailQueueHigh",
+        [
+            _series("sams_postfix_queue_messages", "40x15", queue="deferred", domain="gmail.com"),
+            _series("sams_postfix_queue_messages", "30x15", queue="deferred", domain="example.net"),
+        ],
+        "12m",
+    ),
+    (  # deferred for 20 minutes
+        "SamsMailQueueStuck",
+        [_series("sams_postfix_queue_oldest_deferred_timestamp_seconds", "3000x100", domain="gmail.com")],
+        "70m",
+    ),
+    (  # a handshake every minute
+        "SamsWireGuardStale",
+        [_series("sams_wireguard_latest_handshake_timestamp_seconds", "0+60x40", interface="wg0", peer="K=")],
+        "30m",
+    ),
+    ("SamsLoginFailuresSpike", [_series("sams_fail2ban_failed_total", "0+1x70", jail="dovecot")], "60m"),
 ]
+QUIET += [
+    ("SamsPostgresDown", [_series("sams_postgres_up", "1x5")], "4m"),
+    (  # failures long ago, archiving since
+        "SamsWalArchiveFailing",
+        [
+            _series("sams_postgres_wal_archive_failed_total", "5x30"),
+            _series("sams_postgres_wal_last_failed_timestamp_seconds", "100x30"),
+            _series("sams_postgres_wal_last_archived_timestamp_seconds", "0+60x30"),
+        ],
+        "20m",
+    ),
+]
+# Firing is its job: no quiet case.
+ALWAYS_FIRING = {HEARTBEAT}
 
 
 def promtool_tests() -> dict[str, Any]:
-    by_name = {a.name: a for a in ALERTS}
-    tests: list[dict[str, Any]] = []
+    settings = settings_with("lab", {"enabled": True})
+    by_name = {a.name: a for a in alerts(settings)}
+    heartbeat = by_name[HEARTBEAT]
+    tests: list[dict[str, Any]] = [
+        {
+            "interval": "1m",
+            "input_series": [],
+            "alert_rule_test": [
+                {
+                    "eval_time": "1m",
+                    "alertname": HEARTBEAT,
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"host": str(settings.config.hostname), "severity": heartbeat.severity},
+                            "exp_annotations": {
+                                "summary": "Prometheus and Alertmanager are alive",
+                                "description": heartbeat.description,
+                                "runbook_url": f"docs/monitoring.md#{heartbeat.anchor}",
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ]
     for name, series, at, labels, summary, description in FIRING:
         alert = by_name[name]
         expected = {
-            "exp_labels": {**HOST, **labels, "severity": alert.severity},
+            "exp_labels": {k: v for k, v in {**HOST, **labels}.items() if v is not None} | {"severity": alert.severity},
             "exp_annotations": {
                 "summary": summary,
                 "description": description or alert.description,
@@ -444,7 +556,8 @@ def promtool_tests() -> dict[str, Any]:
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     names = {a.name for a in ALERTS}
-    assert {case[0] for case in FIRING} == names == {case[0] for case in QUIET}
+    assert {case[0] for case in FIRING} | ALWAYS_FIRING == names
+    assert {case[0] for case in QUIET} == names - ALWAYS_FIRING
 
 
 @needs_tools
@@ -478,7 +591,20 @@ def test_every_alert_links_a_runbook_section() -> None:
 # --- the textfile writer (files/sams-metrics.py), on this machine ----------------------------------------
 
 
-def _write_metrics(tmp_path: Path, status: dict[str, Any] | None, backups: bool = True) -> dict[str, float]:
+def _write_metrics(
+    tmp_path: Path, status: dict[str, Any] | None, backups: bool = True, tools: dict[str, str | None] | None = None
+) -> dict[str, float]:
+    """Run the writer on this machine. `tools`: stand-ins for postqueue, wg and fail2ban-client (name ->
+    what it prints; None: it fails), first on PATH; the daemons behind them cannot run here (the lab
+    test asks the real ones)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("postqueue", "wg", "fail2ban-client", "docker"):
+        output = (tools or {}).get(name)
+        (bin_dir / f"{name}.out").write_text(output or "")
+        body = f'cat "{bin_dir}/{name}.out"' if output is not None else "exit 1"
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
     cert, config = tmp_path / "fullchain.pem", tmp_path / "backup.json"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "10",
@@ -495,10 +621,13 @@ def _write_metrics(tmp_path: Path, status: dict[str, Any] | None, backups: bool 
         "certificates": [str(cert)],
         "mail_root": str(tmp_path / "vmail" / "not-yet"),
         "textfile": str(tmp_path / "node" / "sams.prom"),
+        "wireguard_interface": "wg0",
+        "postgres": {"container": "sams-postgres", "superuser": "postgres"},
     }
     (tmp_path / "metrics.json").write_text(json.dumps(cfg))
     tool = PROJECT / "components" / "monitoring" / "files" / "sams-metrics.py"
-    subprocess.run(["python3", str(tool), str(tmp_path / "metrics.json")], check=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["python3", str(tool), str(tmp_path / "metrics.json")], check=True, env=env)
     text = (tmp_path / "node" / "sams.prom").read_text()
     assert not list((tmp_path / "node").glob(".*")), "the temporary file is left behind"
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"}
@@ -537,3 +666,64 @@ def test_the_writer_says_nothing_of_backups_that_are_off(tmp_path: Path) -> None
     # Backups on but never run: only when they were set up, which the stale alert measures from.
     metrics = _write_metrics(tmp_path, None)
     assert [k for k in metrics if k.startswith("sams_backup_")] == ["sams_backup_expected_since_timestamp_seconds"]
+
+
+QUEUE = "\n".join(
+    json.dumps(m)
+    for m in (
+        {"queue_name": "deferred", "arrival_time": 1796500000, "recipients": [
+            {"address": "a@Gmail.com"}, {"address": "b@gmail.com"}, {"address": "c@example.net"}]},
+        {"queue_name": "deferred", "arrival_time": 1796400000, "recipients": [{"address": "d@gmail.com"}]},
+        {"queue_name": "active", "arrival_time": 1796600000, "recipients": [{"address": "e@gmail.com"}]},
+    )
+)  # fmt: skip
+HUB, NEVER = "hubKEY" + "0" * 37 + "=", "neverKEY" + "0" * 35 + "="
+HANDSHAKES = f"{HUB}\t1796520000\n{NEVER}\t0\n"
+F2B_STATUS = "Status\n|- Number of jail:\t2\n`- Jail list:\tdovecot, postfix-sasl\n"
+F2B_JAIL = (
+    "Status for the jail: dovecot\n|- Filter\n|  |- Currently failed:\t1\n|  |- Total failed:\t7\n"
+    "|  `- Journal matches:\t_SYSTEMD_UNIT=dovecot.service\n`- Actions\n   |- Currently banned:\t2\n"
+    "   |- Total banned:\t3\n   `- Banned IP list:\t198.51.100.1 198.51.100.2\n"
+)
+
+
+def test_the_writer_reports_the_queue_by_domain_the_tunnel_and_the_bans(tmp_path: Path) -> None:
+    """Postfix's queue by recipient domain (a message counts once per domain; the oldest deferred
+    arrival), each WireGuard peer's handshake, each jail's failures and bans, from what the tools print."""
+    metrics = _write_metrics(
+        tmp_path,
+        None,
+        tools={
+            "postqueue": QUEUE,
+            "wg": HANDSHAKES,
+            "fail2ban-client": F2B_STATUS + F2B_JAIL,
+            "docker": "120 2 1796500000 1796400000\n",  # psql -At -F ' ' of pg_stat_archiver
+        },
+    )
+    queue = {k: v for k, v in metrics.items() if k.startswith("sams_postfix_queue_messages")}
+    assert queue == {
+        'sams_postfix_queue_messages{domain="example.net",queue="deferred"}': 1,
+        'sams_postfix_queue_messages{domain="gmail.com",queue="active"}': 1,
+        'sams_postfix_queue_messages{domain="gmail.com",queue="deferred"}': 2,
+    }
+    assert metrics['sams_postfix_queue_oldest_deferred_timestamp_seconds{domain="gmail.com"}'] == 1796400000
+    assert metrics['sams_postfix_queue_oldest_deferred_timestamp_seconds{domain="example.net"}'] == 1796500000
+    assert metrics[f'sams_wireguard_latest_handshake_timestamp_seconds{{interface="wg0",peer="{HUB}"}}'] == 1796520000
+    assert metrics[f'sams_wireguard_latest_handshake_timestamp_seconds{{interface="wg0",peer="{NEVER}"}}'] == 0
+    # The stand-in prints the same status for each jail: both jails appear with its counts.
+    assert metrics['sams_fail2ban_failed_total{jail="dovecot"}'] == 7
+    assert metrics['sams_fail2ban_banned{jail="postfix-sasl"}'] == 2
+    assert metrics["sams_postgres_up"] == 1 and metrics["sams_postgres_wal_archived_total"] == 120
+    assert metrics["sams_postgres_wal_archive_failed_total"] == 2
+    assert metrics["sams_postgres_wal_last_failed_timestamp_seconds"] == 1796400000
+
+
+def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:
+    """postqueue, wg and fail2ban-client failing: no queue, tunnel or ban metric (an empty queue would
+    read as "all is well"); an empty queue that postqueue reported says so. PostgreSQL not answering
+    is what its metric reports: 0."""
+    metrics = _write_metrics(tmp_path, None, backups=False)
+    assert not [k for k in metrics if k.startswith(("sams_postfix_", "sams_wireguard_", "sams_fail2ban_"))]
+    assert [(k, v) for k, v in metrics.items() if k.startswith("sams_postgres_")] == [("sams_postgres_up", 0)]
+    metrics = _write_metrics(tmp_path, None, backups=False, tools={"postqueue": ""})
+    assert [k for k in metrics if k.startswith("sams_postfix_")] == ["sams_postfix_queue_readable"]

@@ -478,6 +478,22 @@ def move_aside(path: Path, when: str) -> Path | None:
     return aside
 
 
+def restore_in_place(restic: Restic, snapshot: str, path: Path, when: str) -> None:
+    """Restore one snapshot path to where it was. It is staged beside its destination, so the final
+    rename never crosses filesystems: /var/mail is often a volume of its own (a cloud block device),
+    and a rename from a staging directory elsewhere fails with EXDEV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".sams-restore-{path.name}-{when}"
+    staging.mkdir()
+    try:
+        restic.run("restore", snapshot, "--target", str(staging), "--include", str(path))
+        src = staging / str(path).lstrip("/")
+        if src.exists():
+            src.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["systemctl", *args], text=True, capture_output=True, check=False)
     if check and proc.returncode != 0:
@@ -711,17 +727,8 @@ def restore_host(cfg: dict[str, Any], wanted: str | None, if_new: bool) -> dict[
         systemctl("stop", unit)
     when = stamp()
     aside = [str(a) for p in cfg["paths"] if (a := move_aside(Path(p), when))]
-    staging = Path(cfg["staging_dir"]) / f"host-{when}"
-    staging.mkdir(parents=True)
-    try:
-        restic.run("restore", files["id"], "--target", str(staging))
-        for p in cfg["paths"]:
-            src = staging / p.lstrip("/")
-            if src.exists():
-                Path(p).parent.mkdir(parents=True, exist_ok=True)
-                src.rename(p)  # same filesystem as the staging directory under /var
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for p in cfg["paths"]:
+        restore_in_place(restic, files["id"], Path(p), when)
     db = restore_postgres(cfg, None, base["id"], start=unit_exists(cfg["postgres"]["unit"]))
     for unit in units:
         systemctl("start", unit)

@@ -2,8 +2,11 @@
 """sams-metrics: what SAMS knows about the host, as node_exporter textfile metrics (installed by SAMS).
 
 Reads /etc/sams/metrics.json (written by the monitoring step): the backup's status record and config,
-the certificates in use, the mail directory; writes one .prom file atomically, so node_exporter never
-reads half of it. Run every minute by sams-metrics.timer. Python's standard library only.
+the certificates in use, the mail directory, the WireGuard interface, PostgreSQL's container; asks
+Postfix's queue (postqueue -j), WireGuard (wg show), fail2ban (fail2ban-client) and PostgreSQL
+(pg_stat_archiver through docker exec) as root; writes one .prom file
+atomically, so node_exporter never reads half of it. Run every minute by sams-metrics.timer.
+Python's standard library only. A source that cannot be asked is left out, never guessed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,6 +112,109 @@ def mount_point(path: str) -> str:
     return str(current)
 
 
+def command(*argv: str) -> str | None:
+    """A command's output, or None when it fails (its metrics are then left out)."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def queue_metrics(lines: list[str]) -> None:
+    """Postfix's queue by recipient domain: messages per queue, and the oldest deferred one's arrival."""
+    out = command("postqueue", "-j")
+    if out is None:
+        return
+    counts: dict[tuple[str, str], int] = {}
+    oldest: dict[str, float] = {}
+    for line in out.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        queue = str(msg.get("queue_name", "unknown"))
+        domains = {str(r.get("address", "")).rpartition("@")[2].lower() or "(local)" for r in msg.get("recipients", [])}
+        for domain in domains:
+            counts[(queue, domain)] = counts.get((queue, domain), 0) + 1
+            if queue == "deferred":
+                arrival = float(msg.get("arrival_time", 0))
+                oldest[domain] = min(oldest.get(domain, arrival), arrival)
+    metric(
+        lines, "sams_postfix_queue_messages", "gauge",
+        "messages in Postfix's queue, by queue and recipient domain (a message counts once per domain)",
+        [({"queue": q, "domain": d}, float(n)) for (q, d), n in sorted(counts.items())],
+    )  # fmt: skip
+    metric(
+        lines, "sams_postfix_queue_oldest_deferred_timestamp_seconds", "gauge",
+        "arrival time of the oldest deferred message, by recipient domain",
+        [({"domain": d}, t) for d, t in sorted(oldest.items())],
+    )  # fmt: skip
+    metric(lines, "sams_postfix_queue_readable", "gauge", "1: postqueue answered", [({}, 1.0)])
+
+
+def wireguard_metrics(interface: str, lines: list[str]) -> None:
+    """Each peer's latest handshake (0: never), from `wg show <interface> latest-handshakes`."""
+    out = command("wg", "show", interface, "latest-handshakes")
+    if out is None:
+        return
+    samples = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            samples.append(({"interface": interface, "peer": parts[0]}, float(parts[1])))
+    metric(
+        lines, "sams_wireguard_latest_handshake_timestamp_seconds", "gauge",
+        "when the peer last completed a handshake (0: never)", samples,
+    )  # fmt: skip
+
+
+def fail2ban_metrics(lines: list[str]) -> None:
+    """Each jail's failures since fail2ban started (a counter) and the addresses banned now."""
+    out = command("fail2ban-client", "status")
+    if out is None:
+        return
+    found = re.search(r"Jail list:\s*(.*)", out)
+    jails = [j.strip() for j in found.group(1).split(",") if j.strip()] if found else []
+    failed, banned = [], []
+    for jail in jails:
+        text = command("fail2ban-client", "status", jail)
+        total = re.search(r"Total failed:\s*(\d+)", text or "")
+        now = re.search(r"Currently banned:\s*(\d+)", text or "")
+        if total and now:
+            failed.append(({"jail": jail}, float(total.group(1))))
+            banned.append(({"jail": jail}, float(now.group(1))))
+    metric(
+        lines, "sams_fail2ban_failed_total", "counter", "failed logins the jail matched since fail2ban started", failed
+    )
+    metric(lines, "sams_fail2ban_banned", "gauge", "addresses the jail bans now", banned)
+
+
+def postgres_metrics(pg: dict[str, str], lines: list[str]) -> None:
+    """PostgreSQL in its container: whether it answers a query, and its WAL archiver's counts
+    (pg_stat_archiver): a failing archive_command leaves point-in-time restores with a gap."""
+    query = (
+        "SELECT archived_count, failed_count, "
+        "coalesce(extract(epoch FROM last_archived_time), 0), coalesce(extract(epoch FROM last_failed_time), 0) "
+        "FROM pg_stat_archiver"
+    )
+    out = command("docker", "exec", pg["container"], "psql", "-U", pg["superuser"], "-XAt", "-F", " ", "-c", query)
+    fields = out.split() if out else []
+    up = len(fields) == 4
+    metric(lines, "sams_postgres_up", "gauge", "1 if PostgreSQL answered a query, else 0", [({}, 1.0 if up else 0.0)])
+    if not up:
+        return
+    archived, failed, last_ok, last_failed = (float(f) for f in fields)
+    metric(lines, "sams_postgres_wal_archived_total", "counter", "WAL segments archived since the statistics reset",
+           [({}, archived)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_archive_failed_total", "counter", "failed WAL archive attempts",
+           [({}, failed)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_last_archived_timestamp_seconds", "gauge", "when a WAL segment was last archived "
+           "(0: never)", [({}, last_ok)])  # fmt: skip
+    metric(lines, "sams_postgres_wal_last_failed_timestamp_seconds", "gauge", "when archiving last failed (0: never)",
+           [({}, last_failed)])  # fmt: skip
+
+
 def main() -> int:
     cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
     lines: list[str] = []
@@ -122,6 +229,10 @@ def main() -> int:
         lines, "sams_mail_filesystem", "gauge", "1 for the filesystem that holds the mailboxes",
         [({"mountpoint": mount_point(cfg["mail_root"])}, 1.0)],
     )  # fmt: skip
+    queue_metrics(lines)
+    wireguard_metrics(cfg["wireguard_interface"], lines)
+    fail2ban_metrics(lines)
+    postgres_metrics(cfg["postgres"], lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],

@@ -1,0 +1,79 @@
+"""Idle memory of a freshly built host, before any mail (issue 21 item 12).
+
+    sudo .venv/bin/python -m bench.idle_memory [--quiet SECONDS] [--monitoring]
+
+Boots a new lab host from the program's user-data (refused if a lab runs), applies every step,
+waits `--quiet` seconds (default 110, Postfix's max_idle plus a margin) without any mail, then
+prints the PSS of the mail stack by unit and of the whole host container, as bench.mail_path
+counts them. `--monitoring` applies the lab stack with sams:monitoring on (node_exporter,
+Prometheus, Alertmanager on the host) and prints their PSS beside the stack's.
+
+This is the figure a new owner meets first: no message has passed, so the per-connection
+processes have never run, but every daemon's start-up allocations are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.fresh import fresh_lab
+from bench.mail_path import STACK, ContainerCgroup, pss_kib
+from bench.record import record
+from lab.spec import StatePaths
+
+
+def by_size(pss: dict[str, int], limit: int | None = None) -> str:
+    """'unit MiB, ...', largest first."""
+    ranked = sorted(pss.items(), key=lambda i: -i[1])[:limit]
+    return ", ".join(f"{u.removesuffix('.service')} {k / 1024:.0f}" for u, k in ranked)
+
+
+MONITORING = ("prometheus-node-exporter.service", "prometheus.service", "prometheus-alertmanager.service")
+
+
+def measure(paths: StatePaths, quiet: float) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    time.sleep(quiet)
+    cg = ContainerCgroup(int(paths.nspawn_pid.read_text().strip()))
+    by_unit = {unit: pss_kib(pids) for unit, pids in cg.pids().items()}
+    stack = {u: k for u, k in by_unit.items() if u in STACK}
+    when = f"fresh host, {quiet:.0f} s after apply, before any mail"
+    rows.append((f"idle PSS {when}: mail stack incl. Docker, PostgreSQL (MiB)", f"{sum(stack.values()) / 1024:.0f}"))
+    rows.append(("  by unit (MiB)", by_size(stack)))
+    mon = {u: k for u, k in by_unit.items() if u in MONITORING}
+    if mon:
+        rows.append(("idle PSS of monitoring (MiB)", f"{sum(mon.values()) / 1024:.0f}"))
+        rows.append(("  by unit (MiB)", by_size(mon)))
+    rest = {u: k for u, k in by_unit.items() if u not in STACK and u not in MONITORING}
+    rows.append(("idle PSS of the rest of the host (MiB)", f"{sum(rest.values()) / 1024:.0f}"))
+    rows.append(("  largest (MiB)", by_size(rest, 6)))
+    rows.append((f"idle PSS {when}: whole host container (MiB)", f"{sum(by_unit.values()) / 1024:.0f}"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quiet", type=float, default=110.0, help="seconds idle after the apply")
+    parser.add_argument("--monitoring", action="store_true", help="with sams:monitoring on")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="samsbench-"))
+    overrides = {"sams:monitoring": {"enabled": True}} if args.monitoring else {}
+    try:
+        with fresh_lab(tmp / "lab", overrides) as lab:
+            rows = measure(lab.paths, args.quiet)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    notes = (
+        "PSS from /proc/<pid>/smaps_rollup of every process in the host container's cgroup, by systemd "
+        "unit; the mail stack is bench.mail_path's STACK (Postfix, Dovecot, OpenDKIM, Rspamd, Redis, "
+        "Unbound, dockerd, containerd with its shims, sams-postgres and the PostgreSQL container)."
+    )
+    record("Idle memory of a fresh host" + (" with monitoring" if args.monitoring else ""), rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+#!/usr/bin/python3
+"""sams-logs: the saved log queries of a SAMS host (installed by SAMS; runbook: docs/logs.md).
+
+Usage: sams-logs QUERY [--since 1h] [--json]
+
+  auth-failures  failed logins by address and login: IMAP and POP3 (Dovecot) and SMTP AUTH (Postfix)
+  rejects        mail refused during the SMTP session, by reason (Postfix, Rspamd's milter)
+  deliveries     delivery results (sent, deferred, bounced) by recipient domain
+  senders        messages submitted on 587/465, by login
+
+It reads Postfix's and Dovecot's journal (journalctl -o json) and counts; nothing is kept. --since
+takes journalctl's forms too ("today", "2026-12-07 08:00"), or a number with s, m, h or d for
+"that long ago". Python's standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+# The units whose journal is read: written in when SAMS installs the tool (components/mail/services.py).
+UNITS: tuple[str, ...] = ()
+
+# Dovecot 2.4: "imap-login: Login aborted: Logged out (auth failed, 1 attempts in 2 secs): user=<a@b>, method=PLAIN,
+# rip=198.51.100.7, lip=..."
+DOVECOT_FAILED = re.compile(
+    r"^(?P<service>imap|pop3)-login: (?:Login aborted|Disconnected): .*\(auth failed, (?P<n>\d+) attempts?"
+    r".*?user=<(?P<user>[^>]*)>.*?rip=(?P<addr>[0-9A-Fa-f.:]+)"
+)
+# Postfix: "warning: unknown[198.51.100.7]: SASL PLAIN authentication failed: ..., sasl_username=a@b"
+POSTFIX_FAILED = re.compile(
+    r"^warning: [^\[\s]*\[(?P<addr>[^\]]+)\]: SASL \S+ authentication failed: (?P<why>.*?)"
+    r"(?:, sasl_username=(?P<user>\S+))?$"
+)
+# "NOQUEUE: reject: RCPT from x[1.2.3.4]: 550 5.1.1 <a@b>: Recipient address rejected: ...; from=<..> to=<..>"
+REJECT = re.compile(r"(?:NOQUEUE: reject|milter-reject): \S+ from [^:]*: (?P<reply>[^;]*)")
+# "QID: to=<a@b>, relay=..., delay=1, delays=..., dsn=2.0.0, status=sent (250 ...)"
+DELIVERY = re.compile(r"^\w+: to=<[^@>]*@(?P<domain>[^>]+)>,.* status=(?P<status>\w+)")
+# "QID: client=unknown[1.2.3.4], sasl_method=PLAIN, sasl_username=a@b"
+SUBMITTED = re.compile(r"^\w+: client=.*, sasl_username=(?P<user>\S+)")
+
+
+def since_arg(text: str) -> str:
+    """'90m' -> journalctl's '-90m'; anything else goes to journalctl as it is."""
+    return f"-{text}" if re.fullmatch(r"\d+[smhd]", text) else text
+
+
+def journal(since: str) -> Iterator[tuple[str, str]]:
+    """(syslog identifier, message) of every Postfix and Dovecot line since then."""
+    if not UNITS:
+        raise SystemExit("sams-logs: no units to read (install it with SAMS)")
+    argv = ["journalctl", "--no-pager", "-o", "json", "--since", since_arg(since)]
+    for unit in UNITS:
+        argv += ["-u", unit]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"sams-logs: journalctl failed: {proc.stderr.strip()}")
+    for line in proc.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        message = entry.get("MESSAGE")
+        if isinstance(message, str):
+            yield str(entry.get("SYSLOG_IDENTIFIER", "")), message
+
+
+def auth_failures(lines: Iterator[tuple[str, str]]) -> Counter[tuple[str, ...]]:
+    """(service, address, login) -> failed attempts."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for ident, msg in lines:
+        if ident == "dovecot" and (m := DOVECOT_FAILED.search(msg)):
+            counts[(m["service"], m["addr"], m["user"] or "?")] += int(m["n"])
+        elif ident.startswith("postfix/") and (m := POSTFIX_FAILED.search(msg)):
+            if "authentication server" in m["why"] or m["user"] in (None, "(unavailable)"):
+                continue  # Dovecot was away: no password was checked (as the fail2ban filter counts)
+            counts[("smtp-auth", m["addr"], m["user"])] += 1
+    return counts
+
+
+def rejects(lines: Iterator[tuple[str, str]]) -> Counter[tuple[str, ...]]:
+    """(reply without its addresses) -> refusals."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for ident, msg in lines:
+        if ident.startswith("postfix/") and (m := REJECT.search(msg)):
+            counts[(re.sub(r"<[^>]*>: ?", "", m["reply"]).strip(),)] += 1
+    return counts
+
+
+def deliveries(lines: Iterator[tuple[str, str]]) -> Counter[tuple[str, ...]]:
+    """(recipient domain, status) -> recipients."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for ident, msg in lines:
+        if ident.startswith("postfix/") and (m := DELIVERY.search(msg)):
+            counts[(m["domain"].lower(), m["status"])] += 1
+    return counts
+
+
+def senders(lines: Iterator[tuple[str, str]]) -> Counter[tuple[str, ...]]:
+    """(login) -> messages submitted."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for ident, msg in lines:
+        if ident.startswith(("postfix/submission/", "postfix/submissions/")) and (m := SUBMITTED.search(msg)):
+            counts[(m["user"],)] += 1
+    return counts
+
+
+QUERIES: dict[str, tuple[Callable[[Iterator[tuple[str, str]]], Counter[tuple[str, ...]]], tuple[str, ...]]] = {
+    "auth-failures": (auth_failures, ("service", "address", "login")),
+    "rejects": (rejects, ("reason",)),
+    "deliveries": (deliveries, ("domain", "status")),
+    "senders": (senders, ("login",)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sams-logs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("query", choices=sorted(QUERIES))
+    parser.add_argument("--since", default="1h", help="how far back (default 1h)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = parser.parse_args(argv)
+    count, columns = QUERIES[args.query]
+    rows = count(journal(args.since)).most_common()
+    if args.json:
+        for key, n in rows:
+            print(json.dumps({**dict(zip(columns, key, strict=True)), "count": n}))
+        return 0
+    if not rows:
+        print(f"nothing since {args.since}")
+        return 0
+    widths = [max(len(c), *(len(k[i]) for k, _ in rows)) for i, c in enumerate(columns)]
+    print("count  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for key, n in rows:
+        print(f"{n:5d}  " + "  ".join(v.ljust(w) for v, w in zip(key, widths, strict=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
