@@ -74,6 +74,9 @@ RSPAMD_LOCAL = "/etc/rspamd"
 # Outside local.d/override.d so Rspamd never includes it on its own; written by the step script.
 RSPAMD_PASSWORD_INC = "sams/controller-password.inc"
 RSPAMD_CONTROLLER = "127.0.0.1:11334"
+# How long the rspamd step waits for a starting Rspamd to load its configuration (~25 s of CPU on a
+# new host here) before it reloads it.
+RSPAMD_READY_S = 180
 REDIS = "127.0.0.1:6379"
 # The host's caching resolver (Unbound, loopback only), for Rspamd's DNS.
 RESOLVER_ADDRESS = "127.0.0.1"
@@ -671,7 +674,21 @@ unbound-checkconf >/dev/null
 # and drops the limit): fail the step instead.
 check=$(rspamadm configtest 2>&1) || {{ printf '%s\n' "$check" >&2; exit 1; }}
 case "$check" in *"bad ratelimit"*|*"cannot parse bucket"*) printf '%s\n' "$check" >&2; exit 1 ;; esac
-systemctl reload rspamd
+# A stopped Rspamd reads all this when it starts. A reload while it still loads its configuration
+# (started moments ago by this step's restart, or on a new host) makes its main process exit and
+# systemd restart it: wait until the controller answers /ping (it forks once that load is done).
+if systemctl is-active --quiet rspamd; then
+  tries=0
+  until curl -fsS --max-time 2 -o /dev/null http://{RSPAMD_CONTROLLER}/ping; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge {RSPAMD_READY_S} ]; then
+      echo "rspamd: its controller did not answer in {RSPAMD_READY_S} s" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  systemctl reload rspamd
+fi
 """
     return StepSpec(
         name="rspamd",

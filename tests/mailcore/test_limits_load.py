@@ -16,7 +16,14 @@ import mockrun
 import settings
 from components.mail import limits, services
 from lab.trixie_chroot import mounted, run_in, scratch
-from tests.mailcore.conftest import _SYSTEMCTL_STUB, DUMMY_LATE, PROJECT, install_step, run_step_script
+from tests.mailcore.conftest import (
+    _SYSTEMCTL_STUB,
+    DUMMY_LATE,
+    PROJECT,
+    declare_inactive,
+    install_step,
+    run_step_script,
+)
 from tests.test_limits import OVERRIDES
 
 pytestmark = pytest.mark.chroot
@@ -51,6 +58,7 @@ def test_rspamd_and_postfix_load_the_limits_and_drop_them_when_off(tmp_path: Pat
         stub = root / "usr/local/sbin/systemctl"
         stub.write_text(_SYSTEMCTL_STUB)
         stub.chmod(0o755)
+        declare_inactive(root, "rspamd")  # no Rspamd runs here: its step's reload waits for a running one
         _apply(root, on)  # the step's own check passed too: configtest without a dropped rule
 
         out, err = _ok(root, "rspamadm", "configtest")
