@@ -43,7 +43,8 @@ from components.database.roles import SUPERUSER
 from components.database.steps import CONTAINER, DATA_DIR, PG_UID, WAL_ARCHIVE
 from components.database.steps import UNIT as POSTGRES_UNIT
 from components.hostpaths import VMAIL_ROOT, VMAIL_UID
-from components.remote.steps import INSTALLED_FN, File, StepSpec, late
+from components.remote.packages import install_missing
+from components.remote.steps import File, StepSpec, late
 from components.render import render
 from settings import Settings
 from settings.times import format_duration
@@ -144,17 +145,8 @@ def backup_step(settings: Settings) -> StepSpec:
         # Only on a host that has never had mail: an existing host's data is never replaced by `up`.
         restore = f"/usr/bin/python3 {TOOL} restore-host --if-new --snapshot {backup.restore}\n"
     packages = (*BACKUP_PACKAGES, *(SFTP_PACKAGES if sftp else ()))
-    checks = "\n".join(f'installed {p} || missing="$missing {p}"' for p in packages)
     script = f"""\
-{INSTALLED_FN}
-missing=""
-{checks}
-if [ -n "$missing" ]; then
-    apt-get update
-    # shellcheck disable=SC2086 # word splitting of the package list is intended
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
-fi
-install -d -m 0700 {CACHE_DIR} {STAGING_DIR}
+{install_missing(packages)}install -d -m 0700 {CACHE_DIR} {STAGING_DIR}
 {no_sftp}{restore}systemctl daemon-reload
 systemctl enable --now {UNIT}.timer
 {copy_timer}"""

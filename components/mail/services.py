@@ -27,6 +27,7 @@ from components.firewall.policy import public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
 from components.mail import limits
+from components.remote.packages import install_missing
 from components.remote.steps import INSTALLED_FN, File, Service, StepSpec, late
 from components.render import render
 from components.tls import certs
@@ -743,36 +744,16 @@ def mail_packages(settings: Settings) -> tuple[str, ...]:
     )
 
 
-# Debian's hook (invoke-rc.d, deb-systemd-invoke) asking whether a package may start its service.
-POLICY_RC_D = "/usr/sbin/policy-rc.d"
-
-
 def mail_packages_step(settings: Settings) -> StepSpec:
     """Install what is missing (nothing on a host whose image already has it)."""
-    script = f"""\
-missing=""
-{INSTALLED_FN}
-for pkg in {" ".join(mail_packages(settings))}; do
-    installed "$pkg" || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
     # Postfix asks how to configure itself: the postfix step writes main.cf instead.
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    apt-get update
-    # No daemon starts on its package's default config (nginx's default site on :80, Dovecot on
-    # :143): policy-rc.d's 101 ("forbidden") makes the packages' start requests no-ops; each
-    # daemon's own step starts it once SAMS's files are in place. Enabling is unaffected.
-    printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC_D}
-    chmod 0755 {POLICY_RC_D}
-    trap 'rm -f {POLICY_RC_D}' EXIT
-    # shellcheck disable=SC2086 # word splitting of the package list is intended
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
-    rm -f {POLICY_RC_D}
-    trap - EXIT
-    # Timers start no daemon: certbot's renewals must run from now on, not from the next boot.
-    if systemctl list-unit-files -q certbot.timer >/dev/null 2>&1; then
-        systemctl start certbot.timer
-    fi
+    script = install_missing(
+        mail_packages(settings), debconf=("postfix postfix/main_mailer_type select No configuration",)
+    )
+    script += """\
+# Timers start no daemon: certbot's renewals must run from now on, not from the next boot.
+if systemctl list-unit-files -q certbot.timer >/dev/null 2>&1; then
+    systemctl start certbot.timer
 fi
 """
     return StepSpec(name="mail-packages", script=script, description="the mail stack's Debian packages")
