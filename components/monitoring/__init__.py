@@ -1,7 +1,7 @@
 """Monitoring component: node_exporter with SAMS's own metrics, Prometheus and Alertmanager on the
 tunnel (`sams:monitoring`, docs/monitoring.md).
 
-* the step (components/monitoring/steps.py); its secrets reach the host only on stdin: the
+* the packages step, then the step (components/monitoring/steps.py); its secrets reach the host only on stdin: the
   Slack-compatible webhook URL (`sams:monitoringWebhookUrl`), the dead man's switch URL
   (`sams:monitoringHeartbeatUrl`) and, for e-mail through the relay,
   `sams:relayPassword`;
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.monitoring.plan import HEARTBEAT_URL, SMTP_PASSWORD, WEBHOOK_URL
-from components.monitoring.steps import external_config, late_values, monitoring_step
+from components.monitoring.steps import external_config, late_values, monitoring_step, packages_step
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from settings import Settings
 
@@ -49,9 +49,18 @@ class Monitoring(pulumi.ComponentResource):
             n: pulumi.Output.secret(given[n] or "")
             for n in late_values(args.settings, webhook=webhook, heartbeat=heartbeat)
         }
+        after: Sequence[pulumi.Resource] = args.after
+        packages = packages_step(args.settings)
+        if packages is not None:
+            self.packages = RemoteStep(
+                f"{name}-{packages.name}",
+                RemoteStepArgs(packages, args.tunnel, after=after),
+                pulumi.ResourceOptions(parent=self),
+            )
+            after = [*after, self.packages]
         self.step = RemoteStep(
             f"{name}-{spec.name}",
-            RemoteStepArgs(spec, args.tunnel, late=late, after=args.after),
+            RemoteStepArgs(spec, args.tunnel, late=late, after=after),
             pulumi.ResourceOptions(parent=self),
         )
         if mon.enabled and mon.mode == "external":

@@ -18,7 +18,7 @@ from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.steps import CONTAINER as DB_CONTAINER
-from components.mail.services import INSTALLED_FN, VMAIL_ROOT
+from components.mail.services import VMAIL_ROOT
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
     ALERTMANAGER_PORT,
@@ -48,6 +48,7 @@ from components.monitoring.plan import (
     WEBHOOK_URL_FILE,
 )
 from components.monitoring.rules import HEARTBEAT, rules_yaml
+from components.remote.packages import install_missing
 from components.remote.steps import File, StepSpec, late
 from components.render import render
 from components.tls.certs import TLS_FULLCHAIN
@@ -153,6 +154,18 @@ def late_values(settings: Settings, *, webhook: bool, heartbeat: bool = False) -
     return tuple(names)
 
 
+def packages_step(settings: Settings) -> StepSpec | None:
+    """The monitoring packages, installed before the monitoring step writes over their conffiles (so
+    sams-apply keeps the packages' own versions to put back when monitoring goes off); None when off."""
+    mon = settings.config.monitoring
+    if not mon.enabled:
+        return None
+    packages = PACKAGES if mon.mode == "host" else EXPORTER_PACKAGES
+    return StepSpec(
+        name="monitoring-packages", script=install_missing(packages), description="monitoring's Debian packages"
+    )
+
+
 def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: bool = False) -> StepSpec:
     """`webhook`, `heartbeat`: whether the secrets sams:monitoringWebhookUrl and
     sams:monitoringHeartbeatUrl are set."""
@@ -197,8 +210,6 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
         ]
         # Root's and Alertmanager's group's only (the group is set once the package made it).
         files += [File(path, late(name) + "\n", mode="0640") for path, name in SECRET_FILES if name in secrets]
-    packages = PACKAGES if server else EXPORTER_PACKAGES
-    checks = "\n".join(f'installed {p} || missing="$missing {p}"' for p in packages)
     secret_files = " ".join(f.path for f in files if f.mode == "0640")
     restarts = "\n".join(
         f"start_unit {unit} {DEFAULTS[unit]} {DROPINS[unit]}"
@@ -217,7 +228,6 @@ amtool check-config {ALERTMANAGER_CONFIG} >/dev/null
         else ""
     )
     script = f"""\
-{INSTALLED_FN}
 changed() {{ printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }}
 start_unit() {{
     unit=$1; shift
@@ -230,15 +240,6 @@ start_unit() {{
     done
     systemctl start "$unit.service"
 }}
-missing=""
-{checks}
-if [ -n "$missing" ]; then
-    apt-get update
-    # Our files are in place already: keep them (the package's own start then uses them).
-    # shellcheck disable=SC2086 # word splitting of the package list is intended
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
-        -o Dpkg::Options::=--force-confold $missing
-fi
 {f"chgrp prometheus {secret_files}" if secret_files else ""}
 {_remove_absent_secrets(secrets)}{server_off}{verify}systemctl daemon-reload
 {restarts}
