@@ -456,5 +456,5 @@ def test_turning_the_relay_off_removes_its_password_file(lab: Lab) -> None:
     assert sh(lab, f"grep -rlF '{RELAY_PASSWORD}' /etc /var/lib/sams || true").strip() == ""
     assert services.RELAY_PASSWORD_FILE not in sh(lab, "postconf -n")
     assert services.RELAY_PASSWORD_FILE in off.summaries["mail-postfix"].get("removed", []), off.summaries
-    assert "reload:postfix" in off.summaries["mail-postfix"]["services"], off.summaries
+    assert "reload-or-restart:postfix" in off.summaries["mail-postfix"]["services"], off.summaries
     sh(lab, WAIT_RSPAMD)
