@@ -251,6 +251,15 @@ class MonitoringSettings(_Config):
         le=1_000_000,
         description="alert when more messages than this wait in Postfix's queue for one recipient domain (10 min)",
     )
+    notify_interval_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description=(
+            "Alertmanager's group_interval: how soon a new alert joining an open outage is sent, "
+            "and the all-clear once the last one is fixed"
+        ),
+    )
     runbook_url: str = Field(
         default="docs/monitoring.md",
         pattern=r"^\S+$",

@@ -122,6 +122,7 @@ def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = Fal
         heartbeat_alert=HEARTBEAT,
         heartbeat_url_file=HEARTBEAT_URL_FILE,
         email_to=mon.email_to,
+        group_interval_minutes=mon.notify_interval_minutes,
         email_from=f"alertmanager@{settings.config.hostname}",
         hostname=str(settings.config.hostname),
         smtp_password_file=SMTP_PASSWORD_FILE,

@@ -84,6 +84,7 @@ def test_monitoring_is_off_by_default() -> None:
         ({"enabled": True, "emailTo": ["not-an-address"]}, "monitoring.emailTo[0]", "not-an-address"),
         ({"enabled": True, "mode": "external", "emailTo": ["a@b.example"]}, "monitoring.emailTo", "a@b.example"),
         ({"enabled": True, "scrapeEvery": 60}, "monitoring.scrapeEvery", "60"),
+        ({"enabled": True, "notifyIntervalMinutes": 0}, "monitoring.notifyIntervalMinutes", "0"),
     ],
 )
 def test_bad_settings_name_the_key_and_value(monitoring: dict[str, Any], key: str, value: str) -> None:
@@ -727,3 +728,13 @@ def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:
     assert [(k, v) for k, v in metrics.items() if k.startswith("sams_postgres_")] == [("sams_postgres_up", 0)]
     metrics = _write_metrics(tmp_path, None, backups=False, tools={"postqueue": ""})
     assert [k for k in metrics if k.startswith("sams_postfix_")] == ["sams_postfix_queue_readable"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [({}, "5m"), ({"notifyIntervalMinutes": 1}, "1m")])
+def test_the_notify_interval_is_alertmanagers_group_interval(given: dict[str, Any], expected: str) -> None:
+    settings = settings_with("lab", {"enabled": True, **given})
+    files = {f.path: f.content for f in monitoring_step(settings).files}
+    route = yaml.safe_load(files[ALERTMANAGER_CONFIG])["route"]
+    assert route["group_interval"] == expected
+    # The heartbeat's own route keeps its fixed rhythm.
+    assert route["routes"][0]["group_interval"] == "1m" and route["routes"][0]["repeat_interval"] == "5m"
