@@ -57,8 +57,10 @@ PORTS = (NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT)
 UNITS = (NODE_EXPORTER_UNIT, PROMETHEUS_UNIT, ALERTMANAGER_UNIT)
 CLUSTER_PORT = 9094  # Alertmanager's gossip port: off (--cluster.listen-address=)
 ALERT_MAIL_TO = f"ops@{RECEIVER_DOMAIN}"
-# The shortest scrape the setting allows: the lab waits less for each step of an alert.
+# The shortest scrape and notification interval the settings allow: the lab waits less for each
+# step of an alert.
 SCRAPE_S = 15
+NOTIFY_MIN = 1
 
 
 # --- clients (run in a namespace) ---------------------------------------------------------------------
@@ -162,7 +164,12 @@ def monitored(lab: Lab) -> Iterator[Lab]:
         up_with(
             lab,
             {
-                "sams:monitoring": {"enabled": True, "scrapeIntervalSeconds": SCRAPE_S, "emailTo": [ALERT_MAIL_TO]},
+                "sams:monitoring": {
+                    "enabled": True,
+                    "scrapeIntervalSeconds": SCRAPE_S,
+                    "notifyIntervalMinutes": NOTIFY_MIN,
+                    "emailTo": [ALERT_MAIL_TO],
+                },
                 "sams:monitoringWebhookUrl": webhook.url(lab.spec.inet_ipv4),
                 "sams:monitoringHeartbeatUrl": webhook.heartbeat_url(lab.spec.inet_ipv4),
             },
@@ -296,9 +303,12 @@ def test_a_failed_backup_alerts_the_webhook_and_a_mailbox_then_resolves(monitore
     fixed = time.time()
     record = run_backup(lab)
     assert record["result"] == "ok", record
-    # Alertmanager sends the all-clear at the group's next interval (group_interval, 5 min).
+    # Alertmanager sends the all-clear at the group's next interval (group_interval, NOTIFY_MIN).
     resolved = wait_for(
-        f"{name} resolved at the webhook", lambda: _alert_posts(lab, name, "resolved", fixed), timeout=420, every=5
+        f"{name} resolved at the webhook",
+        lambda: _alert_posts(lab, name, "resolved", fixed),
+        timeout=NOTIFY_MIN * 60 + 120,
+        every=5,
     )
     print(f"fixed -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
     # One outage, one message, and one all-clear: nothing repeated while it lasted.
