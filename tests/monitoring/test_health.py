@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -342,3 +343,81 @@ def test_the_database_checker_runs_the_query_and_answers(tmp_path: Path) -> None
     pattern = yaml.safe_load(blackbox_yml(settings_with("lab", {"enabled": True})))["modules"]["sams_database"]
     assert re.match(pattern["http"]["fail_if_body_not_matches_regexp"][0], "ok 2\n")
     assert not re.match(pattern["http"]["fail_if_body_not_matches_regexp"][0], "fail x\n")
+
+
+# --- the exporter's modules against stand-in servers: the exchanges it expects -----------------------------
+
+
+def _imap_over_tls(context: ssl.SSLContext, capability: bytes) -> tuple[socket.socket, int]:
+    """A one-session-at-a-time IMAP server over TLS on loopback answering CAPABILITY with `capability`."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls, tls.makefile("rwb") as f:
+                    f.write(b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n")
+                    f.flush()
+                    tag = f.readline().split()[0]
+                    f.write(b"* CAPABILITY " + capability + b"\r\n" + tag + b" OK Capabilities listed.\r\n")
+                    f.flush()
+                    f.readline()
+            except (OSError, IndexError):
+                continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, int(server.getsockname()[1])
+
+
+def test_the_modules_speak_smtp_starttls_and_imap_tls(tmp_path: Path) -> None:
+    """This machine's blackbox exporter with the rendered modules, against an SMTP server offering
+    STARTTLS (aiosmtpd, as the lab's receiver), a TLS IMAP server, and the same without what they check."""
+    from aiosmtpd.controller import Controller
+
+    assert BLACKBOX, f"prometheus-blackbox-exporter missing: {MISSING}"
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    smtp_tls = Controller(object(), hostname="127.0.0.1", port=_free_port(), tls_context=context)
+    smtp_plain = Controller(object(), hostname="127.0.0.1", port=_free_port())  # no STARTTLS offered
+    imap_ok, imap_port = _imap_over_tls(context, b"IMAP4rev1 SASL-IR ID ENABLE IDLE LITERAL+ AUTH=PLAIN")
+    imap_bad, bad_port = _imap_over_tls(context, b"IMAP2")
+    config = tmp_path / "blackbox.yml"
+    config.write_text(blackbox_yml(settings_with("lab", {"enabled": True})))
+    port = _free_port()
+    exporter = subprocess.Popen(
+        [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"], stderr=subprocess.DEVNULL
+    )
+    smtp_tls.start()
+    smtp_plain.start()
+    try:
+
+        def probe(module: str, target: str) -> int:
+            query = urllib.parse.urlencode({"module": module, "target": target})
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/probe?{query}", timeout=15) as reply:
+                        found = re.search(r"^probe_success (\d)$", reply.read().decode(), re.M)
+                        assert found
+                        return int(found[1])
+                except OSError:
+                    assert time.monotonic() < deadline, "the exporter did not answer within 10 s"
+                    time.sleep(0.2)
+
+        assert probe("sams_smtp", f"127.0.0.1:{smtp_tls.port}") == 1
+        assert probe("sams_smtp", f"127.0.0.1:{smtp_plain.port}") == 0
+        assert probe("sams_smtp", f"127.0.0.1:{_free_port()}") == 0  # nothing listening
+        assert probe("sams_imap", f"127.0.0.1:{imap_port}") == 1
+        assert probe("sams_imap", f"127.0.0.1:{bad_port}") == 0
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=10)
+        smtp_tls.stop()
+        smtp_plain.stop()
+        imap_ok.close()
+        imap_bad.close()
