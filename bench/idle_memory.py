@@ -32,7 +32,13 @@ def by_size(pss: dict[str, int], limit: int | None = None) -> str:
     return ", ".join(f"{u.removesuffix('.service')} {k / 1024:.0f}" for u, k in ranked)
 
 
-MONITORING = ("prometheus-node-exporter.service", "prometheus.service", "prometheus-alertmanager.service")
+MONITORING = (
+    "prometheus-node-exporter.service",
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    # The health checks' prober (components/monitoring/health.py).
+    "prometheus-blackbox-exporter.service",
+)
 
 
 def measure(paths: StatePaths, quiet: float) -> list[tuple[str, str]]:

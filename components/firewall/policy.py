@@ -18,6 +18,12 @@ Exposure = Literal["public", "vpn"]
 NODE_EXPORTER_PORT = 9100
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
+# Health checks (components/monitoring/health.py): the blackbox exporter that probes the daemons, the
+# HTTPS endpoints /health/<check> nginx serves from its probes (both on the WireGuard address), and
+# the PostgreSQL checker the exporter asks (loopback only).
+BLACKBOX_EXPORTER_PORT = 9115
+HEALTH_PORT = 8443
+HEALTH_DATABASE_PORT = 9188
 
 # Never on the public address, whatever the settings say (asserted by tests, the policy pack and the
 # doctor's port probe): each TCP port a daemon on the host listens on, and what listens there.
@@ -32,6 +38,9 @@ NEVER_PUBLIC_SERVICES: dict[int, str] = {
     NODE_EXPORTER_PORT: "node_exporter",
     PROMETHEUS_PORT: "prometheus",
     ALERTMANAGER_PORT: "alertmanager",
+    BLACKBOX_EXPORTER_PORT: "blackbox_exporter",
+    HEALTH_PORT: "nginx (health endpoints)",
+    HEALTH_DATABASE_PORT: "sams-health-db (PostgreSQL check)",
 }
 NEVER_PUBLIC: frozenset[int] = frozenset(NEVER_PUBLIC_SERVICES)
 
@@ -66,6 +75,11 @@ def port_policy(cfg: StackConfig) -> tuple[Port, ...]:
                 Port(PROMETHEUS_PORT, "tcp", "vpn", "prometheus", "the host's Prometheus: queries, its web UI"),
                 Port(ALERTMANAGER_PORT, "tcp", "vpn", "alertmanager", "silences and alerts in Alertmanager's UI"),
             ]
+        # Health checks, in either mode (components/monitoring/health.py).
+        ports += [
+            Port(BLACKBOX_EXPORTER_PORT, "tcp", "vpn", "blackbox-exporter", "protocol probes of each daemon"),
+            Port(HEALTH_PORT, "tcp", "vpn", "health", "HTTPS /health/<check>: 200 or 503 from the probes"),
+        ]
     if cfg.public_web:
         ports += [
             Port(80, "tcp", "public", "http", "ACME HTTP-01 challenges; redirects to HTTPS"),

@@ -166,6 +166,16 @@ ALERTS: tuple[Alert, ...] = (
         "archive_command keeps failing: a restore to a point in time after the last archived segment is not "
         "possible, and pg_wal grows until the disk is full.",
     ),
+    # Health checks (components/monitoring/health.py): the blackbox exporter's protocol probes.
+    Alert(
+        "SamsHealthCheckFailed",
+        'probe_success{job="health"} == 0',
+        "2m",
+        "critical",
+        "the {{ $labels.check }} health check on {{ $labels.host }} fails",
+        "The {{ $labels.check }} probe of {{ $labels.instance }} has failed for 2 minutes: the daemon is down or "
+        "does not speak its protocol; /health/{{ $labels.check }} answers 503.",
+    ),
     Alert(
         HEARTBEAT,
         "vector(1)",

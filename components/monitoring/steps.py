@@ -10,6 +10,7 @@ units, and removes the secrets, the metrics writer and the drop-ins it put there
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -19,19 +20,31 @@ from components.backup.plan import STATUS_FILE as BACKUP_STATUS
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.steps import CONTAINER as DB_CONTAINER
 from components.mail.services import VMAIL_ROOT
+from components.monitoring import health
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
     ALERTMANAGER_PORT,
     ALERTMANAGER_UNIT,
+    BLACKBOX_CONFIG,
+    BLACKBOX_UNIT,
     DEFAULTS,
     DROPINS,
     EXPORTER_PACKAGES,
     EXPORTER_UNITS,
+    HEALTH_DB_TOOL,
+    HEALTH_DB_UNIT,
+    HEALTH_DB_UNIT_FILES,
+    HEALTH_JS,
+    HEALTH_PACKAGES,
+    HEALTH_SITE,
+    HEALTH_SITE_ENABLED,
+    HEALTH_UNITS,
     HEARTBEAT_URL,
     HEARTBEAT_URL_FILE,
     METRICS_CONFIG,
     METRICS_TOOL,
     METRICS_UNIT,
+    NGINX_DROPIN,
     NODE_EXPORTER_PORT,
     NODE_EXPORTER_UNIT,
     PACKAGES,
@@ -51,7 +64,7 @@ from components.monitoring.rules import HEARTBEAT, rules_yaml
 from components.remote.packages import install_missing
 from components.remote.steps import File, StepSpec, late
 from components.render import render
-from components.tls.certs import TLS_FULLCHAIN
+from components.tls.certs import NGINX_DEFAULT_SITE, TLS_FULLCHAIN
 from settings import Settings
 from settings.times import format_duration
 
@@ -74,14 +87,15 @@ def listen(settings: Settings, port: int) -> str:
 
 
 def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object]]:
-    """Prometheus scrape jobs: node_exporter, and on a host-run Prometheus itself and Alertmanager.
+    """Prometheus scrape jobs: node_exporter, and on a host-run Prometheus itself and Alertmanager;
+    then the health checks' probes (job `health`, components/monitoring/health.py).
 
     Every target carries `host` (the mail host's name): Alertmanager groups an outage's alerts by it."""
     mon = settings.config.monitoring
     jobs = [("node", NODE_EXPORTER_PORT)]
     if server:
         jobs += [("prometheus", PROMETHEUS_PORT), ("alertmanager", ALERTMANAGER_PORT)]
-    return [
+    configs: list[dict[str, object]] = [
         {
             "job_name": job,
             "scrape_interval": f"{mon.scrape_interval_seconds}s",
@@ -91,6 +105,7 @@ def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object
         }
         for job, port in jobs
     ]
+    return [*configs, health.scrape_config(settings)]
 
 
 def prometheus_yml(settings: Settings) -> str:
@@ -142,6 +157,51 @@ def metrics_config(wg_interface: str) -> dict[str, object]:
     }
 
 
+def health_files(settings: Settings, ctx: Mapping[str, object]) -> list[File]:
+    """The health checks' files (components/monitoring/health.py): the blackbox exporter's modules,
+    nginx's /health site and its njs handler, the PostgreSQL checker and its socket."""
+    socket_unit, service_unit = HEALTH_DB_UNIT_FILES
+    return [
+        File(BLACKBOX_CONFIG, health.blackbox_yml(settings)),
+        File(HEALTH_SITE, health.nginx_site(settings)),
+        File(HEALTH_JS, health.JS_SOURCE.read_text()),
+        File(NGINX_DROPIN, _render("etc/systemd/system/_unit_.service.d/10-sams.conf.j2", **ctx)),
+        File(HEALTH_DB_TOOL, health.DB_TOOL_SOURCE.read_text(), mode="0755"),
+        File(socket_unit, health.db_socket()),
+        File(service_unit, health.db_service()),
+    ]
+
+
+# After the packages (nginx loads the njs module only once libnginx-mod-http-js is installed): the
+# PostgreSQL checker's socket, then nginx's /health site linked, checked and loaded.
+HEALTH_SCRIPT = f"""\
+systemctl enable -q {HEALTH_DB_UNIT}.socket
+if changed {HEALTH_DB_UNIT_FILES[0]}; then
+    systemctl restart {HEALTH_DB_UNIT}.socket
+else
+    systemctl start {HEALTH_DB_UNIT}.socket
+fi
+reload_nginx=0
+if [ "$(readlink {HEALTH_SITE_ENABLED} || true)" != "{HEALTH_SITE}" ]; then
+    ln -sfn {HEALTH_SITE} {HEALTH_SITE_ENABLED}
+    reload_nginx=1
+fi
+# Without sams:publicWeb nothing else starts nginx: Debian's default site must not come with it.
+if [ -e {NGINX_DEFAULT_SITE} ] || [ -L {NGINX_DEFAULT_SITE} ]; then
+    rm -f {NGINX_DEFAULT_SITE}
+    reload_nginx=1
+fi
+for file in {HEALTH_SITE} {HEALTH_JS} {NGINX_DROPIN}; do
+    if changed "$file"; then reload_nginx=1; fi
+done
+nginx -t -q
+systemctl enable -q nginx
+if [ "$reload_nginx" = 1 ] || ! systemctl is-active -q nginx; then
+    systemctl reload-or-restart nginx
+fi
+"""
+
+
 def late_values(settings: Settings, *, webhook: bool, heartbeat: bool = False) -> tuple[str, ...]:
     """The secrets the step takes on stdin: the webhook and heartbeat URLs, the relay password for e-mail."""
     mon = settings.config.monitoring
@@ -161,7 +221,7 @@ def packages_step(settings: Settings) -> StepSpec | None:
     mon = settings.config.monitoring
     if not mon.enabled:
         return None
-    packages = PACKAGES if mon.mode == "host" else EXPORTER_PACKAGES
+    packages = PACKAGES if mon.mode == "host" else (*EXPORTER_PACKAGES, *HEALTH_PACKAGES)
     return StepSpec(
         name="monitoring-packages", script=install_missing(packages), description="monitoring's Debian packages"
     )
@@ -176,11 +236,12 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
     if not mon.enabled:
         return disabled_step()
     server = mon.mode == "host"
-    units = (*EXPORTER_UNITS, *SERVER_UNITS) if server else EXPORTER_UNITS
+    units = (*EXPORTER_UNITS, *SERVER_UNITS, *HEALTH_UNITS) if server else (*EXPORTER_UNITS, *HEALTH_UNITS)
     listens = {
         NODE_EXPORTER_UNIT: listen(settings, NODE_EXPORTER_PORT),
         PROMETHEUS_UNIT: listen(settings, PROMETHEUS_PORT),
         ALERTMANAGER_UNIT: listen(settings, ALERTMANAGER_PORT),
+        BLACKBOX_UNIT: health.blackbox_listen(settings),
     }
     ctx = {
         "retention_time": format_duration(mon.retention_time),
@@ -188,6 +249,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
         "textfile_dir": TEXTFILE_DIR,
         "wg_interface": WG_INTERFACE,
         "tool": METRICS_TOOL,
+        "blackbox_config": BLACKBOX_CONFIG,
     }
     files = [
         File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
@@ -202,6 +264,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
             File(DEFAULTS[unit], _render(f"etc/default/{unit}.j2", listen=listens[unit], **ctx)),
             File(DROPINS[unit], _render("etc/systemd/system/_unit_.service.d/10-sams.conf.j2", **ctx)),
         ]
+    files += health_files(settings, ctx)
     secrets = late_values(settings, webhook=webhook, heartbeat=heartbeat)
     if server:
         files += [
@@ -216,6 +279,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
         f"start_unit {unit} {DEFAULTS[unit]} {DROPINS[unit]}"
         + (f" {PROMETHEUS_CONFIG} {RULES_FILE}" if unit == PROMETHEUS_UNIT else "")
         + (f" {ALERTMANAGER_CONFIG} {secret_files}" if unit == ALERTMANAGER_UNIT else "")
+        + (f" {BLACKBOX_CONFIG}" if unit == BLACKBOX_UNIT else "")
         for unit in units
     )
     server_off = "" if server else _stop_units(SERVER_UNITS) + f"rm -f {' '.join(DROPINS[u] for u in SERVER_UNITS)}\n"
@@ -227,6 +291,10 @@ amtool check-config {ALERTMANAGER_CONFIG} >/dev/null
 """
         if server
         else ""
+    ) + (
+        # It logs to stderr even when the file is fine: shown only when it is not.
+        f"out=$(prometheus-blackbox-exporter --config.check --config.file={BLACKBOX_CONFIG} 2>&1)"
+        " || { printf '%s\\n' \"$out\" >&2; exit 1; }\n"
     )
     script = f"""\
 changed() {{ printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }}
@@ -244,7 +312,7 @@ start_unit() {{
 {f"chgrp prometheus {secret_files}" if secret_files else ""}
 {_remove_absent_secrets(secrets)}{server_off}{verify}systemctl daemon-reload
 {restarts}
-install -d -m 0755 {TEXTFILE_DIR}
+{HEALTH_SCRIPT}install -d -m 0755 {TEXTFILE_DIR}
 /usr/bin/python3 {METRICS_TOOL}
 systemctl enable -q --now {METRICS_UNIT}.timer
 """
@@ -275,10 +343,15 @@ fi
 
 
 def disabled_step() -> StepSpec:
-    """Monitoring off: its units stopped and disabled, its secrets, writer, metrics and drop-ins gone
-    (the packages and Prometheus's stored samples stay)."""
+    """Monitoring off: its units stopped and disabled, its secrets, writer, metrics, drop-ins and
+    health endpoints gone (the packages and Prometheus's stored samples stay)."""
     leftovers = " ".join(
         [
+            HEALTH_SITE_ENABLED,
+            HEALTH_SITE,
+            HEALTH_JS,
+            HEALTH_DB_TOOL,
+            NGINX_DROPIN,
             *(path for path, _ in SECRET_FILES),
             METRICS_TOOL,
             METRICS_CONFIG,
@@ -293,8 +366,20 @@ if [ -e /etc/systemd/system/{METRICS_UNIT}.timer ]; then
     systemctl disable -q --now {METRICS_UNIT}.timer
 fi
 """
-        + _stop_units((*EXPORTER_UNITS, *SERVER_UNITS))
+        + _stop_units((*EXPORTER_UNITS, *SERVER_UNITS, *HEALTH_UNITS))
+        + f"""\
+if [ -e {HEALTH_DB_UNIT_FILES[0]} ]; then
+    systemctl disable -q --now {HEALTH_DB_UNIT}.socket
+fi
+"""
         + f"rm -f {leftovers}\nsystemctl daemon-reload\n"
+        + """\
+# The /health site is gone (sams-apply removed its files, this its link): nginx forgets it.
+if systemctl is-active -q nginx; then
+    nginx -t -q
+    systemctl reload nginx
+fi
+"""
     )
     return StepSpec(name="monitoring", script=script, description="monitoring off")
 

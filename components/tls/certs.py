@@ -68,6 +68,8 @@ CLOUDFLARE_TOKEN = "acme_cloudflare_token"
 # --- nginx ----------------------------------------------------------------------------------------------
 NGINX_SITE = "/etc/nginx/sites-available/sams"
 NGINX_ENABLED = "/etc/nginx/sites-enabled/sams"
+# Debian's default site: it claims default_server on port 80 on every address; SAMS removes it.
+NGINX_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 MTA_STS_ROOT = "/var/www/sams/mta-sts"
 MTA_STS_FILE = f"{MTA_STS_ROOT}/.well-known/mta-sts.txt"
 
@@ -185,8 +187,8 @@ if [ "$(readlink {NGINX_ENABLED} || true)" != "{NGINX_SITE}" ]; then
     ln -sfn {NGINX_SITE} {NGINX_ENABLED}
     linked=1
 fi
-if [ -e /etc/nginx/sites-enabled/default ] || [ -L /etc/nginx/sites-enabled/default ]; then
-    rm -f /etc/nginx/sites-enabled/default
+if [ -e {NGINX_DEFAULT_SITE} ] || [ -L {NGINX_DEFAULT_SITE} ]; then
+    rm -f {NGINX_DEFAULT_SITE}
     linked=1
 fi
 nginx -t -q

@@ -27,6 +27,7 @@ from components.firewall.steps import firewall_step
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
     ALERTMANAGER_PORT,
+    BLACKBOX_EXPORTER_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_CONFIG,
     PROMETHEUS_PORT,
@@ -126,7 +127,8 @@ def test_every_listener_is_the_wireguard_address() -> None:
     files = {f.path: f.content for f in monitoring_step(settings, webhook=True).files}
     wg = str(settings.config.wireguard.address)
     listens = re.findall(r"--web\.listen-address=(\S+?)[\s\"]", "".join(files[p] for p in files if "default" in p))
-    assert sorted(listens) == sorted(f"{wg}:{p}" for p in (NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT))
+    ports = (NODE_EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT, BLACKBOX_EXPORTER_PORT)
+    assert sorted(listens) == sorted(f"{wg}:{p}" for p in ports)
     # Alertmanager's cluster port would listen on every address: it is off.
     assert "--cluster.listen-address=" + '"' in files["/etc/default/prometheus-alertmanager"]
     prom = files["/etc/default/prometheus"]
@@ -204,8 +206,12 @@ def test_external_mode_exports_a_scrape_config_and_rules(tmp_path: Path, runner:
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     check = subprocess.run([str(PROMTOOL), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True)
     assert check.returncode == 0, check
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"{settings.config.wireguard.address}:{NODE_EXPORTER_PORT}"]
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
+    }
+    assert targets["node"] == [f"{settings.config.wireguard.address}:{NODE_EXPORTER_PORT}"]
+    # The health probes go through the exporter on the tunnel (components/monitoring/health.py).
+    assert set(targets) == {"node", "health"}
 
 
 def test_the_stack_output_says_where_monitoring_listens(runner: Any) -> None:
@@ -426,6 +432,14 @@ FIRING += [
         None,
     ),
 ]  # fmt: skip
+# Health checks (components/monitoring/health.py): a probe that fails for 2 minutes.
+PROBE: dict[str, str] = {"job": "health", "instance": "127.0.0.1:993", "check": "imap"}
+FIRING += [
+    ("SamsHealthCheckFailed", [_series("probe_success", "1 1 0 0 0 0", **PROBE)], "5m", {**PROBE},
+     "the imap health check on mail.example.org fails",
+     "The imap probe of 127.0.0.1:993 has failed for 2 minutes: the daemon is down or does not speak its "
+     "protocol; /health/imap answers 503."),
+]  # fmt: skip
 # (alert, input series, eval time): each must stay quiet.
 QUIET: list[tuple[str, list[dict[str, str]], str]] = [
     ("SamsTargetDown", [_series("up", "1x10")], "5m"),
@@ -496,6 +510,10 @@ QUIET += [
         ],
         "20m",
     ),
+]
+QUIET += [
+    # a failed probe now and then (a restart), never 2 minutes long
+    ("SamsHealthCheckFailed", [_series("probe_success", "1 0 1 0 1 1 0 1", **PROBE)], "7m"),
 ]
 # Firing is its job: no quiet case.
 ALWAYS_FIRING = {HEARTBEAT}
