@@ -43,6 +43,7 @@ from components.monitoring.plan import (
     WEBHOOK_URL_FILE,
 )
 from components.monitoring.rules import HEARTBEAT
+from components.monitoring.steps import scrape_configs
 from components.tls.certs import TLS_FULLCHAIN
 from lab import backupserver, receiver, webhook
 from lab.dns import RECEIVER_DOMAIN
@@ -221,13 +222,22 @@ def test_the_tunnel_reaches_monitoring_and_the_internet_does_not(monitored: Lab)
 def test_prometheus_scrapes_every_target(monitored: Lab) -> None:
     lab = monitored
 
+    # The program's own scrape jobs: one target per static target of each.
+    jobs = sorted(
+        str(c["job_name"])
+        for c in scrape_configs(lab.settings, server=True)
+        for group in c["static_configs"]  # type: ignore[attr-defined]
+        for _ in group["targets"]
+    )
+    assert {"node", "prometheus", "alertmanager"} <= set(jobs)
+
     def targets() -> list[dict[str, Any]] | None:
         _, body = admin_get(lab, PROMETHEUS_PORT, "/api/v1/targets?state=active")
         active = json.loads(body)["data"]["activeTargets"]
-        return active if len(active) == 3 and all(t["health"] == "up" for t in active) else None
+        return active if len(active) == len(jobs) and all(t["health"] == "up" for t in active) else None
 
     active = wait_for("every target up", targets, timeout=3 * SCRAPE_S + 30)
-    assert sorted(t["labels"]["job"] for t in active) == ["alertmanager", "node", "prometheus"]
+    assert sorted(t["labels"]["job"] for t in active) == jobs
     assert {t["labels"]["host"] for t in active} == {str(lab.settings.config.hostname)}
     # (The lab's tree has the packages baked in, so at boot Prometheus ran once with Debian's own
     # config: its samples of localhost:9100 may linger; a real host never runs that config.)
