@@ -43,7 +43,7 @@ from components.monitoring.plan import (
     HEALTH_SITE_ENABLED,
     NGINX_DROPIN,
 )
-from components.monitoring.steps import disabled_step, monitoring_step, prometheus_yml
+from components.monitoring.steps import disabled_step, monitoring_step, packages_step, prometheus_yml
 from components.tls.certs import TLS_FULLCHAIN, TLS_KEY
 from tests.monitoring.test_monitoring import settings_with
 
@@ -119,14 +119,17 @@ def test_the_smtp_probe_speaks_starttls_and_the_imap_probe_tls() -> None:
 
 def test_the_step_installs_checks_and_loads_the_health_site() -> None:
     for mode in ("host", "external"):
-        spec = monitoring_step(settings_with("dev", {"enabled": True, "mode": mode}), webhook=True)
+        settings = settings_with("dev", {"enabled": True, "mode": mode})
+        spec = monitoring_step(settings, webhook=True)
         paths = {f.path for f in spec.files}
         assert {BLACKBOX_CONFIG, HEALTH_SITE, HEALTH_JS, NGINX_DROPIN, *HEALTH_DB_UNIT_FILES} <= paths
-        assert all(f"installed {p} " in spec.script for p in HEALTH_PACKAGES)
+        # The packages come first, in their own step (nothing of them starts before the files).
+        packages = packages_step(settings)
+        assert packages is not None and all(f"installed {p} " in packages.script for p in HEALTH_PACKAGES)
+        assert "apt-get install" not in spec.script
         script = spec.script
-        # The exporter's own checker before any restart; nginx's link, check and reload after the install.
+        # The exporter's own checker before any restart; nginx's link, check and reload.
         assert script.index(f"--config.check --config.file={BLACKBOX_CONFIG}") < script.index("start_unit ")
-        assert script.index("apt-get install") < script.index(f"ln -sfn {HEALTH_SITE} {HEALTH_SITE_ENABLED}")
         assert script.index(f"ln -sfn {HEALTH_SITE}") < script.index("nginx -t -q") < script.index("reload-or-restart")
 
 
