@@ -12,6 +12,7 @@ from components.dns import Dns, DnsArgs
 from components.firewall.steps import firewall_step
 from components.host import Host, HostArgs
 from components.host.ready import READY
+from components.journal import Journal, JournalArgs
 from components.keys.resources import HostKeys
 from components.keys.rotation import dkim_phase, now
 from components.mail import Mail, MailArgs
@@ -111,6 +112,9 @@ monitoring = Monitoring(
         after=(tls, users),
     ),
 )
+
+# The journal to the collector on the tunnel (sams:monitoring.journalUploadUrl); off, the uploader stops.
+journal = Journal("journal", JournalArgs(settings, tunnel, after=(monitoring,)))
 
 pulumi.export("publicIpv4", host.public_ipv4)
 pulumi.export("publicIpv6", host.public_ipv6)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
+from urllib.parse import urlsplit
 
 from settings.errors import MISSING, Path
 from settings.mail_list import MailList
@@ -53,6 +54,7 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
             mon.email_to,
             "mode external sends no alerts from the host (your own Alertmanager does): remove emailTo or use mode host",
         )
+    yield from check_journal_upload(cfg)
     if cfg.backup.restore and not cfg.backup.enabled:
         yield ("backup", "restore"), cfg.backup.restore, "restoring needs the repository: set backup.enabled"
     if cfg.oci is not None and cfg.provider == "oci" and vpn.overlaps(cfg.oci.vcn_cidr):
@@ -103,6 +105,27 @@ def check_sftp_pins(cfg: StackConfig) -> Iterator[Finding]:
             )
         if place.sftp_host_key is not None and not sftp:
             yield (*path, "sftpHostKey"), place.sftp_host_key, "is only for an sftp: repository: remove it"
+
+
+def check_journal_upload(cfg: StackConfig) -> Iterator[Finding]:
+    """The journal goes to a peer on the tunnel, never the host itself or anywhere outside."""
+    url = cfg.monitoring.journal_upload_url
+    if url is None:
+        return
+    key: Path = ("monitoring", "journalUploadUrl")
+    if not cfg.monitoring.enabled:
+        yield key, url, "forwarding the journal is part of monitoring: set monitoring.enabled, or remove this key"
+    wg = cfg.wireguard
+    address = IPv4Address(urlsplit(url).hostname or "")
+    if address not in wg.network or address in (wg.network.network_address, wg.network.broadcast_address):
+        yield (
+            key,
+            url,
+            f"{address} is not a host address of wireguard.network {wg.network}: the journal travels over the "
+            f"tunnel only (the hub is {wg.hub_address})",
+        )
+    elif address == wg.address:
+        yield key, url, f"{address} is the mail host itself (wireguard.address): name the collector's address"
 
 
 # Vultr's plan ids end in their memory: vc2-1c-2gb, vhf-2c-4gb, voc-c-2c-4gb-50s...

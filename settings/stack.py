@@ -10,6 +10,7 @@ import re
 from datetime import timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -220,6 +221,34 @@ class BackupSettings(_Config):
     )
 
 
+# systemd-journal-remote's port: its --listen-http default and systemd-journal-upload's when a URL names none.
+JOURNAL_REMOTE_PORT = 19532
+
+
+def _journal_upload_url(value: str) -> str:
+    """http://<IPv4 address>[:port], written back with the port: where systemd-journal-upload sends
+    (checks.py holds the address to the WireGuard network)."""
+    parts = urlsplit(value)
+    if parts.scheme != "http":
+        raise ValueError(
+            "give an http:// URL: WireGuard already encrypts and authenticates the tunnel, and https would need "
+            "client certificates for systemd-journal-upload that SAMS does not issue"
+        )
+    try:
+        address, port = IPv4Address(parts.hostname or ""), parts.port or JOURNAL_REMOTE_PORT
+    except ValueError as exc:  # a name, or a port outside 0-65535
+        raise ValueError(
+            "give the collector's IPv4 address on the tunnel and optionally a port, as http://10.100.0.1:19532 "
+            "(a name could resolve outside the tunnel)"
+        ) from exc
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment or not port:
+        raise ValueError("give only http://<address>:<port>: systemd-journal-upload adds its own path, /upload")
+    return f"http://{address}:{port}"
+
+
+JournalUploadUrl = Annotated[str, AfterValidator(_journal_upload_url)]
+
+
 class MonitoringSettings(_Config):
     """Metrics and alerts (components/monitoring, docs/monitoring.md); every listener on the WireGuard address."""
 
@@ -264,6 +293,14 @@ class MonitoringSettings(_Config):
         default="docs/monitoring.md",
         pattern=r"^\S+$",
         description="where each alert's runbook link points (its anchor is appended), e.g. your copy of the docs",
+    )
+    journal_upload_url: JournalUploadUrl | None = Field(
+        default=None,
+        description=(
+            "forward the host's whole journal to a systemd-journal-remote collector at this URL, an address in "
+            "wireguard.network (the hub's: http://10.100.0.1:19532), so it travels over the tunnel only; "
+            "unset: nothing is forwarded (docs/logs.md#forwarding-the-journal)"
+        ),
     )
 
 

@@ -32,10 +32,15 @@ SCRIPT_LATE = re.compile(r"\$\{?SAMS_LATE_([A-Za-z0-9_]+)")
 
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q"
-# The steps' other forms: ClamAV on, backups to SFTP with a second copy, monitoring on the host.
+# The steps' other forms: ClamAV on, backups to SFTP with a second copy, monitoring on the host with
+# the journal forwarded.
 ALL_OPTIONS: dict[str, Any] = {
     "sams:antivirus": {"clamav": True},
-    "sams:monitoring": {"enabled": True, "emailTo": ["ops@example.org"]},
+    "sams:monitoring": {
+        "enabled": True,
+        "emailTo": ["ops@example.org"],
+        "journalUploadUrl": "http://10.100.0.1:19532",
+    },
     "sams:backup": {
         "enabled": True,
         "repository": "sftp:backup@backup.example.org:/srv/sams",
