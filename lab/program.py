@@ -27,6 +27,7 @@ from typing import Any
 import mockrun
 from cloudinit import BASE_PACKAGES
 from components.backup.plan import BACKUP_PACKAGES, SFTP_PACKAGES
+from components.journal.plan import PACKAGES as JOURNAL_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
 from components.monitoring.plan import PACKAGES as MONITORING_PACKAGES
 from lab import acme, backupserver, dns
@@ -41,7 +42,7 @@ PUBLIC_PREFIX = 24
 # The independent receiver's host number on the lab's internet (198.18.0.20).
 RECEIVER_HOST = 20
 # Every package the program's cloud-init and steps install, with the options lab tests turn on
-# (ClamAV, SASL for a relay login, SFTP backups): what the lab's Debian mirror serves. A step whose
+# (ClamAV, SASL for a relay login, SFTP backups, journal forwarding): what the lab's Debian mirror serves. A step whose
 # list misses a package finds it nowhere, as on a VPS it would find it missing after install.
 STACK_PACKAGES = (
     *BASE_PACKAGES,
@@ -51,6 +52,7 @@ STACK_PACKAGES = (
     *BACKUP_PACKAGES,
     *SFTP_PACKAGES,
     *MONITORING_PACKAGES,
+    *JOURNAL_PACKAGES,
 )
 # SAMS_LAB_TREE=baked: the explicitly named fast path, every package baked into the tree so no
 # install runs (first boot and the steps find them installed). The default is the bare tree.
