@@ -840,12 +840,17 @@ MAIL_LOG_METRICS = (
 
 def test_the_writer_counts_the_mail_log_once(tmp_path: Path) -> None:
     """The mail log's running totals (sams-logs counters, the saved queries' own patterns): refusals by
-    enhanced status code, delivery results, messages per login, failed logins. A second run adds only
-    the entries after the saved cursor; a cursor the journal lost starts again without losing the totals."""
+    enhanced status code, delivery results, messages per login, failed logins; a new key starts at 0.
+    A later run adds only the entries after the saved cursor; a cursor the journal lost starts again
+    without losing the totals."""
     from tests.test_sams_logs import LINES
 
     first = _write_metrics(tmp_path, None, journal=LINES)
     counted = {k: v for k, v in first.items() if k.startswith(MAIL_LOG_METRICS)}
+    # Each key starts at 0 (Prometheus sees a rise only from a first sample), counted a run later.
+    assert {k for k, v in counted.items() if v} == {"sams_mail_log_readable"}, counted
+    again = _write_metrics(tmp_path, None, journal=LINES)
+    counted = {k: v for k, v in again.items() if k.startswith(MAIL_LOG_METRICS)}
     assert counted == {
         'sams_mail_rejects_total{status="5.1.1"}': 2,
         'sams_mail_rejects_total{status="5.7.1"}': 1,
@@ -871,8 +876,9 @@ def test_the_writer_counts_the_mail_log_once(tmp_path: Path) -> None:
         "4F2B2: client=unknown[198.18.0.5], sasl_method=PLAIN, sasl_username=eve@sams.test",
     )
     third = _write_metrics(tmp_path, None, journal=[gone])
-    assert third['sams_mail_submitted_total{login="eve@sams.test"}'] == 1
+    assert third['sams_mail_submitted_total{login="eve@sams.test"}'] == 0
     assert third['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
+    assert _write_metrics(tmp_path, None, journal=[gone])['sams_mail_submitted_total{login="eve@sams.test"}'] == 1
 
 
 def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ takes journalctl's forms too ("today", "2026-12-07 08:00"), or a number with s, 
 
 `counters` is what sams-metrics asks every minute (the monitoring component): the same queries as
 running totals kept in FILE, each run adding only the journal entries after the cursor it saved
-(the first run starts two minutes back), printed as JSON. Python's standard library only.
+(the first run starts two minutes back), printed as JSON. A key met for the first time is printed at
+0 and counted from the next run on, as counters should start. Python's standard library only.
 """
 
 from __future__ import annotations
@@ -180,11 +181,21 @@ def counters(state_path: Path) -> dict[str, dict[str, int]]:
             # A cursor the journal no longer knows (vacuumed, or a new machine id): start again near now.
             lines, last = read_journal(["--since", "-2m"])
         totals_now: dict[str, dict[str, int]] = state.get("totals", {})
+        # A key seen for the first time is reported at 0 first, its count one run later: Prometheus's
+        # increase() sees no rise in a series whose first sample is already 4 (one login's first burst).
+        for kind, waiting in state.get("pending", {}).items():
+            for key, n in waiting.items():
+                totals_now[kind][key] = totals_now[kind].get(key, 0) + n
+        pending: dict[str, dict[str, int]] = {}
         for kind, added in totals(lines).items():
             kept = totals_now.setdefault(kind, {})
             for key, n in added.items():
-                kept[key] = kept.get(key, 0) + n
-        state = {"cursor": last or cursor, "totals": totals_now}
+                if key in kept:
+                    kept[key] += n
+                else:
+                    kept[key] = 0
+                    pending.setdefault(kind, {})[key] = n
+        state = {"cursor": last or cursor, "totals": totals_now, "pending": pending}
         tmp = state_path.with_name(f".{state_path.name}.tmp")
         tmp.write_text(json.dumps(state, sort_keys=True))
         os.replace(tmp, state_path)
