@@ -109,6 +109,7 @@ monitoring = Monitoring(
         webhook_url=secrets.get_secret("monitoringWebhookUrl"),
         heartbeat_url=secrets.get_secret("monitoringHeartbeatUrl"),
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
+        rspamd_metrics_password=mail.rspamd_metrics_password,
         after=(tls, users),
     ),
 )

@@ -289,6 +289,15 @@ class MonitoringSettings(_Config):
             "and the all-clear once the last one is fixed"
         ),
     )
+    login_messages_per_hour: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "alert when one login submits more messages than this within an hour (a stolen password): half "
+            "of the default sending limit, so the alert comes before sams:limits refuses the login's mail"
+        ),
+    )
     runbook_url: str = Field(
         default="docs/monitoring.md",
         pattern=r"^\S+$",

@@ -24,6 +24,9 @@ ALERTMANAGER_PORT = 9093
 BLACKBOX_EXPORTER_PORT = 9115
 HEALTH_PORT = 8443
 HEALTH_DATABASE_PORT = 9188
+# Dovecot's own OpenMetrics listener (its stats service), loopback only: nginx's HTTPS on HEALTH_PORT
+# passes /metrics/dovecot to it (components/monitoring/daemons.py).
+DOVECOT_STATS_PORT = 9900
 
 # Never on the public address, whatever the settings say (asserted by tests, the policy pack and the
 # doctor's port probe): each TCP port a daemon on the host listens on, and what listens there.
@@ -41,6 +44,7 @@ NEVER_PUBLIC_SERVICES: dict[int, str] = {
     BLACKBOX_EXPORTER_PORT: "blackbox_exporter",
     HEALTH_PORT: "nginx (health endpoints)",
     HEALTH_DATABASE_PORT: "sams-health-db (PostgreSQL check)",
+    DOVECOT_STATS_PORT: "dovecot stats (OpenMetrics)",
 }
 NEVER_PUBLIC: frozenset[int] = frozenset(NEVER_PUBLIC_SERVICES)
 

@@ -22,6 +22,7 @@ from components.mail.services import (
     DB_POSTFIX_PASSWORD,
     RELAY_PASSWORD,
     RSPAMD_CONTROLLER_PASSWORD,
+    RSPAMD_METRICS_PASSWORD,
     dkim_key_path,
     mail_packages_step,
     mail_steps,
@@ -86,10 +87,16 @@ class Mail(pulumi.ComponentResource):
         controller = random.RandomPassword(
             f"{name}-rspamd-controller-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
+        reader = random.RandomPassword(
+            f"{name}-rspamd-metrics-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        # Rspamd's read-only password: the monitoring step gives it to nginx for /metrics.
+        self.rspamd_metrics_password: pulumi.Output[str] = pulumi.Output.secret(reader.result)
         values: dict[str, pulumi.Input[str]] = {
             DB_POSTFIX_PASSWORD: args.db_passwords["postfix"],
             DB_DOVECOT_PASSWORD: args.db_passwords["dovecot"],
             RSPAMD_CONTROLLER_PASSWORD: pulumi.Output.secret(controller.result),
+            RSPAMD_METRICS_PASSWORD: self.rspamd_metrics_password,
             **{name: k.private_pem for _, name, k in dkim_keys_to_send(args.dkim, args.dkim_published)},
         }
         if args.relay_password is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from components.database import schema
 from components.database.steps import UNIT as DB_UNIT
-from components.firewall.policy import public_ports
+from components.firewall.policy import DOVECOT_STATS_PORT, public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
 from components.mail import limits
@@ -160,6 +160,10 @@ DB_POSTFIX_PASSWORD = schema.password_late_name("postfix")
 DB_DOVECOT_PASSWORD = schema.password_late_name("dovecot")
 RELAY_PASSWORD = "relay_password"
 RSPAMD_CONTROLLER_PASSWORD = "rspamd_controller_password"
+# Rspamd's read-only password (`password`; the controller password above is `enable_password`): what
+# nginx sends for /metrics with sams:monitoring on (components/monitoring/daemons.py). It can read
+# statistics and nothing more, so it may sit in a root-only nginx file; the admin's may not.
+RSPAMD_METRICS_PASSWORD = "rspamd_metrics_password"
 
 
 def _render(template: str, **context: object) -> str:
@@ -383,6 +387,18 @@ def dovecot_autogroup_write(pid: str) -> str:
     return f'echo {DOVECOT_AUTOGROUP_NICE} > "/proc/{pid}/autogroup"'
 
 
+# Dovecot's metric blocks with sams:monitoring on: name -> event filter. Each is exported as
+# dovecot_<name>_total (events) and dovecot_<name>_duration_seconds_total.
+DOVECOT_METRICS: dict[str, str] = {
+    # Every password check (IMAP, POP3, ManageSieve, Postfix's SMTP AUTH): the ones that failed are a
+    # guessing campaign or a client with an old password.
+    "auth_successes": "event=auth_request_finished AND success=yes",
+    "auth_failures": "event=auth_request_finished AND NOT success=yes",
+    # Each message LMTP stored in a mailbox.
+    "mail_deliveries": "event=mail_delivery_finished",
+}
+
+
 def dovecot_step(settings: Settings) -> StepSpec:
     """dovecot.conf (owned whole: Debian's conf.d is not included), the SQL connection and
     Dovecot's CPU share (a systemd drop-in)."""
@@ -403,6 +419,9 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 auth_socket=AUTH_SOCKET,
                 auth_cache_size=AUTH_CACHE_SIZE,
                 quota_status_socket=QUOTA_STATUS_SOCKET,
+                # Counted only when something reads them (components/monitoring/daemons.py).
+                metrics=DOVECOT_METRICS if settings.config.monitoring.enabled else {},
+                stats_port=DOVECOT_STATS_PORT,
             ),
         ),
         File(
@@ -663,8 +682,9 @@ def rspamd_step(settings: Settings) -> StepSpec:
     script = f"""\
 {unused}install -d -o root -g _rspamd -m 0750 {RSPAMD_LOCAL}/sams
 hash=$(rspamadm pw -q -p "$SAMS_LATE_{RSPAMD_CONTROLLER_PASSWORD}")
+read_hash=$(rspamadm pw -q -p "$SAMS_LATE_{RSPAMD_METRICS_PASSWORD}")
 umask 027
-printf 'password = "%s";\\n' "$hash" > {password_file}.new
+printf 'password = "%s";\\nenable_password = "%s";\\n' "$read_hash" "$hash" > {password_file}.new
 chgrp _rspamd {password_file}.new
 mv {password_file}.new {password_file}
 # Debian's unit copies the DNSSEC root anchor into place when Unbound starts; do it first so the
@@ -702,7 +722,7 @@ fi
             Service("redis-server", ("/etc/redis/redis.conf",), "restart"),
         ),
         script=script,
-        late_values=(RSPAMD_CONTROLLER_PASSWORD,),
+        late_values=(RSPAMD_CONTROLLER_PASSWORD, RSPAMD_METRICS_PASSWORD),
         description="Rspamd milter (spam, SPF/DKIM/DMARC/ARC), its Redis and its resolver (Unbound)",
     )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from components.mail.services import RSPAMD_METRICS_PASSWORD
 from components.monitoring.plan import HEARTBEAT_URL, SMTP_PASSWORD, WEBHOOK_URL
 from components.monitoring.steps import external_config, late_values, monitoring_step, packages_step
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
@@ -29,6 +30,7 @@ class MonitoringArgs:
     webhook_url: pulumi.Input[str] | None = None  # the secret sams:monitoringWebhookUrl
     heartbeat_url: pulumi.Input[str] | None = None  # the secret sams:monitoringHeartbeatUrl
     relay_password: pulumi.Input[str] | None = None  # the secret sams:relayPassword
+    rspamd_metrics_password: pulumi.Input[str] | None = None  # Rspamd's read-only password (components/mail)
     after: Sequence[pulumi.Resource] = ()
 
 
@@ -44,6 +46,7 @@ class Monitoring(pulumi.ComponentResource):
             WEBHOOK_URL: args.webhook_url,
             HEARTBEAT_URL: args.heartbeat_url,
             SMTP_PASSWORD: args.relay_password or "",
+            RSPAMD_METRICS_PASSWORD: args.rspamd_metrics_password,
         }
         late = {
             n: pulumi.Output.secret(given[n] or "")

@@ -26,6 +26,7 @@ import yaml
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.schema import DB_NAME
 from components.database.steps import CONTAINER as DB_CONTAINER
+from components.monitoring import daemons
 from components.monitoring.plan import (
     BLACKBOX_EXPORTER_PORT,
     HEALTH_DATABASE_PORT,
@@ -192,6 +193,7 @@ def nginx_site(settings: Settings) -> str:
         listen=health_listen(settings),
         blackbox=blackbox_listen(settings),
         checks=[(c.name, probe_query(c)) for c in CHECKS],
+        metrics=daemons.nginx_locations(),
         health_js=HEALTH_JS,
         tls_fullchain=TLS_FULLCHAIN,
         tls_key=TLS_KEY,

@@ -52,6 +52,8 @@ TEXTFILE = f"{TEXTFILE_DIR}/sams.prom"
 METRICS_TOOL = "/usr/local/sbin/sams-metrics"
 METRICS_CONFIG = "/etc/sams/metrics.json"
 METRICS_UNIT = "sams-metrics"
+# The mail log's running totals and the journal cursor they reach (sams-logs counters).
+LOG_COUNTERS = "/var/lib/sams/metrics/log-counters.json"
 
 # Late values (stdin): the webhook URL, the heartbeat URL and the relay password.
 WEBHOOK_URL = "monitoring_webhook_url"

@@ -3,7 +3,8 @@ tests and the runbook (docs/monitoring.md, a section per alert) all read.
 
 The metrics named `sams_*` are written by the host's textfile writer (files/sams-metrics.py) from
 what the program itself knows: the backup's status record, the certificate in use, Postfix's queue,
-the WireGuard handshakes and fail2ban's counts.
+the WireGuard handshakes, fail2ban's counts and the mail log's running totals (rejects, delivery
+results, messages per login: `sams-logs counters`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,19 @@ QUEUE_MAX_AGE_HOURS = 1  # the oldest deferred message: Postfix has retried for 
 # packets flow: a handshake older than this means the tunnel to the hub is down.
 WIREGUARD_MAX_AGE_MINUTES = 15
 FAILED_LOGINS_PER_HOUR = 100  # fail2ban's failed logins, all jails: a guessing campaign, not typos
+# A spike: the last hour's rate at least this many times the hour's average over the last 7 days
+# (what is usual for this host), and above a floor (a quiet host going from 1 to 5 is no spike).
+SPIKE_FACTOR = 4
+REJECTS_PER_HOUR_FLOOR = 100  # an internet MX refuses spam all day: only a wave is news
+BOUNCES_PER_HOUR_FLOOR = 10
 HEARTBEAT = "SamsHeartbeat"  # always firing: its absence at an outside watcher is the alert
+
+
+def _spike(metric: str, floor: int) -> str:
+    """The last hour's count over `floor`, and its rate over SPIKE_FACTOR times the 7-day hourly average."""
+    hour = f"sum by (host) (increase({metric}[1h]))"
+    usual = f"avg_over_time(sum by (host) (rate({metric}[1h]))[7d:1h])"
+    return f"{hour} > {floor} and sum by (host) (rate({metric}[1h])) > {SPIKE_FACTOR} * {usual}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,35 @@ ALERTS: tuple[Alert, ...] = (
         f"More than {FAILED_LOGINS_PER_HOUR} failed IMAP, POP3 or SMTP logins within an hour: a password "
         "guessing campaign, from more addresses than the bans hold back.",
     ),
+    # The mail log's counters (sams-logs counters, written by sams-metrics).
+    Alert(
+        "SamsMailRejectsSpike",
+        _spike("sams_mail_rejects_total", REJECTS_PER_HOUR_FLOOR),
+        "0s",
+        "warning",
+        "{{ $value | humanize }} messages refused in the last hour on {{ $labels.host }}",
+        f"More than {REJECTS_PER_HOUR_FLOOR} messages were refused in the SMTP session within an hour, "
+        f"over {SPIKE_FACTOR} times this host's usual rate: a spam wave, or a fault refusing good mail.",
+    ),
+    Alert(
+        "SamsBouncesSpike",
+        _spike('sams_mail_deliveries_total{status="bounced"}', BOUNCES_PER_HOUR_FLOOR),
+        "0s",
+        "warning",
+        "{{ $value | humanize }} recipients bounced in the last hour on {{ $labels.host }}",
+        f"More than {BOUNCES_PER_HOUR_FLOOR} recipients bounced within an hour, over {SPIKE_FACTOR} times this "
+        "host's usual rate: receivers refuse the host's mail (a blocklist, a broken SPF/DKIM) or a sender "
+        "mails stale addresses.",
+    ),
+    Alert(
+        "SamsLoginSendingSpike",
+        "sum by (host, login) (increase(sams_mail_submitted_total[1h])) > {login_messages_per_hour}",
+        "0s",
+        "critical",
+        "{{ $labels.login }} submitted {{ $value | humanize }} messages in an hour on {{ $labels.host }}",
+        "One login sent more than {login_messages_per_hour} messages within an hour: a stolen password "
+        "sending spam gets the host blocklisted.",
+    ),
     Alert(
         "SamsPostgresDown",
         "sams_postgres_up == 0",
@@ -193,13 +235,18 @@ def alerts(settings: Settings) -> tuple[Alert, ...]:
     """The alerts with this stack's thresholds filled in; the heartbeat only where the host runs Prometheus
     (the owner's own Prometheus, mode external, has its own)."""
     mon = settings.config.monitoring
-    threshold = str(mon.queue_threshold)
+    values = {
+        "{queue_threshold}": str(mon.queue_threshold),
+        "{login_messages_per_hour}": str(mon.login_messages_per_hour),
+    }
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
     return tuple(
-        replace(
-            a,
-            expr=a.expr.replace("{queue_threshold}", threshold),
-            description=a.description.replace("{queue_threshold}", threshold),
-        )
+        replace(a, expr=fill(a.expr), description=fill(a.description))
         for a in ALERTS
         if a.name != HEARTBEAT or mon.mode == "host"
     )

@@ -19,8 +19,8 @@ from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.steps import CONTAINER as DB_CONTAINER
-from components.mail.services import VMAIL_ROOT
-from components.monitoring import health
+from components.mail.services import LOGS_TOOL, VMAIL_ROOT
+from components.monitoring import daemons, health
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
     ALERTMANAGER_PORT,
@@ -41,6 +41,7 @@ from components.monitoring.plan import (
     HEALTH_UNITS,
     HEARTBEAT_URL,
     HEARTBEAT_URL_FILE,
+    LOG_COUNTERS,
     METRICS_CONFIG,
     METRICS_TOOL,
     METRICS_UNIT,
@@ -105,7 +106,7 @@ def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object
         }
         for job, port in jobs
     ]
-    return [*configs, health.scrape_config(settings)]
+    return [*configs, health.scrape_config(settings), *daemons.scrape_configs(settings)]
 
 
 def prometheus_yml(settings: Settings) -> str:
@@ -153,6 +154,8 @@ def metrics_config(wg_interface: str) -> dict[str, object]:
         "backup_status": BACKUP_STATUS,
         "certificates": [TLS_FULLCHAIN],
         "mail_root": VMAIL_ROOT,
+        "logs_tool": LOGS_TOOL,
+        "log_counters": LOG_COUNTERS,
         "textfile": TEXTFILE,
     }
 
@@ -169,6 +172,7 @@ def health_files(settings: Settings, ctx: Mapping[str, object]) -> list[File]:
         File(HEALTH_DB_TOOL, health.DB_TOOL_SOURCE.read_text(), mode="0755"),
         File(socket_unit, health.db_socket()),
         File(service_unit, health.db_service()),
+        *daemons.secret_files(),
     ]
 
 
@@ -191,7 +195,7 @@ if [ -e {NGINX_DEFAULT_SITE} ] || [ -L {NGINX_DEFAULT_SITE} ]; then
     rm -f {NGINX_DEFAULT_SITE}
     reload_nginx=1
 fi
-for file in {HEALTH_SITE} {HEALTH_JS} {NGINX_DROPIN}; do
+for file in {HEALTH_SITE} {HEALTH_JS} {NGINX_DROPIN} {daemons.RSPAMD_HEADERS_FILE}; do
     if changed "$file"; then reload_nginx=1; fi
 done
 nginx -t -q
@@ -203,11 +207,14 @@ fi
 
 
 def late_values(settings: Settings, *, webhook: bool, heartbeat: bool = False) -> tuple[str, ...]:
-    """The secrets the step takes on stdin: the webhook and heartbeat URLs, the relay password for e-mail."""
+    """The secrets the step takes on stdin: Rspamd's read-only password for nginx's /metrics/rspamd (either
+    mode), and with a host-run Alertmanager the webhook and heartbeat URLs, the relay password for e-mail."""
     mon = settings.config.monitoring
-    if not mon.enabled or mon.mode != "host":
+    if not mon.enabled:
         return ()
-    names = [WEBHOOK_URL] if webhook else []
+    if mon.mode != "host":
+        return daemons.LATE_VALUES
+    names = [*daemons.LATE_VALUES, WEBHOOK_URL] if webhook else [*daemons.LATE_VALUES]
     if heartbeat:
         names.append(HEARTBEAT_URL)
     if mon.email_to and smtp(settings)["smtp_username"]:
@@ -352,10 +359,13 @@ def disabled_step() -> StepSpec:
             HEALTH_JS,
             HEALTH_DB_TOOL,
             NGINX_DROPIN,
+            daemons.RSPAMD_HEADERS_FILE,
             *(path for path, _ in SECRET_FILES),
             METRICS_TOOL,
             METRICS_CONFIG,
             TEXTFILE,
+            LOG_COUNTERS,
+            f"{LOG_COUNTERS}.lock",
             *(f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer")),
             *DROPINS.values(),
         ]
@@ -365,6 +375,8 @@ def disabled_step() -> StepSpec:
 if [ -e /etc/systemd/system/{METRICS_UNIT}.timer ]; then
     systemctl disable -q --now {METRICS_UNIT}.timer
 fi
+# A run that failed leaves no failed unit behind once its file is gone.
+systemctl reset-failed {METRICS_UNIT}.service 2>/dev/null || true
 """
         + _stop_units((*EXPORTER_UNITS, *SERVER_UNITS, *HEALTH_UNITS))
         + f"""\

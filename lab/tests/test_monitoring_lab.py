@@ -8,6 +8,8 @@
 * a real fault (the backup server gone, so the nightly run fails) becomes an alert that reaches a
   Slack-compatible webhook in the lab's internet (lab/webhook.py) and a mailbox there (the lab's
   independent receiver), and resolves once a run succeeds again;
+* the mail log's counters (sams-logs counters through sams-metrics) move with a real refusal and a
+  real submission, and one login sending more than `loginMessagesPerHour` reaches the webhook;
 * the memory the daemons take (PSS, /proc/<pid>/smaps_rollup) after several minutes;
 * monitoring off again stops every unit and leaves no listener, port or secret behind.
 """
@@ -31,9 +33,11 @@ from components.backup.plan import STATUS_FILE
 from components.backup.plan import UNIT as BACKUP_UNIT
 from components.database.steps import CONTAINER as DB_CONTAINER
 from components.database.steps import UNIT as DB_UNIT
+from components.firewall.policy import DOVECOT_STATS_PORT
 from components.monitoring.plan import (
     ALERTMANAGER_PORT,
     ALERTMANAGER_UNIT,
+    HEALTH_PORT,
     METRICS_UNIT,
     NODE_EXPORTER_PORT,
     NODE_EXPORTER_UNIT,
@@ -46,11 +50,12 @@ from components.monitoring.rules import HEARTBEAT
 from components.monitoring.steps import scrape_configs
 from components.tls.certs import TLS_FULLCHAIN
 from lab import backupserver, receiver, webhook
-from lab.dns import RECEIVER_DOMAIN
+from lab.dns import RECEIVER_DOMAIN, SENDER_DOMAIN
 from lab.hostcmd import sh
-from lab.netclient import imap_login_from, in_netns
+from lab.netclient import imap_login_from, in_netns, message, mx_attempt
 from lab.session import Lab, up_with
 from lab.spec import NAMES
+from lab.world import subject, world
 
 pytestmark = pytest.mark.lab
 
@@ -62,6 +67,8 @@ ALERT_MAIL_TO = f"ops@{RECEIVER_DOMAIN}"
 # step of an alert.
 SCRAPE_S = 15
 NOTIFY_MIN = 1
+# Low enough for a test to cross with a few messages (sending limits refuse at 100 an hour).
+LOGIN_MESSAGES_PER_HOUR = 3
 
 
 # --- clients (run in a namespace) ---------------------------------------------------------------------
@@ -87,6 +94,27 @@ def connects(address: str, ports: tuple[int, ...], timeout: float = 3.0) -> dict
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+
+def https_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """The host's own certificate (a bootstrap or the lab CA's) is not what this checks."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
+        return reply.status, reply.read().decode()
+
+
+def daemon_metrics(lab: Lab, job: str) -> dict[str, float]:
+    """A daemon's own metrics, as Prometheus scrapes them: nginx's /metrics/<job> over the tunnel."""
+    url = f"https://{lab.spec.vpn_host}:{HEALTH_PORT}/metrics/{job}"
+    status, body = in_netns(NAMES.ns_admin, {}, https_get, url)
+    assert status == 200, (url, status)
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def admin_get(lab: Lab, port: int, path: str) -> tuple[int, str]:
@@ -170,6 +198,7 @@ def monitored(lab: Lab) -> Iterator[Lab]:
                     "scrapeIntervalSeconds": SCRAPE_S,
                     "notifyIntervalMinutes": NOTIFY_MIN,
                     "emailTo": [ALERT_MAIL_TO],
+                    "loginMessagesPerHour": LOGIN_MESSAGES_PER_HOUR,
                 },
                 "sams:monitoringWebhookUrl": webhook.url(lab.spec.inet_ipv4),
                 "sams:monitoringHeartbeatUrl": webhook.heartbeat_url(lab.spec.inet_ipv4),
@@ -198,6 +227,9 @@ def test_debian_13s_daemons_run_and_listen_on_the_tunnel_only(monitored: Lab) ->
     )
     vpn = lab.spec.vpn_host
     assert listeners(lab) == sorted(f"{vpn}:{p}" for p in PORTS)
+    # Dovecot's OpenMetrics listener: loopback only (nginx passes /metrics/dovecot to it).
+    stats = sh(lab, f"ss -ltnH | awk '{{print $4}}' | grep -E ':{DOVECOT_STATS_PORT}$' || true").split()
+    assert stats == [f"127.0.0.1:{DOVECOT_STATS_PORT}"], stats
     # The webhook URL is a secret: in its own file, not world-readable.
     assert sh(lab, f"stat -c '%a %U %G' {WEBHOOK_URL_FILE}").split() == ["640", "root", "prometheus"]
     # The firewall step put the ports on wg0 (the running host's nftables, not only first boot's).
@@ -229,7 +261,7 @@ def test_prometheus_scrapes_every_target(monitored: Lab) -> None:
         for group in c["static_configs"]  # type: ignore[attr-defined]
         for _ in group["targets"]
     )
-    assert {"node", "prometheus", "alertmanager"} <= set(jobs)
+    assert {"node", "prometheus", "alertmanager", "health", "dovecot", "rspamd"} <= set(jobs)
 
     def targets() -> list[dict[str, Any]] | None:
         _, body = admin_get(lab, PROMETHEUS_PORT, "/api/v1/targets?state=active")
@@ -387,6 +419,7 @@ def test_failed_logins_and_the_tunnel_are_metrics(monitored: Lab) -> None:
     lab = monitored
     before = node_metrics(lab).get('sams_fail2ban_failed_total{jail="dovecot"}')
     assert before is not None, node_metrics(lab)
+    dovecot_before = daemon_metrics(lab, "dovecot").get("dovecot_auth_failures_total", 0)
     host = str(lab.settings.config.hostname)
     # Any client will do for a wrong password: this one does not check the lab CA's certificate.
     context = ssl.create_default_context()
@@ -405,6 +438,8 @@ def test_failed_logins_and_the_tunnel_are_metrics(monitored: Lab) -> None:
         ),
         timeout=60,
     )
+    # Dovecot's own count (its stats service, through nginx's /metrics/dovecot) saw the same failure.
+    assert daemon_metrics(lab, "dovecot").get("dovecot_auth_failures_total", 0) == dovecot_before + 1
     sh(lab, f"fail2ban-client set dovecot unbanip {lab.spec.inet_ipv4} >/dev/null 2>&1 || true")
     handshakes = {k: v for k, v in node_metrics(lab).items() if k.startswith("sams_wireguard_latest_handshake")}
     assert handshakes and all(time.time() - v < 300 for v in handshakes.values()), handshakes
@@ -433,6 +468,65 @@ def test_postgresql_and_its_wal_archiver_are_metrics(monitored: Lab) -> None:
         sh(lab, f"systemctl start {DB_UNIT}")
     sh(lab, f"systemctl start {METRICS_UNIT}.service")
     assert node_metrics(lab)["sams_postgres_up"] == 1
+
+
+def _mail_log(lab: Lab) -> dict[str, float]:
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    return {k: v for k, v in node_metrics(lab).items() if k.startswith(("sams_mail_rejects", "sams_mail_deliveries",
+                                                                         "sams_mail_submitted"))}  # fmt: skip
+
+
+def test_the_mail_log_moves_counters_and_a_busy_login_alerts(
+    monitored: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A refused message and a submitted one move the mail log's counters (Postfix's own journal lines,
+    read by sams-logs counters); Prometheus has them over the tunnel; alice submitting more than
+    loginMessagesPerHour messages fires SamsLoginSendingSpike at the webhook, naming her login."""
+    lab = monitored
+    user = "alice@sams.test"
+    with world(lab, tmp_path_factory.mktemp("maillog")) as mail:
+        before = _mail_log(lab)
+        rspamd_before = daemon_metrics(lab, "rspamd")
+        dovecot_before = daemon_metrics(lab, "dovecot").get("dovecot_mail_deliveries_total", 0)
+        ghost = f"ghost-{time.time_ns()}@sams.test"
+        code, _ = mail.inet(mx_attempt, mail.host, f"someone@{SENDER_DOMAIN}", ghost, message("a", ghost, "x"))
+        assert code == 550
+        fault = time.time()
+        tags = [subject("maillog") for _ in range(LOGIN_MESSAGES_PER_HOUR + 1)]
+        for tag in tags:
+            mail.submit(587, user, ["bob@sams.test"], tag)
+        for tag in tags:
+            assert len(mail.read("bob@sams.test", tag)) == 1
+
+    submitted = f'sams_mail_submitted_total{{login="{user}"}}'
+    after = wait_for(
+        "alice's messages counted",
+        lambda: (now := _mail_log(lab)).get(submitted, 0) - before.get(submitted, 0) == len(tags) and now,
+        timeout=60,
+    )
+
+    def grew(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew('sams_mail_rejects_total{status="5.1.1"}') == 1, after
+    assert grew('sams_mail_deliveries_total{status="sent"}') >= len(tags)  # other local mail may arrive meanwhile
+    # The daemons' own counters (nginx's /metrics/<daemon> over the tunnel, with Rspamd's read-only
+    # password): Rspamd scanned each message, Dovecot stored each one.
+    rspamd = daemon_metrics(lab, "rspamd")
+    assert rspamd["rspamd_scanned_total"] - rspamd_before["rspamd_scanned_total"] >= len(tags), rspamd
+    delivered = daemon_metrics(lab, "dovecot").get("dovecot_mail_deliveries_total", 0) - dovecot_before
+    assert delivered >= len(tags), delivered
+    scraped = wait_for("Prometheus has alice's count", lambda: prometheus(lab, submitted), timeout=3 * SCRAPE_S + 30)
+    assert float(scraped[0]["value"][1]) >= len(tags), scraped
+    name = "SamsLoginSendingSpike"
+    firing = wait_for(
+        f"{name} at the webhook",
+        lambda: _alert_posts(lab, name, "firing", fault),
+        timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
+        every=2,
+    )
+    print(f"\n{len(tags)} submissions -> {name} at the webhook: {firing[0]['received'] - fault:.0f} s")
+    assert user in firing[0]["body"]["attachments"][0]["text"], firing[0]["body"]
 
 
 def test_the_memory_monitoring_takes(monitored: Lab) -> None:

@@ -30,6 +30,7 @@ DUMMY_LATE = {
     "db_dovecot_password": "DummyDovecotPw00000000000000003",
     "relay_password": "DummyRelayPw0000000000000000004",
     "rspamd_controller_password": "DummyRspamdPw000000000000000005",
+    "rspamd_metrics_password": "DummyRspamdReadPw0000000000006",
 }
 
 # Every command the step scripts send to systemd is recorded here instead (no systemd in a chroot).

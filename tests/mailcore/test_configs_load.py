@@ -9,16 +9,19 @@ recording stub); then postfix, postconf, doveconf, opendkim and rspamadm must ac
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
 import pytest
 
+import mockrun
+import settings
 from components.mail import services
 from lab.trixie_chroot import run_in
 from settings import Settings
-from tests.mailcore.conftest import DUMMY_LATE, SYSTEMCTL_LOG
+from tests.mailcore.conftest import DUMMY_LATE, PROJECT, SYSTEMCTL_LOG
 
 pytestmark = pytest.mark.chroot
 
@@ -104,6 +107,31 @@ def test_doveconf_accepts_the_config_without_warnings(mail_root: Path) -> None:
     assert "passdb pam" not in out and "mail_driver = maildir" in out
 
 
+def test_doveconf_accepts_the_metric_blocks_of_monitoring(mail_root: Path) -> None:
+    """With sams:monitoring on, dovecot.conf adds the metric blocks and the stats service's OpenMetrics
+    listener on loopback (components/monitoring/daemons.py); Debian 13's doveconf takes them."""
+    config = {**mockrun.stack_config("lab"), "sams:monitoring": json.dumps({"enabled": True})}
+    monitored = settings.load("lab", config, PROJECT)
+    conf = next(f for f in services.dovecot_step(monitored).files if f.path == "/etc/dovecot/dovecot.conf")
+    (mail_root / "etc/dovecot/dovecot-monitored.conf").write_text(conf.content)
+    result = run_in(mail_root, ["doveconf", "-n", "-c", "/etc/dovecot/dovecot-monitored.conf"])
+    assert result.returncode == 0, result.stderr
+    assert _warnings(result.stderr) == [], result.stderr
+    for name, event_filter in services.DOVECOT_METRICS.items():
+        assert re.search(rf"^metric {name} {{\n  filter = {re.escape(event_filter)}\n}}$", result.stdout, re.M), name
+    listener = "service/stats/inet_listener/http"
+    assert _ok(
+        mail_root, "doveconf", "-c", "/etc/dovecot/dovecot-monitored.conf", "-h", f"{listener}/port"
+    ).strip() == (str(services.DOVECOT_STATS_PORT))
+    assert _ok(
+        mail_root, "doveconf", "-c", "/etc/dovecot/dovecot-monitored.conf", "-h", f"{listener}/listen"
+    ).strip() == ("127.0.0.1")
+    # Off (the lab's default here): no metric, no listener.
+    assert "metric " not in _ok(mail_root, "doveconf", "-n") and "inet_listener http" not in _ok(
+        mail_root, "doveconf", "-n"
+    )
+
+
 def test_dovecot_listeners(mail_root: Path) -> None:
     ports = {}
     for service, name in (
@@ -177,8 +205,11 @@ def test_rspamd_effective_config(mail_root: Path) -> None:
     assert re.search(r"rspamd_proxy \{.*?self_scan = true;", dump, re.S), dump
     assert re.search(r"normal \{[^}]*enabled = false;", dump, re.S), dump
     assert '"127.0.0.1:11334"' in dump or "127.0.0.1:11334" in dump
-    assert re.search(r'password = "\$2\$', dump), "controller password is not a rspamadm pw hash"
+    # Both passwords are rspamadm pw hashes: the read-only one (monitoring's) and the controller's.
+    assert re.search(r'\bpassword = "\$2\$', dump), "the read-only password is not a rspamadm pw hash"
+    assert re.search(r'enable_password = "\$2\$', dump), "the controller password is not a rspamadm pw hash"
     assert DUMMY_LATE["rspamd_controller_password"] not in dump
+    assert DUMMY_LATE["rspamd_metrics_password"] not in dump
     greylist = _ok(mail_root, "rspamadm", "configdump", "greylist")
     assert "check_authed = false" in greylist
     assert "enabled = false" in _ok(mail_root, "rspamadm", "configdump", "dkim_signing")

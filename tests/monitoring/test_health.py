@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from components.firewall.policy import NEVER_PUBLIC, nftables_conf, port_policy
+from components.monitoring.daemons import RSPAMD_HEADERS_FILE
 from components.monitoring.health import CHECKS, DB_QUERY, DB_TOOL_SOURCE, JS_SOURCE, blackbox_yml, nginx_site
 from components.monitoring.plan import (
     BLACKBOX_CONFIG,
@@ -179,6 +180,8 @@ def _nginx_tree(tmp_path: Path, site: str) -> Path:
     assert NGINX and NJS_MODULE.exists(), f"nginx or its njs module missing: {MISSING}"
     cert, key = _self_signed(tmp_path)
     site = site.replace(TLS_FULLCHAIN, str(cert)).replace(TLS_KEY, str(key)).replace(HEALTH_JS, str(tmp_path / "h.js"))
+    site = site.replace(RSPAMD_HEADERS_FILE, str(tmp_path / "rspamd-headers.conf"))
+    (tmp_path / "rspamd-headers.conf").write_text('proxy_set_header Password "read-only";\n')
     (tmp_path / "h.js").write_text(JS_SOURCE.read_text())
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "logs").mkdir(exist_ok=True)

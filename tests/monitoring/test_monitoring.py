@@ -24,10 +24,12 @@ import yaml
 import mockrun
 from components.firewall.policy import NEVER_PUBLIC, nftables_conf, port_policy
 from components.firewall.steps import firewall_step
+from components.mail.services import logs_tool
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
     ALERTMANAGER_PORT,
     BLACKBOX_EXPORTER_PORT,
+    HEALTH_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_CONFIG,
     PROMETHEUS_PORT,
@@ -198,7 +200,8 @@ def test_external_mode_exports_a_scrape_config_and_rules(tmp_path: Path, runner:
     spec = monitoring_step(settings, webhook=True)
     paths = {f.path for f in spec.files}
     assert PROMETHEUS_CONFIG not in paths and ALERTMANAGER_CONFIG not in paths and WEBHOOK_URL_FILE not in paths
-    assert spec.late_values == ()
+    # Only Rspamd's read-only password, for nginx's /metrics/rspamd: no Alertmanager, no secret of its.
+    assert spec.late_values == ("rspamd_metrics_password",)
     # The owner's Prometheus: their global section, our jobs and rules.
     out = external_config(settings)
     (tmp_path / "sams.yml").write_text(out["rules"])
@@ -210,8 +213,10 @@ def test_external_mode_exports_a_scrape_config_and_rules(tmp_path: Path, runner:
         job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
     }
     assert targets["node"] == [f"{settings.config.wireguard.address}:{NODE_EXPORTER_PORT}"]
-    # The health probes go through the exporter on the tunnel (components/monitoring/health.py).
-    assert set(targets) == {"node", "health"}
+    # The health probes go through the exporter on the tunnel (components/monitoring/health.py), the
+    # daemons' own metrics through nginx's HTTPS there (components/monitoring/daemons.py).
+    assert set(targets) == {"node", "health", "dovecot", "rspamd"}
+    assert targets["dovecot"] == targets["rspamd"] == [f"{settings.config.wireguard.address}:{HEALTH_PORT}"]
 
 
 def test_the_stack_output_says_where_monitoring_listens(runner: Any) -> None:
@@ -250,7 +255,7 @@ def test_the_webhook_url_reaches_the_host_only_on_stdin() -> None:
 
 def test_the_relay_password_for_alert_mail_is_a_late_value() -> None:
     spec = monitoring_step(settings_with("dev", {"enabled": True, "emailTo": ["ops@example.org"]}), webhook=False)
-    assert spec.late_values == ("monitoring_smtp_password",)
+    assert spec.late_values == ("rspamd_metrics_password", "monitoring_smtp_password")
     files = {f.path: f for f in spec.files}
     assert files[SMTP_PASSWORD_FILE].content == "@@SAMS_LATE:monitoring_smtp_password@@\n"
     assert "relay-password-for-tests" not in files[ALERTMANAGER_CONFIG].content
@@ -499,6 +504,58 @@ QUIET: list[tuple[str, list[dict[str, str]], str]] = [
     ),
     ("SamsLoginFailuresSpike", [_series("sams_fail2ban_failed_total", "0+1x70", jail="dovecot")], "60m"),
 ]
+FIRING += [
+    (  # 12 refusals an hour for 10 hours, then 300 in the last hour
+        "SamsMailRejectsSpike",
+        [_series("sams_mail_rejects_total", "0+0.2x600 125+5x59", status="5.7.1")],
+        "659m",
+        AGGREGATED | {"status": None},
+        "295.2 messages refused in the last hour on mail.example.org",
+        None,
+    ),
+    (  # 1 bounce an hour for 10 hours, then 30 in the last hour
+        "SamsBouncesSpike",
+        [_series("sams_mail_deliveries_total", "0+0.0167x600 11+0.5x59", status="bounced")],
+        "659m",
+        AGGREGATED | {"status": None},
+        "30 recipients bounced in the last hour on mail.example.org",
+        None,
+    ),
+    (  # a message a minute from one login
+        "SamsLoginSendingSpike",
+        [
+            _series("sams_mail_submitted_total", "0+1x70", login="alice@example.org"),
+            _series("sams_mail_submitted_total", "0+0.1x70", login="bob@example.org"),
+        ],
+        "65m",
+        AGGREGATED | {"login": "alice@example.org"},
+        "alice@example.org submitted 60 messages in an hour on mail.example.org",
+        "One login sent more than 50 messages within an hour: a stolen password sending spam gets the host "
+        "blocklisted.",
+    ),
+]
+QUIET += [
+    # 300 refusals an hour, every hour: this host's usual, no spike
+    ("SamsMailRejectsSpike", [_series("sams_mail_rejects_total", "0+5x660", status="5.7.1")], "659m"),
+    # bounces, but only in their usual numbers (and a deferral wave, which is not a bounce)
+    (
+        "SamsBouncesSpike",
+        [
+            _series("sams_mail_deliveries_total", "0+0.5x660", status="bounced"),
+            _series("sams_mail_deliveries_total", "0+0x600 0+10x59", status="deferred"),
+        ],
+        "659m",
+    ),
+    # 30 an hour from one login, 6 from another
+    (
+        "SamsLoginSendingSpike",
+        [
+            _series("sams_mail_submitted_total", "0+0.5x70", login="alice@example.org"),
+            _series("sams_mail_submitted_total", "0+0.1x70", login="bob@example.org"),
+        ],
+        "65m",
+    ),
+]
 QUIET += [
     ("SamsPostgresDown", [_series("sams_postgres_up", "1x5")], "4m"),
     (  # failures long ago, archiving since
@@ -610,15 +667,36 @@ def test_every_alert_links_a_runbook_section() -> None:
 # --- the textfile writer (files/sams-metrics.py), on this machine ----------------------------------------
 
 
+# journalctl's stand-in: the entries of journal.jsonl beside it, those after --after-cursor only.
+JOURNALCTL = """\
+#!/usr/bin/python3
+import json, pathlib, sys
+entries = [json.loads(l) for l in (pathlib.Path(sys.argv[0]).parent / "journal.jsonl").read_text().splitlines()]
+if "--after-cursor" in sys.argv:
+    cursor = sys.argv[sys.argv.index("--after-cursor") + 1]
+    seen = [e["__CURSOR"] for e in entries]
+    if cursor not in seen:
+        sys.exit("Failed to seek to cursor: Invalid argument")
+    entries = entries[seen.index(cursor) + 1:]
+for entry in entries:
+    print(json.dumps(entry))
+"""
+
+
 def _write_metrics(
-    tmp_path: Path, status: dict[str, Any] | None, backups: bool = True, tools: dict[str, str | None] | None = None
+    tmp_path: Path,
+    status: dict[str, Any] | None,
+    backups: bool = True,
+    tools: dict[str, str | None] | None = None,
+    journal: list[tuple[str, str]] | None = None,
 ) -> dict[str, float]:
     """Run the writer on this machine. `tools`: stand-ins for postqueue, wg and fail2ban-client (name ->
     what it prints; None: it fails), first on PATH; the daemons behind them cannot run here (the lab
-    test asks the real ones)."""
+    test asks the real ones). `journal`: the (identifier, message) entries journalctl has (it honours
+    --after-cursor), read by the real sams-logs."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("postqueue", "wg", "fail2ban-client", "docker"):
+    for name in ("postqueue", "wg", "fail2ban-client", "docker", "journalctl"):
         output = (tools or {}).get(name)
         (bin_dir / f"{name}.out").write_text(output or "")
         body = f'cat "{bin_dir}/{name}.out"' if output is not None else "exit 1"
@@ -642,7 +720,21 @@ def _write_metrics(
         "textfile": str(tmp_path / "node" / "sams.prom"),
         "wireguard_interface": "wg0",
         "postgres": {"container": "sams-postgres", "superuser": "postgres"},
+        # The real sams-logs as the mail step installs it, over the stand-in journalctl.
+        "logs_tool": str(bin_dir / "sams-logs"),
+        "log_counters": str(tmp_path / "state" / "log-counters.json"),
     }
+    (bin_dir / "sams-logs").write_text(logs_tool())
+    (bin_dir / "sams-logs").chmod(0o755)
+    if journal is not None:
+        (bin_dir / "journal.jsonl").write_text(
+            "".join(
+                json.dumps({"__CURSOR": f"s=1;i={i}", "SYSLOG_IDENTIFIER": ident, "MESSAGE": msg}) + "\n"
+                for i, (ident, msg) in enumerate(journal)
+            )
+        )
+        (bin_dir / "journalctl").write_text(JOURNALCTL)
+        (bin_dir / "journalctl").chmod(0o755)
     (tmp_path / "metrics.json").write_text(json.dumps(cfg))
     tool = PROJECT / "components" / "monitoring" / "files" / "sams-metrics.py"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -737,12 +829,66 @@ def test_the_writer_reports_the_queue_by_domain_the_tunnel_and_the_bans(tmp_path
     assert metrics["sams_postgres_wal_last_failed_timestamp_seconds"] == 1796400000
 
 
+MAIL_LOG_METRICS = (
+    "sams_mail_rejects",
+    "sams_mail_deliveries",
+    "sams_mail_submitted",
+    "sams_mail_auth",
+    "sams_mail_log",
+)
+
+
+def test_the_writer_counts_the_mail_log_once(tmp_path: Path) -> None:
+    """The mail log's running totals (sams-logs counters, the saved queries' own patterns): refusals by
+    enhanced status code, delivery results, messages per login, failed logins; a new key starts at 0.
+    A later run adds only the entries after the saved cursor; a cursor the journal lost starts again
+    without losing the totals."""
+    from tests.test_sams_logs import LINES
+
+    first = _write_metrics(tmp_path, None, journal=LINES)
+    counted = {k: v for k, v in first.items() if k.startswith(MAIL_LOG_METRICS)}
+    # Each key starts at 0 (Prometheus sees a rise only from a first sample), counted a run later.
+    assert {k for k, v in counted.items() if v} == {"sams_mail_log_readable"}, counted
+    again = _write_metrics(tmp_path, None, journal=LINES)
+    counted = {k: v for k, v in again.items() if k.startswith(MAIL_LOG_METRICS)}
+    assert counted == {
+        'sams_mail_rejects_total{status="5.1.1"}': 2,
+        'sams_mail_rejects_total{status="5.7.1"}': 1,
+        'sams_mail_deliveries_total{status="deferred"}': 1,
+        'sams_mail_deliveries_total{status="sent"}': 2,
+        'sams_mail_submitted_total{login="alice@sams.test"}': 2,
+        'sams_mail_submitted_total{login="bob@sams.test"}': 1,
+        'sams_mail_auth_failures_total{service="imap"}': 2,
+        'sams_mail_auth_failures_total{service="pop3"}': 1,
+        'sams_mail_auth_failures_total{service="smtp-auth"}': 1,
+        "sams_mail_log_readable": 1,
+    }
+    more = (
+        "postfix/submission/smtpd",
+        "4F2B1: client=unknown[198.18.0.5], sasl_method=PLAIN, sasl_username=bob@sams.test",
+    )
+    second = _write_metrics(tmp_path, None, journal=[*LINES, more])
+    assert second['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
+    assert second['sams_mail_rejects_total{status="5.1.1"}'] == 2, "an entry was counted twice"
+    # The journal was vacuumed: the saved cursor is gone. The totals stay, the new entries are added.
+    gone = (
+        "postfix/submission/smtpd",
+        "4F2B2: client=unknown[198.18.0.5], sasl_method=PLAIN, sasl_username=eve@sams.test",
+    )
+    third = _write_metrics(tmp_path, None, journal=[gone])
+    assert third['sams_mail_submitted_total{login="eve@sams.test"}'] == 0
+    assert third['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
+    assert _write_metrics(tmp_path, None, journal=[gone])['sams_mail_submitted_total{login="eve@sams.test"}'] == 1
+
+
 def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:
     """postqueue, wg and fail2ban-client failing: no queue, tunnel or ban metric (an empty queue would
     read as "all is well"); an empty queue that postqueue reported says so. PostgreSQL not answering
     is what its metric reports: 0."""
     metrics = _write_metrics(tmp_path, None, backups=False)
-    assert not [k for k in metrics if k.startswith(("sams_postfix_", "sams_wireguard_", "sams_fail2ban_"))]
+    assert not [
+        k for k in metrics if k.startswith(("sams_postfix_", "sams_wireguard_", "sams_fail2ban_", *MAIL_LOG_METRICS))
+    ]
     assert [(k, v) for k, v in metrics.items() if k.startswith("sams_postgres_")] == [("sams_postgres_up", 0)]
     metrics = _write_metrics(tmp_path, None, backups=False, tools={"postqueue": ""})
     assert [k for k in metrics if k.startswith("sams_postfix_")] == ["sams_postfix_queue_readable"]

@@ -3,8 +3,9 @@
 
 Reads /etc/sams/metrics.json (written by the monitoring step): the backup's status record and config,
 the certificates in use, the mail directory, the WireGuard interface, PostgreSQL's container; asks
-Postfix's queue (postqueue -j), WireGuard (wg show), fail2ban (fail2ban-client) and PostgreSQL
-(pg_stat_archiver through docker exec) as root; writes one .prom file
+Postfix's queue (postqueue -j), WireGuard (wg show), fail2ban (fail2ban-client), PostgreSQL
+(pg_stat_archiver through docker exec) and the mail log's running totals (`sams-logs counters`: the
+journal read since the last run) as root; writes one .prom file
 atomically, so node_exporter never reads half of it. Run every minute by sams-metrics.timer.
 Python's standard library only. A source that cannot be asked is left out, never guessed.
 """
@@ -215,6 +216,30 @@ def postgres_metrics(pg: dict[str, str], lines: list[str]) -> None:
            [({}, last_failed)])  # fmt: skip
 
 
+# The mail log's running totals (sams-logs counters): each kind, its metric, label and help.
+LOG_COUNTERS = {
+    "rejects": ("sams_mail_rejects_total", "status", "mail refused in the SMTP session, by enhanced status code"),
+    "deliveries": ("sams_mail_deliveries_total", "status", "delivery results (sent, deferred, bounced, expired)"),
+    "submitted": ("sams_mail_submitted_total", "login", "messages submitted on 587/465, by login"),
+    "auth_failures": ("sams_mail_auth_failures_total", "service", "failed logins (imap, pop3, smtp-auth)"),
+}
+
+
+def log_metrics(tool: str, state: str, lines: list[str]) -> None:
+    """Counters from Postfix's and Dovecot's journal, from the saved log queries' own patterns."""
+    out = command(tool, "counters", "--state", state)
+    try:
+        totals = json.loads(out) if out else None
+    except json.JSONDecodeError:
+        totals = None
+    if not isinstance(totals, dict):
+        return
+    for kind, (name, label, help_text) in LOG_COUNTERS.items():
+        counts = totals.get(kind) or {}
+        metric(lines, name, "counter", help_text, [({label: k}, float(n)) for k, n in sorted(counts.items())])
+    metric(lines, "sams_mail_log_readable", "gauge", "1: the mail log's counters were read", [({}, 1.0)])
+
+
 def main() -> int:
     cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
     lines: list[str] = []
@@ -233,6 +258,7 @@ def main() -> int:
     wireguard_metrics(cfg["wireguard_interface"], lines)
     fail2ban_metrics(lines)
     postgres_metrics(cfg["postgres"], lines)
+    log_metrics(cfg["logs_tool"], cfg["log_counters"], lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],

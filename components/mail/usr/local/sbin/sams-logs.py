@@ -2,6 +2,7 @@
 """sams-logs: the saved log queries of a SAMS host (installed by SAMS; runbook: docs/logs.md).
 
 Usage: sams-logs QUERY [--since 1h] [--json]
+       sams-logs counters --state FILE
 
   auth-failures  failed logins by address and login: IMAP and POP3 (Dovecot) and SMTP AUTH (Postfix)
   rejects        mail refused during the SMTP session, by reason (Postfix, Rspamd's milter)
@@ -10,18 +11,26 @@ Usage: sams-logs QUERY [--since 1h] [--json]
 
 It reads Postfix's and Dovecot's journal (journalctl -o json) and counts; nothing is kept. --since
 takes journalctl's forms too ("today", "2026-12-07 08:00"), or a number with s, m, h or d for
-"that long ago". Python's standard library only.
+"that long ago".
+
+`counters` is what sams-metrics asks every minute (the monitoring component): the same queries as
+running totals kept in FILE, each run adding only the journal entries after the cursor it saved
+(the first run starts two minutes back), printed as JSON. A key met for the first time is printed at
+0 and counted from the next run on, as counters should start. Python's standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # The units whose journal is read: written in when SAMS installs the tool (components/mail/services.py).
 UNITS: tuple[str, ...] = ()
@@ -50,24 +59,33 @@ def since_arg(text: str) -> str:
     return f"-{text}" if re.fullmatch(r"\d+[smhd]", text) else text
 
 
-def journal(since: str) -> Iterator[tuple[str, str]]:
-    """(syslog identifier, message) of every Postfix and Dovecot line since then."""
+def read_journal(start: list[str]) -> tuple[list[tuple[str, str]], str | None]:
+    """(syslog identifier, message) of the Postfix and Dovecot lines from `start` (journalctl's
+    --since or --after-cursor), and the cursor of the last entry read (None: nothing read)."""
     if not UNITS:
         raise SystemExit("sams-logs: no units to read (install it with SAMS)")
-    argv = ["journalctl", "--no-pager", "-o", "json", "--since", since_arg(since)]
+    argv = ["journalctl", "--no-pager", "-o", "json", *start]
     for unit in UNITS:
         argv += ["-u", unit]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"sams-logs: journalctl failed: {proc.stderr.strip()}")
+    lines, cursor = [], None
     for line in proc.stdout.splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
+        cursor = entry.get("__CURSOR", cursor)
         message = entry.get("MESSAGE")
         if isinstance(message, str):
-            yield str(entry.get("SYSLOG_IDENTIFIER", "")), message
+            lines.append((str(entry.get("SYSLOG_IDENTIFIER", "")), message))
+    return lines, cursor
+
+
+def journal(since: str) -> Iterator[tuple[str, str]]:
+    """(syslog identifier, message) of every Postfix and Dovecot line since then."""
+    yield from read_journal(["--since", since_arg(since)])[0]
 
 
 def auth_failures(lines: Iterator[tuple[str, str]]) -> Counter[tuple[str, ...]]:
@@ -118,7 +136,79 @@ QUERIES: dict[str, tuple[Callable[[Iterator[tuple[str, str]]], Counter[tuple[str
 }
 
 
+# The enhanced status code of a refusal ("550 5.1.1 ..." and a milter's "5.7.1 ..." alike): few values, each a cause.
+STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def totals(lines: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """The counters' additions from these lines: refusals by enhanced status code, delivery results
+    by status (sent, deferred, bounced, expired; the domains stay out: there are too many), messages
+    submitted by login, failed logins by service."""
+    rejected: Counter[str] = Counter()
+    for (reason,), n in rejects(iter(lines)).items():
+        found = STATUS.search(reason)
+        rejected[found.group(1) if found else "unknown"] += n
+    delivered: Counter[str] = Counter()
+    for (_domain, status), n in deliveries(iter(lines)).items():
+        delivered[status] += n
+    failed: Counter[str] = Counter()
+    for (service, _addr, _login), n in auth_failures(iter(lines)).items():
+        failed[service] += n
+    return {
+        "rejects": dict(rejected),
+        "deliveries": dict(delivered),
+        "submitted": {login: n for (login,), n in senders(iter(lines)).items()},
+        "auth_failures": dict(failed),
+    }
+
+
+def counters(state_path: Path) -> dict[str, dict[str, int]]:
+    """The running totals in `state_path`, brought up to the end of the journal. One run at a time
+    (a lock beside the file): the timer's run and the monitoring step's own must not count twice."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(state_path.with_name(state_path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = json.loads(state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+        cursor = state.get("cursor")
+        try:
+            lines, last = read_journal(["--after-cursor", cursor] if cursor else ["--since", "-2m"])
+        except SystemExit:
+            if not cursor:
+                raise
+            # A cursor the journal no longer knows (vacuumed, or a new machine id): start again near now.
+            lines, last = read_journal(["--since", "-2m"])
+        totals_now: dict[str, dict[str, int]] = state.get("totals", {})
+        # A key seen for the first time is reported at 0 first, its count one run later: Prometheus's
+        # increase() sees no rise in a series whose first sample is already 4 (one login's first burst).
+        for kind, waiting in state.get("pending", {}).items():
+            for key, n in waiting.items():
+                totals_now[kind][key] = totals_now[kind].get(key, 0) + n
+        pending: dict[str, dict[str, int]] = {}
+        for kind, added in totals(lines).items():
+            kept = totals_now.setdefault(kind, {})
+            for key, n in added.items():
+                if key in kept:
+                    kept[key] += n
+                else:
+                    kept[key] = 0
+                    pending.setdefault(kind, {})[key] = n
+        state = {"cursor": last or cursor, "totals": totals_now, "pending": pending}
+        tmp = state_path.with_name(f".{state_path.name}.tmp")
+        tmp.write_text(json.dumps(state, sort_keys=True))
+        os.replace(tmp, state_path)
+    return totals_now
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["counters"]:
+        counting = argparse.ArgumentParser(prog="sams-logs counters")
+        counting.add_argument("--state", required=True, type=Path, help="where the totals and the cursor are kept")
+        print(json.dumps(counters(counting.parse_args(argv[1:]).state), sort_keys=True))
+        return 0
     parser = argparse.ArgumentParser(prog="sams-logs", description=__doc__.split("\n\n")[0])
     parser.add_argument("query", choices=sorted(QUERIES))
     parser.add_argument("--since", default="1h", help="how far back (default 1h)")
