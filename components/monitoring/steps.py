@@ -146,7 +146,8 @@ def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = Fal
     )
 
 
-def metrics_config(wg_interface: str) -> dict[str, object]:
+def metrics_config(settings: Settings, wg_interface: str) -> dict[str, object]:
+    mon = settings.config.monitoring
     return {
         "wireguard_interface": wg_interface,
         "postgres": {"container": DB_CONTAINER, "superuser": DB_SUPERUSER},
@@ -156,6 +157,8 @@ def metrics_config(wg_interface: str) -> dict[str, object]:
         "mail_root": VMAIL_ROOT,
         "logs_tool": LOGS_TOOL,
         "log_counters": LOG_COUNTERS,
+        # A new counter series stays at 0 for two scrapes: Prometheus must see it before its first rise.
+        "log_counters_hold_s": 2 * mon.scrape_interval_seconds,
         "textfile": TEXTFILE,
     }
 
@@ -260,7 +263,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
     }
     files = [
         File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
-        File(METRICS_CONFIG, json.dumps(metrics_config(WG_INTERFACE), indent=1, sort_keys=True) + "\n"),
+        File(METRICS_CONFIG, json.dumps(metrics_config(settings, WG_INTERFACE), indent=1, sort_keys=True) + "\n"),
         *(
             File(path, _render(f"{path.lstrip('/')}.j2", **ctx))
             for path in (f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))

@@ -723,6 +723,7 @@ def _write_metrics(
         # The real sams-logs as the mail step installs it, over the stand-in journalctl.
         "logs_tool": str(bin_dir / "sams-logs"),
         "log_counters": str(tmp_path / "state" / "log-counters.json"),
+        "log_counters_hold_s": 0,  # a new key's count shows on the run after it was first met
     }
     (bin_dir / "sams-logs").write_text(logs_tool())
     (bin_dir / "sams-logs").chmod(0o755)

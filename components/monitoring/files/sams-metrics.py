@@ -225,9 +225,10 @@ LOG_COUNTERS = {
 }
 
 
-def log_metrics(tool: str, state: str, lines: list[str]) -> None:
-    """Counters from Postfix's and Dovecot's journal, from the saved log queries' own patterns."""
-    out = command(tool, "counters", "--state", state)
+def log_metrics(tool: str, state: str, hold: float, lines: list[str]) -> None:
+    """Counters from Postfix's and Dovecot's journal, from the saved log queries' own patterns; a new
+    series stays at 0 for `hold` seconds (two scrapes), so Prometheus sees its first rise."""
+    out = command(tool, "counters", "--state", state, "--hold", str(hold))
     try:
         totals = json.loads(out) if out else None
     except json.JSONDecodeError:
@@ -258,7 +259,7 @@ def main() -> int:
     wireguard_metrics(cfg["wireguard_interface"], lines)
     fail2ban_metrics(lines)
     postgres_metrics(cfg["postgres"], lines)
-    log_metrics(cfg["logs_tool"], cfg["log_counters"], lines)
+    log_metrics(cfg["logs_tool"], cfg["log_counters"], float(cfg["log_counters_hold_s"]), lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],
