@@ -110,6 +110,7 @@ monitoring = Monitoring(
         heartbeat_url=secrets.get_secret("monitoringHeartbeatUrl"),
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
         rspamd_metrics_password=mail.rspamd_metrics_password,
+        public_ipv4=host.public_ipv4,
         after=(tls, users),
     ),
 )

@@ -298,6 +298,13 @@ class MonitoringSettings(_Config):
             "of the default sending limit, so the alert comes before sams:limits refuses the login's mail"
         ),
     )
+    blocklists: list[Annotated[str, Field(pattern=r"^([a-z0-9-]+\.)+[a-z]{2,}$", max_length=200)]] = Field(
+        default_factory=lambda: ["zen.spamhaus.org", "bl.spamcop.net", "psbl.surriel.com"],
+        description=(
+            "DNS blocklists asked every minute, through the host's own resolver, whether they list the host's "
+            "public address (the alert SamsBlocklisted); empty: none asked"
+        ),
+    )
     runbook_url: str = Field(
         default="docs/monitoring.md",
         pattern=r"^\S+$",

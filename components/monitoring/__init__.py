@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.mail.services import RSPAMD_METRICS_PASSWORD
-from components.monitoring.plan import HEARTBEAT_URL, SMTP_PASSWORD, WEBHOOK_URL
+from components.monitoring.plan import HEARTBEAT_URL, PUBLIC_IPV4, SMTP_PASSWORD, WEBHOOK_URL
 from components.monitoring.steps import external_config, late_values, monitoring_step, packages_step
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from settings import Settings
@@ -31,6 +31,7 @@ class MonitoringArgs:
     heartbeat_url: pulumi.Input[str] | None = None  # the secret sams:monitoringHeartbeatUrl
     relay_password: pulumi.Input[str] | None = None  # the secret sams:relayPassword
     rspamd_metrics_password: pulumi.Input[str] | None = None  # Rspamd's read-only password (components/mail)
+    public_ipv4: pulumi.Input[str] | None = None  # the host's public IPv4, asked of the blocklists
     after: Sequence[pulumi.Resource] = ()
 
 
@@ -47,6 +48,7 @@ class Monitoring(pulumi.ComponentResource):
             HEARTBEAT_URL: args.heartbeat_url,
             SMTP_PASSWORD: args.relay_password or "",
             RSPAMD_METRICS_PASSWORD: args.rspamd_metrics_password,
+            PUBLIC_IPV4: args.public_ipv4,
         }
         late = {
             n: pulumi.Output.secret(given[n] or "")

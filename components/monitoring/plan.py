@@ -59,6 +59,8 @@ LOG_COUNTERS = "/var/lib/sams/metrics/log-counters.json"
 WEBHOOK_URL = "monitoring_webhook_url"
 HEARTBEAT_URL = "monitoring_heartbeat_url"
 SMTP_PASSWORD = "monitoring_smtp_password"
+# The host's public IPv4 (known once the host exists): what the blocklists are asked about.
+PUBLIC_IPV4 = "monitoring_public_ipv4"
 
 # --- health checks (components/monitoring/health.py) ----------------------------------------------------
 # nginx's site for /health/<check> on the WireGuard address, and the njs module it imports.

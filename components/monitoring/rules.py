@@ -4,7 +4,7 @@ tests and the runbook (docs/monitoring.md, a section per alert) all read.
 The metrics named `sams_*` are written by the host's textfile writer (files/sams-metrics.py) from
 what the program itself knows: the backup's status record, the certificate in use, Postfix's queue,
 the WireGuard handshakes, fail2ban's counts and the mail log's running totals (rejects, delivery
-results, messages per login: `sams-logs counters`).
+results, messages per login: `sams-logs counters`) and the DNS blocklists' answers about the host.
 """
 
 from __future__ import annotations
@@ -189,6 +189,14 @@ ALERTS: tuple[Alert, ...] = (
         "{{ $labels.login }} submitted {{ $value | humanize }} messages in an hour on {{ $labels.host }}",
         "One login sent more than {login_messages_per_hour} messages within an hour: a stolen password "
         "sending spam gets the host blocklisted.",
+    ),
+    Alert(
+        "SamsBlocklisted",
+        "sams_dnsbl_listed == 1",
+        "0s",
+        "critical",
+        "{{ $labels.address }} of {{ $labels.host }} is on the {{ $labels.zone }} blocklist",
+        "The blocklist lists the host's public address: receivers that ask it refuse or junk the host's mail.",
     ),
     Alert(
         "SamsPostgresDown",

@@ -19,7 +19,7 @@ from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.steps import CONTAINER as DB_CONTAINER
-from components.mail.services import LOGS_TOOL, VMAIL_ROOT
+from components.mail.services import LOGS_TOOL, RESOLVER, VMAIL_ROOT
 from components.monitoring import daemons, health
 from components.monitoring.plan import (
     ALERTMANAGER_CONFIG,
@@ -52,6 +52,7 @@ from components.monitoring.plan import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_PORT,
     PROMETHEUS_UNIT,
+    PUBLIC_IPV4,
     RULES_FILE,
     SERVER_UNITS,
     SMTP_PASSWORD,
@@ -146,7 +147,8 @@ def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = Fal
     )
 
 
-def metrics_config(wg_interface: str) -> dict[str, object]:
+def metrics_config(settings: Settings, wg_interface: str) -> dict[str, object]:
+    mon = settings.config.monitoring
     return {
         "wireguard_interface": wg_interface,
         "postgres": {"container": DB_CONTAINER, "superuser": DB_SUPERUSER},
@@ -156,6 +158,13 @@ def metrics_config(wg_interface: str) -> dict[str, object]:
         "mail_root": VMAIL_ROOT,
         "logs_tool": LOGS_TOOL,
         "log_counters": LOG_COUNTERS,
+        # A new counter series stays at 0 for two scrapes: Prometheus must see it before its first rise.
+        "log_counters_hold_s": 2 * mon.scrape_interval_seconds,
+        # The blocklists are asked through the host's own resolver (a shared one is refused by them)
+        # about the host's public address, known once the host exists (a late value).
+        "resolver": RESOLVER,
+        "blocklists": mon.blocklists,
+        "public_addresses": [late(PUBLIC_IPV4)] if mon.blocklists else [],
         "textfile": TEXTFILE,
     }
 
@@ -212,9 +221,10 @@ def late_values(settings: Settings, *, webhook: bool, heartbeat: bool = False) -
     mon = settings.config.monitoring
     if not mon.enabled:
         return ()
+    always = (*daemons.LATE_VALUES, *((PUBLIC_IPV4,) if mon.blocklists else ()))
     if mon.mode != "host":
-        return daemons.LATE_VALUES
-    names = [*daemons.LATE_VALUES, WEBHOOK_URL] if webhook else [*daemons.LATE_VALUES]
+        return always
+    names = [*always, WEBHOOK_URL] if webhook else [*always]
     if heartbeat:
         names.append(HEARTBEAT_URL)
     if mon.email_to and smtp(settings)["smtp_username"]:
@@ -260,7 +270,10 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
     }
     files = [
         File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
-        File(METRICS_CONFIG, json.dumps(metrics_config(WG_INTERFACE), indent=1, sort_keys=True) + "\n"),
+        File(
+            METRICS_CONFIG,
+            json.dumps(metrics_config(settings, WG_INTERFACE), indent=1, sort_keys=True) + "\n",
+        ),
         *(
             File(path, _render(f"{path.lstrip('/')}.j2", **ctx))
             for path in (f"/etc/systemd/system/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))

@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,8 +202,9 @@ def test_external_mode_exports_a_scrape_config_and_rules(tmp_path: Path, runner:
     spec = monitoring_step(settings, webhook=True)
     paths = {f.path for f in spec.files}
     assert PROMETHEUS_CONFIG not in paths and ALERTMANAGER_CONFIG not in paths and WEBHOOK_URL_FILE not in paths
-    # Only Rspamd's read-only password, for nginx's /metrics/rspamd: no Alertmanager, no secret of its.
-    assert spec.late_values == ("rspamd_metrics_password",)
+    # Rspamd's read-only password (nginx's /metrics/rspamd) and the address the blocklists are asked
+    # about: no Alertmanager, no secret of its.
+    assert spec.late_values == ("rspamd_metrics_password", "monitoring_public_ipv4")
     # The owner's Prometheus: their global section, our jobs and rules.
     out = external_config(settings)
     (tmp_path / "sams.yml").write_text(out["rules"])
@@ -255,7 +258,7 @@ def test_the_webhook_url_reaches_the_host_only_on_stdin() -> None:
 
 def test_the_relay_password_for_alert_mail_is_a_late_value() -> None:
     spec = monitoring_step(settings_with("dev", {"enabled": True, "emailTo": ["ops@example.org"]}), webhook=False)
-    assert spec.late_values == ("rspamd_metrics_password", "monitoring_smtp_password")
+    assert spec.late_values == ("rspamd_metrics_password", "monitoring_public_ipv4", "monitoring_smtp_password")
     files = {f.path: f for f in spec.files}
     assert files[SMTP_PASSWORD_FILE].content == "@@SAMS_LATE:monitoring_smtp_password@@\n"
     assert "relay-password-for-tests" not in files[ALERTMANAGER_CONFIG].content
@@ -534,6 +537,20 @@ FIRING += [
         "blocklisted.",
     ),
 ]
+FIRING += [
+    (
+        "SamsBlocklisted",
+        [
+            _series("sams_dnsbl_listed", "1x5", zone="zen.spamhaus.org", address="198.51.100.25"),
+            _series("sams_dnsbl_listed", "0x5", zone="bl.spamcop.net", address="198.51.100.25"),
+        ],
+        "3m",
+        {"zone": "zen.spamhaus.org", "address": "198.51.100.25"},
+        "198.51.100.25 of mail.example.org is on the zen.spamhaus.org blocklist",
+        None,
+    ),
+]
+QUIET += [("SamsBlocklisted", [_series("sams_dnsbl_listed", "0x5", zone="zen.spamhaus.org", address="a")], "3m")]
 QUIET += [
     # 300 refusals an hour, every hour: this host's usual, no spike
     ("SamsMailRejectsSpike", [_series("sams_mail_rejects_total", "0+5x660", status="5.7.1")], "659m"),
@@ -689,6 +706,7 @@ def _write_metrics(
     backups: bool = True,
     tools: dict[str, str | None] | None = None,
     journal: list[tuple[str, str]] | None = None,
+    dnsbl: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run the writer on this machine. `tools`: stand-ins for postqueue, wg and fail2ban-client (name ->
     what it prints; None: it fails), first on PATH; the daemons behind them cannot run here (the lab
@@ -723,6 +741,8 @@ def _write_metrics(
         # The real sams-logs as the mail step installs it, over the stand-in journalctl.
         "logs_tool": str(bin_dir / "sams-logs"),
         "log_counters": str(tmp_path / "state" / "log-counters.json"),
+        "log_counters_hold_s": 0,  # a new key's count shows on the run after it was first met
+        **(dnsbl or {}),
     }
     (bin_dir / "sams-logs").write_text(logs_tool())
     (bin_dir / "sams-logs").chmod(0o755)
@@ -827,6 +847,67 @@ def test_the_writer_reports_the_queue_by_domain_the_tunnel_and_the_bans(tmp_path
     assert metrics["sams_postgres_up"] == 1 and metrics["sams_postgres_wal_archived_total"] == 120
     assert metrics["sams_postgres_wal_archive_failed_total"] == 2
     assert metrics["sams_postgres_wal_last_failed_timestamp_seconds"] == 1796400000
+
+
+class FakeResolver:
+    """A DNS resolver on loopback (dnspython builds the answers): name -> the A records it answers,
+    NXDOMAIN for names it does not know, silence for names mapped to None."""
+
+    def __init__(self, answers: dict[str, list[str] | None]) -> None:
+        import dns.message
+        import dns.rcode
+        import dns.rrset
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+        def serve() -> None:
+            while True:
+                try:
+                    data, peer = self.sock.recvfrom(512)
+                except OSError:
+                    return
+                query = dns.message.from_wire(data)
+                name = query.question[0].name.to_text().rstrip(".")
+                if name in answers and answers[name] is None:
+                    continue
+                reply = dns.message.make_response(query)
+                if name in answers:
+                    reply.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", *(answers[name] or [])))
+                else:
+                    reply.set_rcode(dns.rcode.NXDOMAIN)
+                self.sock.sendto(reply.to_wire(), peer)
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_writer_asks_each_blocklist_through_the_given_resolver(tmp_path: Path) -> None:
+    """Listed (127.0.0.2): 1; not listed (NXDOMAIN): 0; a refused query (Spamhaus's 127.255.255.254) or a
+    resolver that does not answer: left out, never read as "not listed"."""
+    resolver = FakeResolver(
+        {
+            "25.100.51.198.zen.spamhaus.org": ["127.0.0.2", "127.0.0.4"],
+            "25.100.51.198.refusing.example": ["127.255.255.254"],
+            "25.100.51.198.silent.example": None,
+        }
+    )
+    try:
+        zones = ["zen.spamhaus.org", "bl.spamcop.net", "refusing.example", "silent.example"]
+        metrics = _write_metrics(
+            tmp_path,
+            None,
+            dnsbl={"resolver": resolver.address, "blocklists": zones, "public_addresses": ["198.51.100.25"]},
+        )
+    finally:
+        resolver.close()
+    assert {k: v for k, v in metrics.items() if k.startswith("sams_dnsbl_")} == {
+        'sams_dnsbl_listed{address="198.51.100.25",zone="zen.spamhaus.org"}': 1,
+        'sams_dnsbl_listed{address="198.51.100.25",zone="bl.spamcop.net"}': 0,
+    }
 
 
 MAIL_LOG_METRICS = (

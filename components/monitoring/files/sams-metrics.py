@@ -4,7 +4,8 @@
 Reads /etc/sams/metrics.json (written by the monitoring step): the backup's status record and config,
 the certificates in use, the mail directory, the WireGuard interface, PostgreSQL's container; asks
 Postfix's queue (postqueue -j), WireGuard (wg show), fail2ban (fail2ban-client), PostgreSQL
-(pg_stat_archiver through docker exec) and the mail log's running totals (`sams-logs counters`: the
+(pg_stat_archiver through docker exec), the DNS blocklists (through the host's own resolver) and the mail
+log's running totals (`sams-logs counters`: the
 journal read since the last run) as root; writes one .prom file
 atomically, so node_exporter never reads half of it. Run every minute by sams-metrics.timer.
 Python's standard library only. A source that cannot be asked is left out, never guessed.
@@ -13,9 +14,13 @@ Python's standard library only. A source that cannot be asked is left out, never
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
+import random
 import re
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -225,9 +230,10 @@ LOG_COUNTERS = {
 }
 
 
-def log_metrics(tool: str, state: str, lines: list[str]) -> None:
-    """Counters from Postfix's and Dovecot's journal, from the saved log queries' own patterns."""
-    out = command(tool, "counters", "--state", state)
+def log_metrics(tool: str, state: str, hold: float, lines: list[str]) -> None:
+    """Counters from Postfix's and Dovecot's journal, from the saved log queries' own patterns; a new
+    series stays at 0 for `hold` seconds (two scrapes), so Prometheus sees its first rise."""
+    out = command(tool, "counters", "--state", state, "--hold", str(hold))
     try:
         totals = json.loads(out) if out else None
     except json.JSONDecodeError:
@@ -238,6 +244,58 @@ def log_metrics(tool: str, state: str, lines: list[str]) -> None:
         counts = totals.get(kind) or {}
         metric(lines, name, "counter", help_text, [({label: k}, float(n)) for k, n in sorted(counts.items())])
     metric(lines, "sams_mail_log_readable", "gauge", "1: the mail log's counters were read", [({}, 1.0)])
+
+
+def dns_a(name: str, server: tuple[str, int], timeout: float = 3.0) -> list[str] | None:
+    """The A records of `name` from one resolver over UDP: [] for NXDOMAIN or no A, None when the
+    resolver did not answer or failed (SERVFAIL, REFUSED). Python's resolver would ask whatever
+    /etc/resolv.conf names; blocklists must be asked through the host's own."""
+    ident = random.randrange(65536)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
+    query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(query, server)
+            reply, _ = sock.recvfrom(4096)
+        except OSError:
+            return None
+    got, flags, _qd, answers = struct.unpack(">HHHH", reply[:8])
+    rcode = flags & 0xF
+    if got != ident or rcode not in (0, 3):
+        return None
+    if rcode == 3:
+        return []
+    at, found = 12 + len(question) + 4, []
+    for _ in range(answers):
+        while reply[at] not in (0,) and reply[at] < 0xC0:  # the owner name: labels ...
+            at += reply[at] + 1
+        at += 2 if reply[at] >= 0xC0 else 1  # ... ending in a pointer or the root
+        kind, _cls, _ttl, length = struct.unpack(">HHIH", reply[at : at + 10])
+        at += 10
+        if kind == 1 and length == 4:
+            found.append(socket.inet_ntoa(reply[at : at + 4]))
+        at += length
+    return found
+
+
+def dnsbl_metrics(cfg: dict[str, Any], lines: list[str]) -> None:
+    """Whether each blocklist lists the host's public addresses: 1 for an answer in 127.0.0.0/8, 0 for
+    none; left out when the resolver failed or the list refused (127.255.255.x: Spamhaus's "query
+    refused", which says nothing about the address)."""
+    host, _, port = cfg["resolver"].rpartition(":")
+    samples = []
+    for address in cfg["public_addresses"]:
+        reverse = ".".join(reversed(address.split("."))) if ipaddress.ip_address(address).version == 4 else None
+        if reverse is None:
+            continue  # IPv6 lists differ per zone; not asked yet
+        for zone in cfg["blocklists"]:
+            found = dns_a(f"{reverse}.{zone}", (host, int(port)))
+            if found is None or any(a.startswith("127.255.255.") for a in found):
+                continue
+            listed = any(ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8") for a in found)
+            samples.append(({"zone": zone, "address": address}, 1.0 if listed else 0.0))
+    metric(lines, "sams_dnsbl_listed", "gauge", "1 if the blocklist lists the address, 0 if not", samples)
 
 
 def main() -> int:
@@ -258,7 +316,9 @@ def main() -> int:
     wireguard_metrics(cfg["wireguard_interface"], lines)
     fail2ban_metrics(lines)
     postgres_metrics(cfg["postgres"], lines)
-    log_metrics(cfg["logs_tool"], cfg["log_counters"], lines)
+    log_metrics(cfg["logs_tool"], cfg["log_counters"], float(cfg["log_counters_hold_s"]), lines)
+    if cfg.get("public_addresses"):
+        dnsbl_metrics(cfg, lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],

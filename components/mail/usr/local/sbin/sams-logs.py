@@ -2,7 +2,7 @@
 """sams-logs: the saved log queries of a SAMS host (installed by SAMS; runbook: docs/logs.md).
 
 Usage: sams-logs QUERY [--since 1h] [--json]
-       sams-logs counters --state FILE
+       sams-logs counters --state FILE [--hold SECONDS]
 
   auth-failures  failed logins by address and login: IMAP and POP3 (Dovecot) and SMTP AUTH (Postfix)
   rejects        mail refused during the SMTP session, by reason (Postfix, Rspamd's milter)
@@ -16,7 +16,7 @@ takes journalctl's forms too ("today", "2026-12-07 08:00"), or a number with s, 
 `counters` is what sams-metrics asks every minute (the monitoring component): the same queries as
 running totals kept in FILE, each run adding only the journal entries after the cursor it saved
 (the first run starts two minutes back), printed as JSON. A key met for the first time is printed at
-0 and counted from the next run on, as counters should start. Python's standard library only.
+0 for --hold seconds and counted after, as counters should start. Python's standard library only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,9 +163,14 @@ def totals(lines: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
     }
 
 
-def counters(state_path: Path) -> dict[str, dict[str, int]]:
+def counters(state_path: Path, hold: float = 0.0, now: float | None = None) -> dict[str, dict[str, int]]:
     """The running totals in `state_path`, brought up to the end of the journal. One run at a time
-    (a lock beside the file): the timer's run and the monitoring step's own must not count twice."""
+    (a lock beside the file): the timer's run and the monitoring step's own must not count twice.
+
+    A key met for the first time is printed at 0 for `hold` seconds, its count held back meanwhile:
+    Prometheus's increase() sees no rise in a series whose first sample is already 4 (a login's first
+    burst), so the 0 must last long enough to be scraped (sams-metrics passes two scrape intervals)."""
+    now = time.time() if now is None else now
     state_path.parent.mkdir(parents=True, exist_ok=True)
     with open(state_path.with_name(state_path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -181,21 +187,26 @@ def counters(state_path: Path) -> dict[str, dict[str, int]]:
             # A cursor the journal no longer knows (vacuumed, or a new machine id): start again near now.
             lines, last = read_journal(["--since", "-2m"])
         totals_now: dict[str, dict[str, int]] = state.get("totals", {})
-        # A key seen for the first time is reported at 0 first, its count one run later: Prometheus's
-        # increase() sees no rise in a series whose first sample is already 4 (one login's first burst).
-        for kind, waiting in state.get("pending", {}).items():
-            for key, n in waiting.items():
-                totals_now[kind][key] = totals_now[kind].get(key, 0) + n
-        pending: dict[str, dict[str, int]] = {}
+        # kind -> key -> [held count, first seen]
+        held: dict[str, dict[str, list[float]]] = state.get("held", {})
+        new: set[tuple[str, str]] = set()
         for kind, added in totals(lines).items():
-            kept = totals_now.setdefault(kind, {})
+            kept, waiting = totals_now.setdefault(kind, {}), held.setdefault(kind, {})
             for key, n in added.items():
-                if key in kept:
+                if key in waiting:
+                    waiting[key][0] += n
+                elif key in kept:
                     kept[key] += n
                 else:
                     kept[key] = 0
-                    pending.setdefault(kind, {})[key] = n
-        state = {"cursor": last or cursor, "totals": totals_now, "pending": pending}
+                    waiting[key] = [n, now]
+                    new.add((kind, key))
+        for kind, waiting in held.items():
+            for key, (count, since) in list(waiting.items()):
+                if now - since >= hold and (kind, key) not in new:  # printed at 0 once at least
+                    totals_now[kind][key] += int(count)
+                    del waiting[key]
+        state = {"cursor": last or cursor, "totals": totals_now, "held": {k: w for k, w in held.items() if w}}
         tmp = state_path.with_name(f".{state_path.name}.tmp")
         tmp.write_text(json.dumps(state, sort_keys=True))
         os.replace(tmp, state_path)
@@ -207,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["counters"]:
         counting = argparse.ArgumentParser(prog="sams-logs counters")
         counting.add_argument("--state", required=True, type=Path, help="where the totals and the cursor are kept")
-        print(json.dumps(counters(counting.parse_args(argv[1:]).state), sort_keys=True))
+        counting.add_argument("--hold", type=float, default=0.0, help="seconds a new key stays at 0 (default 0)")
+        args = counting.parse_args(argv[1:])
+        print(json.dumps(counters(args.state, args.hold), sort_keys=True))
         return 0
     parser = argparse.ArgumentParser(prog="sams-logs", description=__doc__.split("\n\n")[0])
     parser.add_argument("query", choices=sorted(QUERIES))
