@@ -55,6 +55,22 @@ METRICS_UNIT = "sams-metrics"
 # The mail log's running totals and the journal cursor they reach (sams-logs counters).
 LOG_COUNTERS = "/var/lib/sams/metrics/log-counters.json"
 
+# The daemons whose unit state sams-metrics reports (sams_unit_active; SamsServiceDown): what mail
+# needs, each by its systemd unit. Postfix's is its instance (postfix.service only starts it).
+WATCHED_UNITS: tuple[str, ...] = (
+    "postfix@-.service",
+    "dovecot.service",
+    "opendkim.service",
+    "rspamd.service",
+    "redis-server.service",
+    "unbound.service",
+    "sams-postgres.service",
+    "docker.service",
+    "fail2ban.service",
+    "nginx.service",
+    "wg-quick@wg0.service",
+)
+
 # Late values (stdin): the webhook URL, the heartbeat URL and the relay password.
 WEBHOOK_URL = "monitoring_webhook_url"
 HEARTBEAT_URL = "monitoring_heartbeat_url"

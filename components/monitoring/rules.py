@@ -191,6 +191,14 @@ ALERTS: tuple[Alert, ...] = (
         "sending spam gets the host blocklisted.",
     ),
     Alert(
+        "SamsServiceDown",
+        "sams_unit_active == 0",
+        "2m",
+        "critical",
+        "{{ $labels.unit }} on {{ $labels.host }} is not running",
+        "systemd says {{ $labels.unit }} has not been active for 2 minutes (stopped, failed, or restarting in a loop).",
+    ),
+    Alert(
         "SamsBlocklisted",
         "sams_dnsbl_listed == 1",
         "0s",

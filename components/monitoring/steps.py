@@ -59,6 +59,7 @@ from components.monitoring.plan import (
     SMTP_PASSWORD_FILE,
     TEXTFILE,
     TEXTFILE_DIR,
+    WATCHED_UNITS,
     WEBHOOK_URL,
     WEBHOOK_URL_FILE,
 )
@@ -165,6 +166,8 @@ def metrics_config(settings: Settings, wg_interface: str) -> dict[str, object]:
         "resolver": RESOLVER,
         "blocklists": mon.blocklists,
         "public_addresses": [late(PUBLIC_IPV4)] if mon.blocklists else [],
+        # ClamAV's daemon only where antivirus is on.
+        "units": [*WATCHED_UNITS, *(["clamav-daemon.service"] if settings.config.antivirus.clamav else [])],
         "textfile": TEXTFILE,
     }
 

@@ -46,6 +46,7 @@ from components.monitoring.plan import (
     PROMETHEUS_PORT,
     PROMETHEUS_UNIT,
     TEXTFILE,
+    WATCHED_UNITS,
     WEBHOOK_URL_FILE,
 )
 from components.monitoring.rules import HEARTBEAT
@@ -579,6 +580,24 @@ def test_a_blocklist_listing_the_host_alerts(monitored: Lab) -> None:
     finally:
         _serve_dns(lab, ())
     assert _listed(lab, zone) == 0
+
+
+def test_each_daemons_unit_is_a_metric(monitored: Lab) -> None:
+    """Every watched unit reads active (1) on the running host; OpenDKIM stopped reads 0 (the state
+    SamsServiceDown watches), and 1 again once started."""
+    lab = monitored
+
+    def units() -> dict[str, float]:
+        sh(lab, f"systemctl start {METRICS_UNIT}.service")
+        return {k: v for k, v in node_metrics(lab).items() if k.startswith("sams_unit_active")}
+
+    assert units() == {f'sams_unit_active{{unit="{u}"}}': 1 for u in WATCHED_UNITS}
+    sh(lab, "systemctl stop opendkim")
+    try:
+        assert units()['sams_unit_active{unit="opendkim.service"}'] == 0
+    finally:
+        sh(lab, "systemctl start opendkim")
+    assert units()['sams_unit_active{unit="opendkim.service"}'] == 1
 
 
 def test_the_memory_monitoring_takes(monitored: Lab) -> None:

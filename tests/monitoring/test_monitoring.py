@@ -551,6 +551,23 @@ FIRING += [
     ),
 ]
 QUIET += [("SamsBlocklisted", [_series("sams_dnsbl_listed", "0x5", zone="zen.spamhaus.org", address="a")], "3m")]
+FIRING += [
+    (
+        "SamsServiceDown",
+        [
+            _series("sams_unit_active", "0x5", unit="opendkim.service"),
+            _series("sams_unit_active", "1x5", unit="postfix@-.service"),
+        ],
+        "3m",
+        {"unit": "opendkim.service"},
+        "opendkim.service on mail.example.org is not running",
+        "systemd says opendkim.service has not been active for 2 minutes (stopped, failed, or restarting in a loop).",
+    ),
+]
+QUIET += [
+    # restarted within the 2 minutes
+    ("SamsServiceDown", [_series("sams_unit_active", "1 0 1 1 0 1", unit="opendkim.service")], "5m"),
+]
 QUIET += [
     # 300 refusals an hour, every hour: this host's usual, no spike
     ("SamsMailRejectsSpike", [_series("sams_mail_rejects_total", "0+5x660", status="5.7.1")], "659m"),
@@ -706,7 +723,7 @@ def _write_metrics(
     backups: bool = True,
     tools: dict[str, str | None] | None = None,
     journal: list[tuple[str, str]] | None = None,
-    dnsbl: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run the writer on this machine. `tools`: stand-ins for postqueue, wg and fail2ban-client (name ->
     what it prints; None: it fails), first on PATH; the daemons behind them cannot run here (the lab
@@ -714,7 +731,7 @@ def _write_metrics(
     --after-cursor), read by the real sams-logs."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("postqueue", "wg", "fail2ban-client", "docker", "journalctl"):
+    for name in ("postqueue", "wg", "fail2ban-client", "docker", "journalctl", "systemctl"):
         output = (tools or {}).get(name)
         (bin_dir / f"{name}.out").write_text(output or "")
         body = f'cat "{bin_dir}/{name}.out"' if output is not None else "exit 1"
@@ -742,7 +759,7 @@ def _write_metrics(
         "logs_tool": str(bin_dir / "sams-logs"),
         "log_counters": str(tmp_path / "state" / "log-counters.json"),
         "log_counters_hold_s": 0,  # a new key's count shows on the run after it was first met
-        **(dnsbl or {}),
+        **(extra_config or {}),
     }
     (bin_dir / "sams-logs").write_text(logs_tool())
     (bin_dir / "sams-logs").chmod(0o755)
@@ -900,7 +917,7 @@ def test_the_writer_asks_each_blocklist_through_the_given_resolver(tmp_path: Pat
         metrics = _write_metrics(
             tmp_path,
             None,
-            dnsbl={"resolver": resolver.address, "blocklists": zones, "public_addresses": ["198.51.100.25"]},
+            extra_config={"resolver": resolver.address, "blocklists": zones, "public_addresses": ["198.51.100.25"]},
         )
     finally:
         resolver.close()
@@ -908,6 +925,26 @@ def test_the_writer_asks_each_blocklist_through_the_given_resolver(tmp_path: Pat
         'sams_dnsbl_listed{address="198.51.100.25",zone="zen.spamhaus.org"}': 1,
         'sams_dnsbl_listed{address="198.51.100.25",zone="bl.spamcop.net"}': 0,
     }
+
+
+def test_the_writer_reports_each_watched_unit(tmp_path: Path) -> None:
+    """systemctl is-active per watched unit (anything but "active" is 0); systemctl failing: no metric."""
+    units: dict[str, Any] = {"units": ["postfix@-.service", "opendkim.service", "rspamd.service"]}
+    metrics = _write_metrics(tmp_path, None, tools={"systemctl": "active\nfailed\nactivating\n"}, extra_config=units)
+    assert {k: v for k, v in metrics.items() if k.startswith("sams_unit_")} == {
+        'sams_unit_active{unit="postfix@-.service"}': 1,
+        'sams_unit_active{unit="opendkim.service"}': 0,
+        'sams_unit_active{unit="rspamd.service"}': 0,
+    }
+    assert not [k for k in _write_metrics(tmp_path, None, extra_config=units) if k.startswith("sams_unit_")]
+
+
+def test_the_step_gives_the_writer_the_watched_units() -> None:
+    from components.monitoring.plan import METRICS_CONFIG, WATCHED_UNITS
+
+    settings = settings_with("lab", {"enabled": True})
+    files = {f.path: f.content for f in monitoring_step(settings).files}
+    assert json.loads(files[METRICS_CONFIG])["units"] == list(WATCHED_UNITS)
 
 
 MAIL_LOG_METRICS = (

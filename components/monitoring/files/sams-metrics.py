@@ -298,6 +298,21 @@ def dnsbl_metrics(cfg: dict[str, Any], lines: list[str]) -> None:
     metric(lines, "sams_dnsbl_listed", "gauge", "1 if the blocklist lists the address, 0 if not", samples)
 
 
+def unit_metrics(units: list[str], lines: list[str]) -> None:
+    """1 for each watched unit systemd says is active, else 0 (stopped, failed, restarting)."""
+    try:
+        proc = subprocess.run(["systemctl", "is-active", *units], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    states = proc.stdout.split()
+    if len(states) != len(units):
+        return  # systemctl did not answer for each: nothing rather than a guess
+    metric(
+        lines, "sams_unit_active", "gauge", "1 if systemd says the unit is active, else 0",
+        [({"unit": unit}, 1.0 if state == "active" else 0.0) for unit, state in zip(units, states, strict=True)],
+    )  # fmt: skip
+
+
 def main() -> int:
     cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
     lines: list[str] = []
@@ -319,6 +334,7 @@ def main() -> int:
     log_metrics(cfg["logs_tool"], cfg["log_counters"], float(cfg["log_counters_hold_s"]), lines)
     if cfg.get("public_addresses"):
         dnsbl_metrics(cfg, lines)
+    unit_metrics(cfg.get("units", []), lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],
