@@ -111,6 +111,7 @@ monitoring = Monitoring(
         relay_password=secrets.get_secret("relayPassword") if cfg.relay else None,
         rspamd_metrics_password=mail.rspamd_metrics_password,
         public_ipv4=host.public_ipv4,
+        dkim_phase=dkim,
         after=(tls, users),
     ),
 )

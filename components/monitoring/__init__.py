@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from components.keys.rotation import DkimPhase
 from components.mail.services import RSPAMD_METRICS_PASSWORD
 from components.monitoring.plan import HEARTBEAT_URL, PUBLIC_IPV4, SMTP_PASSWORD, WEBHOOK_URL
 from components.monitoring.steps import external_config, late_values, monitoring_step, packages_step
@@ -32,6 +33,7 @@ class MonitoringArgs:
     relay_password: pulumi.Input[str] | None = None  # the secret sams:relayPassword
     rspamd_metrics_password: pulumi.Input[str] | None = None  # Rspamd's read-only password (components/mail)
     public_ipv4: pulumi.Input[str] | None = None  # the host's public IPv4, asked of the blocklists
+    dkim_phase: DkimPhase | None = None  # the run's DKIM rotation phase (a metric, and its due date)
     after: Sequence[pulumi.Resource] = ()
 
 
@@ -42,7 +44,7 @@ class Monitoring(pulumi.ComponentResource):
         super().__init__("sams:monitoring:Monitoring", name, None, opts)
         mon = args.settings.config.monitoring
         webhook, heartbeat = args.webhook_url is not None, args.heartbeat_url is not None
-        spec = monitoring_step(args.settings, webhook=webhook, heartbeat=heartbeat)
+        spec = monitoring_step(args.settings, webhook=webhook, heartbeat=heartbeat, dkim=args.dkim_phase)
         given: dict[str, pulumi.Input[str] | None] = {
             WEBHOOK_URL: args.webhook_url,
             HEARTBEAT_URL: args.heartbeat_url,

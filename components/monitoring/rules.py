@@ -31,6 +31,7 @@ FAILED_LOGINS_PER_HOUR = 100  # fail2ban's failed logins, all jails: a guessing 
 SPIKE_FACTOR = 4
 REJECTS_PER_HOUR_FLOOR = 100  # an internet MX refuses spam all day: only a wave is news
 BOUNCES_PER_HOUR_FLOOR = 10
+DKIM_PHASE_LATE_HOURS = 24  # any `pulumi up` in the day after the due time would have applied the phase
 HEARTBEAT = "SamsHeartbeat"  # always firing: its absence at an outside watcher is the alert
 
 
@@ -197,6 +198,15 @@ ALERTS: tuple[Alert, ...] = (
         "critical",
         "{{ $labels.unit }} on {{ $labels.host }} is not running",
         "systemd says {{ $labels.unit }} has not been active for 2 minutes (stopped, failed, or restarting in a loop).",
+    ),
+    Alert(
+        "SamsDkimRotationDue",
+        f"time() - sams_dkim_rotation_next_change_timestamp_seconds > {DKIM_PHASE_LATE_HOURS} * 3600",
+        "0s",
+        "warning",
+        "the DKIM rotation of {{ $labels.host }} waits for `pulumi up`",
+        f"The next phase of the DKIM key rotation was due more than {DKIM_PHASE_LATE_HOURS} hours ago; phases "
+        "advance only when the program runs.",
     ),
     Alert(
         "SamsBlocklisted",

@@ -19,6 +19,7 @@ from components.backup.plan import CONFIG_FILE as BACKUP_CONFIG
 from components.backup.plan import STATUS_FILE as BACKUP_STATUS
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.steps import CONTAINER as DB_CONTAINER
+from components.keys.rotation import DkimPhase
 from components.mail.services import LOGS_TOOL, RESOLVER, VMAIL_ROOT
 from components.monitoring import daemons, health
 from components.monitoring.plan import (
@@ -148,7 +149,7 @@ def alertmanager_yml(settings: Settings, *, webhook: bool, heartbeat: bool = Fal
     )
 
 
-def metrics_config(settings: Settings, wg_interface: str) -> dict[str, object]:
+def metrics_config(settings: Settings, wg_interface: str, dkim: DkimPhase | None = None) -> dict[str, object]:
     mon = settings.config.monitoring
     return {
         "wireguard_interface": wg_interface,
@@ -168,6 +169,13 @@ def metrics_config(settings: Settings, wg_interface: str) -> dict[str, object]:
         "public_addresses": [late(PUBLIC_IPV4)] if mon.blocklists else [],
         # ClamAV's daemon only where antivirus is on.
         "units": [*WATCHED_UNITS, *(["clamav-daemon.service"] if settings.config.antivirus.clamav else [])],
+        "dkim": None
+        if dkim is None
+        else {
+            "phase": dkim.phase,
+            "signing": dkim.signing,
+            "next_change": dkim.next_change.timestamp() if dkim.next_change else None,
+        },
         "textfile": TEXTFILE,
     }
 
@@ -247,9 +255,11 @@ def packages_step(settings: Settings) -> StepSpec | None:
     )
 
 
-def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: bool = False) -> StepSpec:
+def monitoring_step(
+    settings: Settings, *, webhook: bool = False, heartbeat: bool = False, dkim: DkimPhase | None = None
+) -> StepSpec:
     """`webhook`, `heartbeat`: whether the secrets sams:monitoringWebhookUrl and
-    sams:monitoringHeartbeatUrl are set."""
+    sams:monitoringHeartbeatUrl are set; `dkim`: the DKIM rotation phase this run applies."""
     from cloudinit import WG_INTERFACE  # here: cloudinit imports the firewall, which imports monitoring's plan
 
     mon = settings.config.monitoring
@@ -275,7 +285,7 @@ def monitoring_step(settings: Settings, *, webhook: bool = False, heartbeat: boo
         File(METRICS_TOOL, TOOL_SOURCE.read_text(), mode="0755"),
         File(
             METRICS_CONFIG,
-            json.dumps(metrics_config(settings, WG_INTERFACE), indent=1, sort_keys=True) + "\n",
+            json.dumps(metrics_config(settings, WG_INTERFACE, dkim), indent=1, sort_keys=True) + "\n",
         ),
         *(
             File(path, _render(f"{path.lstrip('/')}.j2", **ctx))

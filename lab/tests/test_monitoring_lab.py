@@ -582,9 +582,9 @@ def test_a_blocklist_listing_the_host_alerts(monitored: Lab) -> None:
     assert _listed(lab, zone) == 0
 
 
-def test_each_daemons_unit_is_a_metric(monitored: Lab) -> None:
+def test_each_daemons_unit_and_the_dkim_phase_are_metrics(monitored: Lab) -> None:
     """Every watched unit reads active (1) on the running host; OpenDKIM stopped reads 0 (the state
-    SamsServiceDown watches), and 1 again once started."""
+    SamsServiceDown watches), and 1 again once started. The DKIM phase is the one the run applied."""
     lab = monitored
 
     def units() -> dict[str, float]:
@@ -598,6 +598,8 @@ def test_each_daemons_unit_is_a_metric(monitored: Lab) -> None:
     finally:
         sh(lab, "systemctl start opendkim")
     assert units()['sams_unit_active{unit="opendkim.service"}'] == 1
+    selector = lab.settings.config.dkim.selector
+    assert node_metrics(lab)[f'sams_dkim_rotation_phase{{phase="steady",signing="{selector}"}}'] == 1
 
 
 def test_the_memory_monitoring_takes(monitored: Lab) -> None:

@@ -563,10 +563,20 @@ FIRING += [
         "opendkim.service on mail.example.org is not running",
         "systemd says opendkim.service has not been active for 2 minutes (stopped, failed, or restarting in a loop).",
     ),
+    (  # due 25 hours before the evaluation
+        "SamsDkimRotationDue",
+        [_series("sams_dkim_rotation_next_change_timestamp_seconds", "-89700x5")],
+        "5m",
+        {},
+        "the DKIM rotation of mail.example.org waits for `pulumi up`",
+        None,
+    ),
 ]
 QUIET += [
     # restarted within the 2 minutes
     ("SamsServiceDown", [_series("sams_unit_active", "1 0 1 1 0 1", unit="opendkim.service")], "5m"),
+    # due an hour ago: a `pulumi up` has a day
+    ("SamsDkimRotationDue", [_series("sams_dkim_rotation_next_change_timestamp_seconds", "-3300x5")], "5m"),
 ]
 QUIET += [
     # 300 refusals an hour, every hour: this host's usual, no spike
@@ -927,8 +937,9 @@ def test_the_writer_asks_each_blocklist_through_the_given_resolver(tmp_path: Pat
     }
 
 
-def test_the_writer_reports_each_watched_unit(tmp_path: Path) -> None:
-    """systemctl is-active per watched unit (anything but "active" is 0); systemctl failing: no metric."""
+def test_the_writer_reports_each_watched_unit_and_the_dkim_phase(tmp_path: Path) -> None:
+    """systemctl is-active per watched unit (anything but "active" is 0); systemctl failing: no metric.
+    The DKIM rotation phase the run applied, and when the next phase is due."""
     units: dict[str, Any] = {"units": ["postfix@-.service", "opendkim.service", "rspamd.service"]}
     metrics = _write_metrics(tmp_path, None, tools={"systemctl": "active\nfailed\nactivating\n"}, extra_config=units)
     assert {k: v for k, v in metrics.items() if k.startswith("sams_unit_")} == {
@@ -937,14 +948,22 @@ def test_the_writer_reports_each_watched_unit(tmp_path: Path) -> None:
         'sams_unit_active{unit="rspamd.service"}': 0,
     }
     assert not [k for k in _write_metrics(tmp_path, None, extra_config=units) if k.startswith("sams_unit_")]
+    dkim = {"phase": "publish", "signing": "s2026", "next_change": 1796600000.0}
+    metrics = _write_metrics(tmp_path, None, extra_config={"dkim": dkim})
+    assert metrics['sams_dkim_rotation_phase{phase="publish",signing="s2026"}'] == 1
+    assert metrics["sams_dkim_rotation_next_change_timestamp_seconds"] == 1796600000
 
 
-def test_the_step_gives_the_writer_the_watched_units() -> None:
+def test_the_step_gives_the_writer_the_watched_units_and_the_phase() -> None:
+    from components.keys.rotation import DkimPhase
     from components.monitoring.plan import METRICS_CONFIG, WATCHED_UNITS
 
     settings = settings_with("lab", {"enabled": True})
-    files = {f.path: f.content for f in monitoring_step(settings).files}
-    assert json.loads(files[METRICS_CONFIG])["units"] == list(WATCHED_UNITS)
+    phase = DkimPhase("steady", ("s1",), "s1")
+    files = {f.path: f.content for f in monitoring_step(settings, dkim=phase).files}
+    config = json.loads(files[METRICS_CONFIG])
+    assert config["units"] == list(WATCHED_UNITS)
+    assert config["dkim"] == {"phase": "steady", "signing": "s1", "next_change": None}
 
 
 MAIL_LOG_METRICS = (

@@ -313,6 +313,21 @@ def unit_metrics(units: list[str], lines: list[str]) -> None:
     )  # fmt: skip
 
 
+def dkim_metrics(dkim: dict[str, Any], lines: list[str]) -> None:
+    """The DKIM rotation phase the last `pulumi up` applied, and when its next phase is due (the phases
+    advance only when the program runs again)."""
+    metric(
+        lines, "sams_dkim_rotation_phase", "gauge", "1 for the rotation phase and signing selector in effect",
+        [({"phase": dkim["phase"], "signing": dkim["signing"]}, 1.0)],
+    )  # fmt: skip
+    if dkim.get("next_change") is not None:
+        metric(
+            lines, "sams_dkim_rotation_next_change_timestamp_seconds", "gauge",
+            "when the next rotation phase starts (a `pulumi up` from then on applies it)",
+            [({}, float(dkim["next_change"]))],
+        )  # fmt: skip
+
+
 def main() -> int:
     cfg = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else CONFIG).read_text())
     lines: list[str] = []
@@ -335,6 +350,8 @@ def main() -> int:
     if cfg.get("public_addresses"):
         dnsbl_metrics(cfg, lines)
     unit_metrics(cfg.get("units", []), lines)
+    if cfg.get("dkim"):
+        dkim_metrics(cfg["dkim"], lines)
     metric(
         lines, "sams_metrics_written_timestamp_seconds", "gauge", "when sams-metrics last wrote this file",
         [({}, time.time())],
