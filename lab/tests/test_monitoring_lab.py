@@ -377,6 +377,33 @@ def test_the_heartbeat_reaches_the_dead_mans_switch_alone(monitored: Lab) -> Non
     assert not any(HEARTBEAT in json.dumps(p["body"]) for p in slack), slack
 
 
+def test_a_backup_older_than_allowed_alerts_then_resolves(monitored: Lab) -> None:
+    """The last successful backup 27 hours old (the status record's times set back: the lab cannot wait
+    a day) is SamsBackupStale at the webhook; a real run that succeeds resolves it."""
+    lab = monitored
+    name = "SamsBackupStale"
+    record = status_record(lab)
+    assert record["result"] == "ok", record
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 27 * 3600))
+    aged = {**record, "last_success": old, "finished": old, "started": old}
+    sh(lab, f"cat > {STATUS_FILE}.new && mv {STATUS_FILE}.new {STATUS_FILE}", stdin=json.dumps(aged))
+    fault = time.time()
+    sh(lab, f"systemctl start {METRICS_UNIT}.service")
+    firing = wait_for(
+        f"{name} at the webhook",
+        lambda: _alert_posts(lab, name, "firing", fault),
+        timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
+        every=2,
+    )
+    print(f"\nbackup 27 h old -> {name} at the webhook: {firing[0]['received'] - fault:.0f} s")
+    fixed = time.time()
+    assert run_backup(lab)["result"] == "ok"
+    resolved = wait_for(
+        f"{name} resolved", lambda: _alert_posts(lab, name, "resolved", fixed), timeout=NOTIFY_MIN * 60 + 120, every=5
+    )
+    print(f"a run that succeeds -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
+
+
 def _queue_series(lab: Lab) -> dict[str, float]:
     sh(lab, f"systemctl start {METRICS_UNIT}.service")
     return {k: v for k, v in node_metrics(lab).items() if f'domain="{RECEIVER_DOMAIN}"' in k}
