@@ -977,17 +977,23 @@ MAIL_LOG_METRICS = (
 
 def test_the_writer_counts_the_mail_log_once(tmp_path: Path) -> None:
     """The mail log's running totals (sams-logs counters, the saved queries' own patterns): refusals by
-    enhanced status code, delivery results, messages per login, failed logins; a new key starts at 0.
-    A later run adds only the entries after the saved cursor; a cursor the journal lost starts again
-    without losing the totals."""
+    enhanced status code, delivery results, messages per login, failed logins. Counting starts at the
+    journal's end (what came before is nobody's last hour); a new key starts at 0; a later run adds only
+    the entries after the saved cursor; a cursor the journal lost starts again at its end, totals kept."""
     from tests.test_sams_logs import LINES
 
-    first = _write_metrics(tmp_path, None, journal=LINES)
-    counted = {k: v for k, v in first.items() if k.startswith(MAIL_LOG_METRICS)}
-    # Each key starts at 0 (Prometheus sees a rise only from a first sample), counted a run later.
+    def submitted(login: str, n: int) -> tuple[str, str]:
+        return ("postfix/submission/smtpd", f"4F2B{n}: client=unknown[198.18.0.5], sasl_username={login}")
+
+    earlier = [submitted("alice@sams.test", 0)] * 60  # a busy day before counting began
+    first = _write_metrics(tmp_path, None, journal=earlier)
+    assert {k: v for k, v in first.items() if k.startswith(MAIL_LOG_METRICS)} == {"sams_mail_log_readable": 1}
+    # Each new key starts at 0 (Prometheus sees a rise only from a first sample), counted a run later.
+    second = _write_metrics(tmp_path, None, journal=[*earlier, *LINES])
+    counted = {k: v for k, v in second.items() if k.startswith(MAIL_LOG_METRICS)}
     assert {k for k, v in counted.items() if v} == {"sams_mail_log_readable"}, counted
-    again = _write_metrics(tmp_path, None, journal=LINES)
-    counted = {k: v for k, v in again.items() if k.startswith(MAIL_LOG_METRICS)}
+    third = _write_metrics(tmp_path, None, journal=[*earlier, *LINES])
+    counted = {k: v for k, v in third.items() if k.startswith(MAIL_LOG_METRICS)}
     assert counted == {
         'sams_mail_rejects_total{status="5.1.1"}': 2,
         'sams_mail_rejects_total{status="5.7.1"}': 1,
@@ -1000,22 +1006,17 @@ def test_the_writer_counts_the_mail_log_once(tmp_path: Path) -> None:
         'sams_mail_auth_failures_total{service="smtp-auth"}': 1,
         "sams_mail_log_readable": 1,
     }
-    more = (
-        "postfix/submission/smtpd",
-        "4F2B1: client=unknown[198.18.0.5], sasl_method=PLAIN, sasl_username=bob@sams.test",
-    )
-    second = _write_metrics(tmp_path, None, journal=[*LINES, more])
-    assert second['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
-    assert second['sams_mail_rejects_total{status="5.1.1"}'] == 2, "an entry was counted twice"
-    # The journal was vacuumed: the saved cursor is gone. The totals stay, the new entries are added.
-    gone = (
-        "postfix/submission/smtpd",
-        "4F2B2: client=unknown[198.18.0.5], sasl_method=PLAIN, sasl_username=eve@sams.test",
-    )
-    third = _write_metrics(tmp_path, None, journal=[gone])
-    assert third['sams_mail_submitted_total{login="eve@sams.test"}'] == 0
-    assert third['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
-    assert _write_metrics(tmp_path, None, journal=[gone])['sams_mail_submitted_total{login="eve@sams.test"}'] == 1
+    fourth = _write_metrics(tmp_path, None, journal=[*earlier, *LINES, submitted("bob@sams.test", 1)])
+    assert fourth['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
+    assert fourth['sams_mail_rejects_total{status="5.1.1"}'] == 2, "an entry was counted twice"
+    # The journal was vacuumed: the saved cursor is gone. Counting starts again at its end; the totals stay.
+    vacuumed = [submitted("eve@sams.test", 2)]
+    fifth = _write_metrics(tmp_path, None, journal=vacuumed)
+    assert 'sams_mail_submitted_total{login="eve@sams.test"}' not in fifth
+    assert fifth['sams_mail_submitted_total{login="bob@sams.test"}'] == 2
+    later = [*vacuumed, submitted("eve@sams.test", 3)]
+    assert _write_metrics(tmp_path, None, journal=later)['sams_mail_submitted_total{login="eve@sams.test"}'] == 0
+    assert _write_metrics(tmp_path, None, journal=later)['sams_mail_submitted_total{login="eve@sams.test"}'] == 1
 
 
 def test_a_source_that_cannot_be_asked_is_left_out(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ takes journalctl's forms too ("today", "2026-12-07 08:00"), or a number with s, 
 
 `counters` is what sams-metrics asks every minute (the monitoring component): the same queries as
 running totals kept in FILE, each run adding only the journal entries after the cursor it saved
-(the first run starts two minutes back), printed as JSON. A key met for the first time is printed at
+(the first run only finds the journal's end), printed as JSON. A key met for the first time is printed at
 0 for --hold seconds and counted after, as counters should start. Python's standard library only.
 """
 
@@ -179,13 +179,17 @@ def counters(state_path: Path, hold: float = 0.0, now: float | None = None) -> d
         except (FileNotFoundError, json.JSONDecodeError):
             state = {}
         cursor = state.get("cursor")
-        try:
-            lines, last = read_journal(["--after-cursor", cursor] if cursor else ["--since", "-2m"])
-        except SystemExit:
-            if not cursor:
-                raise
-            # A cursor the journal no longer knows (vacuumed, or a new machine id): start again near now.
-            lines, last = read_journal(["--since", "-2m"])
+        lines: list[tuple[str, str]] = []
+        last = None
+        if cursor:
+            try:
+                lines, last = read_journal(["--after-cursor", cursor])
+            except SystemExit:
+                cursor = None  # the journal no longer knows it (vacuumed, or a new machine id)
+        if not cursor:
+            # Counting starts at the journal's end: what happened before counting began is not "the
+            # last hour" of anything (a day's mail counted in one minute would read as a burst).
+            _, last = read_journal(["--lines", "1"])
         totals_now: dict[str, dict[str, int]] = state.get("totals", {})
         # kind -> key -> [held count, first seen]
         held: dict[str, dict[str, list[float]]] = state.get("held", {})
