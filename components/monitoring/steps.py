@@ -286,6 +286,7 @@ def monitoring_step(
         File(
             METRICS_CONFIG,
             json.dumps(metrics_config(settings, WG_INTERFACE, dkim), indent=1, sort_keys=True) + "\n",
+            mode="0600",  # it carries a late value (the public address): root's, as sams-metrics runs
         ),
         *(
             File(path, _render(f"{path.lstrip('/')}.j2", **ctx))
