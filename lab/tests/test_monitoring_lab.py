@@ -349,12 +349,17 @@ def test_a_failed_backup_alerts_the_webhook_and_a_mailbox_then_resolves(monitore
     record = run_backup(lab)
     assert record["result"] == "ok", record
     # Alertmanager sends the all-clear at the group's next interval (group_interval, NOTIFY_MIN).
-    resolved = wait_for(
-        f"{name} resolved at the webhook",
-        lambda: _alert_posts(lab, name, "resolved", fixed),
-        timeout=NOTIFY_MIN * 60 + 120,
-        every=5,
-    )
+    try:
+        resolved = wait_for(
+            f"{name} resolved at the webhook",
+            lambda: _alert_posts(lab, name, "resolved", fixed),
+            timeout=NOTIFY_MIN * 60 + 120,
+            every=5,
+        )
+    except AssertionError as missing:
+        raise AssertionError(
+            f"{missing}; firing: {prometheus(lab, 'ALERTS')}; posts: {webhook.posts(lab.paths)[-3:]}"
+        ) from None
     print(f"fixed -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
     # One outage, one message, and one all-clear: nothing repeated while it lasted.
     assert len(_alert_posts(lab, name, "firing", fault)) == 1 and len(resolved) == 1, webhook.posts(lab.paths)
@@ -529,16 +534,23 @@ def test_the_mail_log_moves_counters_and_a_busy_login_alerts(
             assert len(mail.read("bob@sams.test", tag)) == 1
 
     submitted = f'sams_mail_submitted_total{{login="{user}"}}'
-    after = wait_for(
-        "alice's messages counted",
-        lambda: (now := _mail_log(lab)).get(submitted, 0) - before.get(submitted, 0) == len(tags) and now,
-        timeout=2 * SCRAPE_S + 90,  # a new login's series stays at 0 for two scrapes first
-    )
+    refused = 'sams_mail_rejects_total{status="5.1.1"}'
+
+    def counted() -> dict[str, float] | None:
+        now = _mail_log(lab)
+        done = now.get(submitted, 0) - before.get(submitted, 0) >= len(tags) and now.get(refused, 0) > before.get(
+            refused, 0
+        )
+        return now if done else None
+
+    # A series new to the counters stays at 0 for two scrapes first.
+    after = wait_for("alice's messages and the refusal counted", counted, timeout=2 * SCRAPE_S + 90)
 
     def grew(key: str) -> float:
         return after.get(key, 0) - before.get(key, 0)
 
-    assert grew('sams_mail_rejects_total{status="5.1.1"}') == 1, after
+    assert grew(submitted) == len(tags), after
+    assert grew(refused) == 1, after
     assert grew('sams_mail_deliveries_total{status="sent"}') >= len(tags)  # other local mail may arrive meanwhile
     # The daemons' own counters (nginx's /metrics/<daemon> over the tunnel, with Rspamd's read-only
     # password): Rspamd scanned each message, Dovecot stored each one.
