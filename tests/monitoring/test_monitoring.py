@@ -556,7 +556,7 @@ FIRING += [
         "SamsServiceDown",
         [
             _series("sams_unit_active", "0x5", unit="opendkim.service"),
-            _series("sams_unit_active", "1x5", unit="postfix@-.service"),
+            _series("sams_unit_active", "1x5", unit="postfix.service"),
         ],
         "3m",
         {"unit": "opendkim.service"},
@@ -940,10 +940,10 @@ def test_the_writer_asks_each_blocklist_through_the_given_resolver(tmp_path: Pat
 def test_the_writer_reports_each_watched_unit_and_the_dkim_phase(tmp_path: Path) -> None:
     """systemctl is-active per watched unit (anything but "active" is 0); systemctl failing: no metric.
     The DKIM rotation phase the run applied, and when the next phase is due."""
-    units: dict[str, Any] = {"units": ["postfix@-.service", "opendkim.service", "rspamd.service"]}
+    units: dict[str, Any] = {"units": ["postfix.service", "opendkim.service", "rspamd.service"]}
     metrics = _write_metrics(tmp_path, None, tools={"systemctl": "active\nfailed\nactivating\n"}, extra_config=units)
     assert {k: v for k, v in metrics.items() if k.startswith("sams_unit_")} == {
-        'sams_unit_active{unit="postfix@-.service"}': 1,
+        'sams_unit_active{unit="postfix.service"}': 1,
         'sams_unit_active{unit="opendkim.service"}': 0,
         'sams_unit_active{unit="rspamd.service"}': 0,
     }
