@@ -90,15 +90,28 @@ def listen(settings: Settings, port: int) -> str:
     return f"{settings.config.wireguard.address}:{port}"
 
 
+# Of Prometheus's and Alertmanager's own metrics (~1,000 series together, most of the head on a
+# small host), only these are kept: their `up` (always recorded) is what SamsTargetDown needs, and
+# these say how full the head is and whether rules or notifications fail. The lab measured
+# Prometheus + Alertmanager at 121.3 MiB PSS after 7 minutes with all of them, over the 120 budget.
+SELF_METRICS: tuple[str, ...] = (
+    "prometheus_tsdb_head_series",
+    "prometheus_rule_evaluation_failures_total",
+    "prometheus_notifications_dropped_total",
+    "alertmanager_notifications_total",
+    "alertmanager_notifications_failed_total",
+)
+
+
 def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object]]:
     """Prometheus scrape jobs: node_exporter, and on a host-run Prometheus itself and Alertmanager;
     then the health checks' probes (job `health`, components/monitoring/health.py).
 
     Every target carries `host` (the mail host's name): Alertmanager groups an outage's alerts by it."""
     mon = settings.config.monitoring
-    jobs = [("node", NODE_EXPORTER_PORT)]
+    jobs: list[tuple[str, int, tuple[str, ...]]] = [("node", NODE_EXPORTER_PORT, ())]
     if server:
-        jobs += [("prometheus", PROMETHEUS_PORT), ("alertmanager", ALERTMANAGER_PORT)]
+        jobs += [("prometheus", PROMETHEUS_PORT, SELF_METRICS), ("alertmanager", ALERTMANAGER_PORT, SELF_METRICS)]
     configs: list[dict[str, object]] = [
         {
             "job_name": job,
@@ -106,8 +119,13 @@ def scrape_configs(settings: Settings, *, server: bool) -> list[dict[str, object
             "static_configs": [
                 {"targets": [listen(settings, port)], "labels": {"host": str(settings.config.hostname)}}
             ],
+            **(
+                {"metric_relabel_configs": [{"source_labels": ["__name__"], "regex": "|".join(keep), "action": "keep"}]}
+                if keep
+                else {}
+            ),
         }
-        for job, port in jobs
+        for job, port, keep in jobs
     ]
     return [*configs, health.scrape_config(settings), *daemons.scrape_configs(settings)]
 
