@@ -318,6 +318,17 @@ def _alert_posts(lab: Lab, name: str, status: str, since: float) -> list[dict[st
     return out
 
 
+def firing_at_webhook(lab: Lab, name: str, since: float) -> list[dict[str, Any]]:
+    """The alert's "firing" posts at the webhook since then, waited for: a scrape or three, the rule,
+    and the group's notify interval, with room to spare."""
+    return wait_for(
+        f"{name} at the webhook",
+        lambda: _alert_posts(lab, name, "firing", since),
+        timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
+        every=2,
+    )
+
+
 def test_a_failed_backup_alerts_the_webhook_and_a_mailbox_then_resolves(monitored: Lab) -> None:
     lab = monitored
     name = "SamsBackupFailed"
@@ -394,12 +405,7 @@ def test_a_backup_older_than_allowed_alerts_then_resolves(monitored: Lab) -> Non
     sh(lab, f"cat > {STATUS_FILE}.new && mv {STATUS_FILE}.new {STATUS_FILE}", stdin=json.dumps(aged))
     fault = time.time()
     sh(lab, f"systemctl start {METRICS_UNIT}.service")
-    firing = wait_for(
-        f"{name} at the webhook",
-        lambda: _alert_posts(lab, name, "firing", fault),
-        timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
-        every=2,
-    )
+    firing = firing_at_webhook(lab, name, fault)
     print(f"\nbackup 27 h old -> {name} at the webhook: {firing[0]['received'] - fault:.0f} s")
     fixed = time.time()
     assert run_backup(lab)["result"] == "ok"
@@ -566,12 +572,7 @@ def test_the_mail_log_moves_counters_and_a_busy_login_alerts(
     assert float(scraped[0]["value"][1]) == len(tags) + before.get(submitted, 0), scraped
     name = "SamsLoginSendingSpike"
     try:
-        firing = wait_for(
-            f"{name} at the webhook",
-            lambda: _alert_posts(lab, name, "firing", fault),
-            timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
-            every=2,
-        )
+        firing = firing_at_webhook(lab, name, fault)
     except AssertionError as missing:
         seen = {q: prometheus(lab, q) for q in (f"{submitted}[5m]", f"increase({submitted}[1h])", "ALERTS")}
         raise AssertionError(f"{missing}; Prometheus: {seen}; posts: {webhook.posts(lab.paths)[-3:]}") from None
@@ -608,12 +609,7 @@ def test_a_blocklist_listing_the_host_alerts(monitored: Lab) -> None:
     try:
         assert _listed(lab, zone) == 1
         name = "SamsBlocklisted"
-        firing = wait_for(
-            f"{name} at the webhook",
-            lambda: _alert_posts(lab, name, "firing", fault),
-            timeout=3 * SCRAPE_S + NOTIFY_MIN * 60 + 90,
-            every=2,
-        )
+        firing = firing_at_webhook(lab, name, fault)
         print(f"\nlisted -> {name} at the webhook: {firing[0]['received'] - fault:.0f} s")
         assert zone in firing[0]["body"]["attachments"][0]["text"], firing[0]["body"]
     finally:
