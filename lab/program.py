@@ -282,9 +282,9 @@ def apply(
         report.summaries[step.name] = summary
         report.changed_files += len(summary.get("changed", []))
         report.services += summary.get("services", [])
-        print(
-            f"  + {step.name}: {len(summary.get('changed', []))} files changed, services {summary.get('services', [])}"
-        )
+        took = report.finished[step.name] - report.started[step.name]
+        changed = len(summary.get("changed", []))
+        print(f"  + {step.name} ({took:.1f} s): {changed} files changed, services {summary.get('services', [])}")
         applied[step.name] = fp
         state_file.write_text(json.dumps(applied, indent=1, sort_keys=True))
     report.seconds = time.monotonic() - start
