@@ -54,10 +54,24 @@ def measure(paths: StatePaths, quiet: float, scrape: float | None = None) -> lis
     when = f"fresh host, {quiet:.0f} s after apply, before any mail"
     rows.append((f"idle PSS {when}: mail stack incl. Docker, PostgreSQL (MiB)", f"{sum(stack.values()) / 1024:.0f}"))
     rows.append(("  by unit (MiB)", by_size(stack)))
+    pids = cg.pids()
+    rspamd = pids.get("rspamd.service", [])
+    # Whether Rspamd holds private copies of its compiled Hyperscan databases (docs/performance.md).
+    rows.append(
+        ("  Rspamd anonymous / mapped files (MiB)",
+         f"{pss_kib(rspamd, 'Pss_Anon') / 1024:.0f} / {pss_kib(rspamd, 'Pss_File') / 1024:.0f}")
+    )  # fmt: skip
     mon = {u: k for u, k in by_unit.items() if u in MONITORING}
     if mon:
         rows.append(("idle PSS of monitoring (MiB)", f"{sum(mon.values()) / 1024:.0f}"))
         rows.append(("  by unit (MiB)", by_size(mon)))
+        # Go binaries: much of their PSS is their own executable's pages, clean and read back from
+        # disk if the kernel takes them under memory pressure; the anonymous part is what stays.
+        rows.append(
+            ("  of which anonymous / mapped files, by unit (MiB)", ", ".join(
+                f"{u.removesuffix('.service')} {pss_kib(pids[u], 'Pss_Anon') / 1024:.0f} / "
+                f"{pss_kib(pids[u], 'Pss_File') / 1024:.0f}" for u in MONITORING if u in pids))
+        )  # fmt: skip
         if scrape:
             scrapes = quiet / scrape
             per = {u.removesuffix(".service"): cpu.get(u, 0) / scrapes / 1000 for u in MONITORING}

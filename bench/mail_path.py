@@ -130,14 +130,15 @@ STACK = (
 )  # fmt: skip
 
 
-def pss_kib(pids: list[int]) -> int:
+def pss_kib(pids: list[int], field: str = "Pss") -> int:
+    """PSS of `pids` in KiB; `field` "Pss_Anon" or "Pss_File" for its private-memory or mapped-file part."""
     total = 0
     for pid in pids:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        total += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        total += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith(f"{field}:"))
     return total
 
 
