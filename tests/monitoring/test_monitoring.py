@@ -41,7 +41,7 @@ from components.monitoring.plan import (
     WEBHOOK_URL_FILE,
 )
 from components.monitoring.rules import ALERTS, HEARTBEAT, alerts, rules_yaml
-from components.monitoring.steps import disabled_step, external_config, monitoring_step
+from components.monitoring.steps import PROMETHEUS_GO_MEMORY_LIMIT_MIB, disabled_step, external_config, monitoring_step
 from settings import SettingsError, load
 from tests.conftest import PROJECT
 
@@ -137,6 +137,8 @@ def test_every_listener_is_the_wireguard_address() -> None:
     assert "--cluster.listen-address=" + '"' in files["/etc/default/prometheus-alertmanager"]
     prom = files["/etc/default/prometheus"]
     assert "--storage.tsdb.retention.size=256MB" in prom and "--storage.tsdb.retention.time=15d" in prom
+    # Debian's unit reads the file as its EnvironmentFile: Go's soft memory limit, in Go's own units.
+    assert re.findall(r"^GOMEMLIMIT=(\d+)MiB$", prom, re.M) == [str(PROMETHEUS_GO_MEMORY_LIMIT_MIB)]
 
 
 # --- the daemons' own checkers on every rendered file ---------------------------------------------
