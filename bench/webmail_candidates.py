@@ -264,6 +264,9 @@ def sogo_conf(db_password: str) -> str:
   OCSEMailAlarmsFolderURL = "{db}/sogo_alarms_folder";
   /* sogod on loopback, behind nginx. */
   WOPort = "127.0.0.1:{SOGOD_PORT}";
+  /* A page fires several requests at once: with the default backlog of 5 a busy sogod drops the
+     next connection's SYN, which the client resends only after 1 s. */
+  WOListenQueueSize = 64;
   /* The users: a view of the same login and hash Dovecot verifies ({{SHA512-CRYPT}}$6$...). */
   SOGoUserSources = (
     {{
@@ -298,21 +301,34 @@ def sogo_conf(db_password: str) -> str:
 
 
 def radicale_conf(auth: str) -> str:
-    """`auth` "dovecot" (Dovecot's auth socket) or "imap" (an IMAP LOGIN at Dovecot)."""
+    """`auth`: "dovecot" (Radicale's own client of Dovecot's auth socket), "plugin" (Debian's
+    python3-radicale-dovecot-auth, a client of the same socket) or "imap" (an IMAP LOGIN at Dovecot)."""
     if auth == "dovecot":
         how = """\
 # The same passwords as IMAP, asked of Dovecot over its auth socket.
 type = dovecot
 dovecot_socket = /run/dovecot/auth-client
+# DAV clients send their password with every request: remember a good login for 15 s (the
+# default expiry) rather than asking Dovecot each time.
+cache_logins = true
+"""
+    elif auth == "plugin":
+        how = """\
+# The same passwords as IMAP, asked of Dovecot over its auth socket by Debian's plugin (Radicale
+# 3.5.3's own type = dovecot fails Dovecot 2.4's handshake: see docs/webmail_choice.md).
+type = radicale_dovecot_auth
+auth_socket = /run/dovecot/auth-client
 """
     else:
         how = f"""\
-# The same passwords as IMAP, checked by an IMAP LOGIN at Dovecot (type = dovecot cannot
-# speak Dovecot 2.4's auth handshake in Radicale 3.5.3: see docs/webmail_choice.md).
+# The same passwords as IMAP, checked by an IMAP LOGIN at Dovecot.
 type = imap
 imap_host = 127.0.0.1:{IMAP_PORT}
 # Bench only: plain IMAP on loopback; on the host, TLS to Dovecot with its certificate verified.
 imap_security = none
+# DAV clients send their password with every request: remember a good login for 15 s (the
+# default expiry) rather than logging in to Dovecot each time.
+cache_logins = true
 """
     return f"""\
 # Written by bench.webmail_candidates.
@@ -321,10 +337,7 @@ imap_security = none
 hosts = 127.0.0.1:{RADICALE_PORT}
 
 [auth]
-{how}# DAV clients send their password with every request: remember a good login for 15 s (the
-# default expiry) rather than asking Dovecot each time.
-cache_logins = true
-
+{how}
 [rights]
 # Each user sees only their own collections.
 type = owner_only
@@ -520,7 +533,6 @@ def prepare(chroot: Chroot, sec: Secrets) -> None:
     write(root, "/etc/sogo/sogo.conf", sogo_conf(sec.sogo_db), 0o640)
     chroot.run(["chown", "root:sogo", "/etc/sogo/sogo.conf"])
 
-    write(root, "/etc/radicale/config", radicale_conf("dovecot"))
     chroot.run(["install", "-d", "-o", "radicale", "-g", "radicale", "/var/lib/radicale/collections"])
 
 
@@ -709,20 +721,25 @@ def start_radicale(chroot: Chroot) -> None:
     wait_port(RADICALE_PORT, "Radicale")
 
 
-def radicale_dovecot_auth(chroot: Chroot, sec: Secrets) -> str:
-    """What one login through Radicale's Dovecot auth (the issue's first choice) gives; Radicale is
+def radicale_auth_check(chroot: Chroot, sec: Secrets, auth: str) -> tuple[bool, str]:
+    """Whether one login through Radicale with this `auth` works, and what it said; Radicale is
     stopped afterwards."""
+    write(chroot.root, "/etc/radicale/config", radicale_conf(auth))
+    log = chroot.logs / "radicale.log"
+    seen = log.stat().st_size if log.exists() else 0
     start_radicale(chroot)
     try:
         radicale_session(*next(iter(sec.users.items())))
-        outcome = "logins work"
+        ok, outcome = True, "logins work"
     except LoginFailed as err:
-        outcome = f"logins refused ({err})"
+        ok, outcome = False, f"logins refused ({err})"
     chroot.stop(("radicale",))
-    log = (chroot.logs / "radicale.log").read_text(errors="replace")
-    if "broken server handshake" in log:
+    said = log.read_text(errors="replace")[seen:]
+    if "broken server handshake" in said:
         outcome += ": Radicale logged 'Encountered a broken server handshake!' (Radicale issue #1878)"
-    return outcome
+    elif not ok:
+        outcome += ": " + " / ".join(said.strip().splitlines()[-2:])[:300]
+    return ok, outcome
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------
@@ -737,6 +754,7 @@ class Figures:
     later: Snapshot
     cold: float
     times: list[float]
+    drops: int
 
 
 class PeakSampler:
@@ -766,6 +784,16 @@ class PeakSampler:
         self.thread.join(timeout=DEADLINE)
 
 
+def listen_drops() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (TcpExt
+    ListenDrops, this network namespace): a dropped SYN costs the client a 1 s retransmission."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenDrops"])
+    return 0
+
+
 def measure(
     chroot: Chroot,
     name: str,
@@ -780,12 +808,14 @@ def measure(
     logins = list(users.items())
     # One login alone first: what the first user after a quiet time waits (an ondemand pool forks).
     cold = session(*logins[0])
+    drops = listen_drops()
     with PeakSampler(chroot, groups) as sampler, ThreadPoolExecutor(max_workers=sessions) as pool:
         times = list(pool.map(lambda i: session(*logins[i % len(logins)]), range(sessions), timeout=DEADLINE * 3))
+    drops = listen_drops() - drops
     after = pss_by_group(chroot)
     time.sleep(15)
     later = pss_by_group(chroot)
-    return Figures(name, idle, sampler.peak, after, later, cold, times)
+    return Figures(name, idle, sampler.peak, after, later, cold, times, drops)
 
 
 def mib(kib: int) -> str:
@@ -826,6 +856,7 @@ def rows_for(
         (f"{f.name}: {timed}, alone (s)", f"{f.cold:.3f}"),
         (f"{f.name}: the same, {sessions} concurrent: median / max (s)",
          f"{ordered[len(ordered) // 2]:.3f} / {ordered[-1]:.3f}"),
+        (f"{f.name}: connections dropped by a full listen queue meanwhile (this machine)", str(f.drops)),
     ]  # fmt: skip
 
 
@@ -892,8 +923,13 @@ def main() -> None:
         chroot.stop(("sogod", "memcached"))
         figures += rows_for(sogo, ("sogod",), ("memcached",), args.sessions)
 
-        figures.append(("Radicale [auth] type = dovecot, against Dovecot 2.4", radicale_dovecot_auth(chroot, sec)))
-        write(chroot.root, "/etc/radicale/config", radicale_conf("imap"))
+        # Dovecot's auth socket first (the issue's choice): Radicale's own client, then Debian's plugin.
+        _, own = radicale_auth_check(chroot, sec, "dovecot")
+        figures.append(("Radicale [auth] type = dovecot (Radicale's own), against Dovecot 2.4", own))
+        plugin_ok, plugin = radicale_auth_check(chroot, sec, "plugin")
+        figures.append(("Radicale [auth] type = radicale_dovecot_auth (Debian's plugin)", plugin))
+        radicale_auth = "plugin" if plugin_ok else "imap"
+        write(chroot.root, "/etc/radicale/config", radicale_conf(radicale_auth))
         start_radicale(chroot)
         radicale = measure(chroot, "Radicale", radicale_session, sec.users, args.quiet, args.sessions, ("radicale",))
         # The owner_only rights: another user may not read user01's calendar.
@@ -905,6 +941,7 @@ def main() -> None:
         if status != 403:
             raise LoginFailed(f"Radicale let {other[0]} read {USERS[0]}'s calendar: {status}")
         figures += rows_for(radicale, ("radicale",), (), args.sessions, "PROPFIND to the new event read back")
+        figures.append(("Radicale: authentication used for the figures above", radicale_auth))
         figures.append(("Radicale: another user's PROPFIND of user01's calendar", f"{status} (refused)"))
 
     pkgs = ("roundcube-core", "php8.4-fpm", "sogo", "memcached", "radicale", "dovecot-core", "postgresql-17", "nginx")

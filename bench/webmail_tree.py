@@ -34,8 +34,9 @@ PACKAGES: tuple[str, ...] = (
     # Candidate B: SOGo (its tables in the same PostgreSQL) and the memcached it requires.
     "sogo",
     "memcached",
-    # The DAV server paired with Roundcube.
+    # The DAV server paired with Roundcube, and Debian's separate Dovecot-auth plugin for it.
     "radicale",
+    "python3-radicale-dovecot-auth",
 )
 # Answers for the packages' debconf questions: dbconfig-common would otherwise try to create
 # Roundcube's database in a PostgreSQL that is not running during the install; the bench creates
