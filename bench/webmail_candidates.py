@@ -738,7 +738,8 @@ def radicale_auth_check(chroot: Chroot, sec: Secrets, auth: str) -> tuple[bool, 
     if "broken server handshake" in said:
         outcome += ": Radicale logged 'Encountered a broken server handshake!' (Radicale issue #1878)"
     elif not ok:
-        outcome += ": " + " / ".join(said.strip().splitlines()[-2:])[:300]
+        errors = [line.split("] ", 3)[-1] for line in said.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
+        outcome += ": Radicale logged " + " / ".join(errors[-2:])[:300]
     return ok, outcome
 
 
@@ -952,7 +953,8 @@ def main() -> None:
         "/proc/<pid>/smaps_rollup of the candidate's processes. Sessions: real logins of 10 users (30 "
         "messages each), each checked to reach its own message list or event; times from the login POST "
         f"(Radicale: the first PROPFIND) to the list. PHP-FPM pm=ondemand, max_children={FPM_MAX_CHILDREN}; "
-        f"sogod {SOGO_WORKERS} workers (Debian's PREFORK default); memcached -m 64. Choice and reasons: "
+        f"sogod {SOGO_WORKERS} workers (Debian's PREFORK default), WOListenQueueSize 64; memcached -m 64. "
+        "Choice and reasons: "
         "docs/webmail_choice.md."
     )
     if args.no_record:
