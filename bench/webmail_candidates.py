@@ -450,6 +450,7 @@ class Pss:
     anon: int
     file: int
     procs: int
+    each: tuple[int, ...] = ()  # every process's PSS, largest first
 
 
 Snapshot = dict[str, Pss]
@@ -461,7 +462,8 @@ def pss_by_group(chroot: Chroot) -> Snapshot:
     for group, exes in GROUPS.items():
         pids = [p for p, exe in procs if exe in exes]
         if pids:
-            out[group] = Pss(pss_kib(pids), pss_kib(pids, "Pss_Anon"), pss_kib(pids, "Pss_File"), len(pids))
+            each = tuple(sorted((pss_kib([p]) for p in pids), reverse=True))
+            out[group] = Pss(pss_kib(pids), pss_kib(pids, "Pss_Anon"), pss_kib(pids, "Pss_File"), len(pids), each)
     return out
 
 
@@ -851,6 +853,8 @@ def rows_for(
         (f"{f.name}: peak PSS during {sessions} concurrent sessions (MiB)",
          f"{total(f.peak, both)}: {pss_line(f.peak, both)}"),
         (f"{f.name}: PSS right after the sessions (MiB)", f"{total(f.after, both)}: {pss_line(f.after, both)}"),
+        (f"{f.name}: the same, each process (MiB)",
+         "; ".join(f"{g} " + ", ".join(mib(k) for k in f.after[g].each) for g in both if g in f.after)),
         (f"{f.name}: PSS 15 s after the sessions (MiB)", f"{total(f.later, both)}: {pss_line(f.later, both)}"),
         (f"{f.name}: shared daemons' PSS, idle -> after the sessions (MiB)",
          ", ".join(f"{g} {mib(f.idle.get(g, zero).total)} -> {mib(f.after.get(g, zero).total)}" for g in shared)),
