@@ -85,11 +85,13 @@ listen = 127.0.0.1
 ssl = no
 # Needed with ssl = no; the host's Dovecot refuses cleartext logins off loopback.
 auth_allow_cleartext = yes
+# Maildir under each user's home, as the host's Dovecot stores mail.
 mail_driver = maildir
 mail_path = ~/Maildir
 # Logs to stderr, which the bench keeps in a file.
 log_path = /dev/stderr
 
+# Bench users in a file (the host's Dovecot reads PostgreSQL): login, {{SHA512-CRYPT}} hash, uid, home.
 passdb passwd-file {{
   passwd_file_path = /etc/dovecot/bench-users
 }}
@@ -107,7 +109,7 @@ service imap-login {{
   }}
 }}
 service auth {{
-  # Radicale authenticates through Dovecot's auth socket (its [auth] type = dovecot).
+  # Radicale's Dovecot-auth attempts (type = dovecot, the plugin) connect here as user radicale.
   unix_listener auth-client {{
     user = radicale
     mode = 0600
@@ -155,12 +157,16 @@ $config['db_dsnw'] = 'pgsql://roundcube:{db_password}@127.0.0.1:{PG_PORT}/roundc
 $config['imap_host'] = '127.0.0.1:{IMAP_PORT}';
 // Not exercised here (no mail is sent); on the host, submission on 587 with the login's password.
 $config['smtp_host'] = '127.0.0.1:18587';
+// Submission logs in as the user, with the password of the session (Debian's sample).
 $config['smtp_user'] = '%u';
 $config['smtp_pass'] = '%p';
+// No support link on the login page.
 $config['support_url'] = '';
+// The name on the login page and in the title.
 $config['product_name'] = 'SAMS webmail';
 // Encrypts the IMAP password kept in the session; per install, never the packaged sample.
 $config['des_key'] = '{des_key}';
+// None: the bench measures Roundcube itself (the password plugin loads only in Settings).
 $config['plugins'] = [];
 $config['skin'] = 'elastic';
 // No spell-check service to call out to.
@@ -174,6 +180,7 @@ def php_fpm_pool() -> str:
 [roundcube]
 user = www-data
 group = www-data
+; A socket of Roundcube's own, replacing Debian's www pool (removed), that only nginx (www-data) opens.
 listen = /run/php/roundcube.sock
 listen.owner = www-data
 listen.group = www-data
@@ -192,6 +199,7 @@ pm.max_requests = 500
 def php_fpm_conf() -> str:
     return """\
 ; Written by bench.webmail_candidates.
+; Debian's php-fpm.conf without its comments, so the bench owns the whole file.
 [global]
 pid = /run/php/php8.4-fpm.pid
 error_log = /var/log/php8.4-fpm.log
@@ -208,10 +216,12 @@ worker_processes 1;
 pid /run/nginx.pid;
 error_log /var/log/nginx/error.log;
 events {{
+  # Ten sessions and their proxied connections need far fewer than Debian's 768.
   worker_connections 256;
 }}
 http {{
   include /etc/nginx/mime.types;
+  # The bench reads no access log; writing it would only cost time per request.
   access_log off;
   # Roundcube's attachments; its own default limit is what PHP allows.
   client_max_body_size 25m;
@@ -229,6 +239,7 @@ http {{
 
   server {{
     listen 127.0.0.1:{SOGO_WEB_PORT};
+    # SOGo lives under /SOGo; the bare host name leads there.
     location = / {{
       return 302 /SOGo/;
     }}
@@ -244,6 +255,7 @@ http {{
       # sogod's answers to a big folder can take longer than nginx's 60 s default.
       proxy_read_timeout 120s;
     }}
+    # Static files straight from the package, not through sogod (as Debian's apache.conf does).
     location /SOGo.woa/WebServerResources/ {{
       alias /usr/lib/x86_64-linux-gnu/GNUstep/SOGo/WebServerResources/;
     }}
@@ -284,15 +296,18 @@ def sogo_conf(db_password: str) -> str:
   /* Not exercised here (no mail is sent). */
   SOGoMailingMechanism = smtp;
   SOGoSMTPServer = "smtp://127.0.0.1:18587";
+  /* Completes a bare login into an address where SOGo needs one. */
   SOGoMailDomain = {DOMAIN};
   /* SOGo requires memcached; the bench's listens on loopback on a bench port. */
   SOGoMemcachedHost = "127.0.0.1:{MEMCACHED_PORT}";
+  /* Debian's sample values: the users' default time zone and language. */
   SOGoTimeZone = UTC;
   SOGoLanguage = English;
   /* No Sieve server on the bench. */
   SOGoSieveScriptsEnabled = NO;
   SOGoVacationEnabled = NO;
   SOGoForwardEnabled = NO;
+  /* Debian's sample values: the special folders' names, as Dovecot's default namespace has them. */
   SOGoSentFolderName = Sent;
   SOGoTrashFolderName = Trash;
   SOGoDraftsFolderName = Drafts;
@@ -343,9 +358,11 @@ hosts = 127.0.0.1:{RADICALE_PORT}
 type = owner_only
 
 [storage]
+# Radicale's default, stated because the bench creates it (owned by radicale) before the start.
 filesystem_folder = /var/lib/radicale/collections
 
 [logging]
+# Failed logins and errors only: the bench reads the log for the auth attempts' errors.
 level = warning
 """
 
@@ -514,7 +531,7 @@ def prepare(chroot: Chroot, sec: Secrets) -> None:
     if "passwd_file_path" not in conf:
         raise RuntimeError(f"doveconf did not read the bench config:\n{conf}")
 
-    # PostgreSQL: a cluster of its own, on a bench port.
+    # PostgreSQL: a cluster of its own (peer auth for the superuser, pg_hba below for the roles).
     chroot.run(["install", "-d", "-o", "postgres", "-g", "postgres", "/var/lib/postgresql/bench"])
     chroot.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/17/bin/initdb", "-D",
                 "/var/lib/postgresql/bench", "-A", "peer", "-E", "UTF8", "--locale=C.UTF-8"])  # fmt: skip
@@ -541,6 +558,9 @@ def prepare(chroot: Chroot, sec: Secrets) -> None:
 def start_shared(chroot: Chroot, sec: Secrets) -> None:
     """What the host already runs: PostgreSQL, Dovecot, nginx; and the candidates' databases."""
     chroot.run(["install", "-d", "-o", "postgres", "-g", "postgres", "/run/postgresql"])
+    # Loopback on a bench port (SOGo's URLs need TCP), its socket where Debian's clients look;
+    # every other setting initdb's default: the host's PostgreSQL has its own, so only the
+    # difference each candidate makes is reported.
     chroot.start("postgresql", [
         "/usr/lib/postgresql/17/bin/postgres", "-D", "/var/lib/postgresql/bench",
         "-c", "listen_addresses=127.0.0.1", "-c", f"port={PG_PORT}",
@@ -917,9 +937,11 @@ def main() -> None:
 
         chroot.run(["install", "-d", "-o", "sogo", "-g", "sogo", "/run/sogo"])
         chroot.run(["install", "-d", "-o", "sogo", "-g", "sogo", "/var/log/sogo"])
-        chroot.start("memcached", ["memcached", "-l", "127.0.0.1", "-p", str(MEMCACHED_PORT), "-m", "64"],
-                     user="memcache")  # fmt: skip
+        # Loopback, bench port; its cache at memcached's default 64 MiB cap (PSS counts only what it fills).
+        chroot.start("memcached", ["memcached", "-l", "127.0.0.1", "-p", str(MEMCACHED_PORT)], user="memcache")
         wait_port(MEMCACHED_PORT, "memcached")
+        # In the foreground (WONoDetach) so the bench holds its pid; 3 workers, Debian's PREFORK and what
+        # SOGo's installation guide calls "a reasonable default for low usage"; each keeps ~21 MiB once used.
         chroot.start("sogod", ["/usr/sbin/sogod", "-WONoDetach", "YES", "-WOWorkersCount", str(SOGO_WORKERS),
                                "-WOPidFile", "/run/sogo/sogo.pid", "-WOLogFile", "/var/log/sogo/sogo.log"],
                      user="sogo", env={"HOME": "/run/sogo"})  # fmt: skip
@@ -957,7 +979,7 @@ def main() -> None:
         "/proc/<pid>/smaps_rollup of the candidate's processes. Sessions: real logins of 10 users (30 "
         "messages each), each checked to reach its own message list or event; times from the login POST "
         f"(Radicale: the first PROPFIND) to the list. PHP-FPM pm=ondemand, max_children={FPM_MAX_CHILDREN}; "
-        f"sogod {SOGO_WORKERS} workers (Debian's PREFORK default), WOListenQueueSize 64; memcached -m 64. "
+        f"sogod {SOGO_WORKERS} workers (Debian's PREFORK default), WOListenQueueSize 64; memcached at its defaults. "
         "Choice and reasons: "
         "docs/webmail_choice.md."
     )
