@@ -84,8 +84,9 @@ SECRET_FILES = (
 # Go's soft memory limit for Prometheus (GOMEMLIMIT, /etc/default/prometheus): near it the garbage
 # collector runs sooner instead of letting the heap grow to twice what is live. Without it the lab
 # measured Prometheus + Alertmanager at 124 MiB PSS after 32 minutes at a 15 s scrape, over issue
-# 22's 120 MiB; at 28 MiB Prometheus's own (anonymous) memory stayed near 24 MiB instead of 30-35,
-# for ~10 ms more CPU per scrape. 20 MiB cost nine times the CPU: too close to what is live.
+# 22's 120 MiB; at 28 MiB Prometheus's own (anonymous) memory stayed at 23-25 MiB for an hour
+# (113 MiB with Alertmanager), for 118 ms of CPU per 15 s scrape instead of 19 (docs/monitoring.md).
+# 20 MiB cost nine times the CPU in minutes: too close to what is live.
 PROMETHEUS_GO_MEMORY_LIMIT_MIB = 28
 
 
