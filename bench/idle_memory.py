@@ -49,12 +49,12 @@ def measure(paths: StatePaths, quiet: float, scrape: float | None = None) -> lis
     cpu_before = cg.units()
     time.sleep(quiet)
     cpu = {u: n - cpu_before.get(u, 0) for u, n in cg.units().items()}
-    by_unit = {unit: pss_kib(pids) for unit, pids in cg.pids().items()}
+    pids = cg.pids()
+    by_unit = {unit: pss_kib(procs) for unit, procs in pids.items()}
     stack = {u: k for u, k in by_unit.items() if u in STACK}
     when = f"fresh host, {quiet:.0f} s after apply, before any mail"
     rows.append((f"idle PSS {when}: mail stack incl. Docker, PostgreSQL (MiB)", f"{sum(stack.values()) / 1024:.0f}"))
     rows.append(("  by unit (MiB)", by_size(stack)))
-    pids = cg.pids()
     rspamd = pids.get("rspamd.service", [])
     # Whether Rspamd holds private copies of its compiled Hyperscan databases (docs/performance.md).
     rows.append(

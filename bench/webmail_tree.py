@@ -11,7 +11,6 @@ started by the packages (policy-rc.d exits 101); the bench starts each daemon it
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -79,21 +78,12 @@ def _run(root: Path, argv: list[str], log: Path, timeout: float = 900) -> None:
 
 
 def ensure_webmail_tree() -> Path:
-    """The pristine webmail tree, built on first use; a lock and a ``.partial`` rename make an
-    interrupted build harmless."""
+    """The pristine webmail tree, built on first use (``trixie_chroot.cached_tree``: a lock and a
+    ``.partial`` rename make an interrupted build harmless)."""
     target = tree_path()
-    if (target / MARKER).exists():
-        return target
-    base = trixie_chroot.ensure_tree()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / MARKER).exists():
-            return target
-        partial = target.with_suffix(".partial")
-        if partial.exists():
-            trixie_chroot.remove_tree(partial)
-        started = time.monotonic()
+
+    def install(partial: Path) -> None:
+        base = trixie_chroot.ensure_tree()
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(partial)], check=True)
         log = target.with_suffix(".log")
         log.write_text("")
@@ -111,10 +101,8 @@ def ensure_webmail_tree() -> Path:
             _run(partial, ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES], log)
             _run(partial, ["apt-get", "clean"], log)
             _run(partial, ["sh", "-c", "dpkg-query -W > /var/lib/sams-webmail-versions.txt"], log)
-        partial.rename(target)
-        seconds = round(time.monotonic() - started, 1)
-        target.with_suffix(".json").write_text(json.dumps({**_stamp(), "build_seconds": seconds}, indent=2) + "\n")
-    return target
+
+    return trixie_chroot.cached_tree(target, MARKER, _stamp(), install)
 
 
 def versions(tree: Path) -> dict[str, str]:

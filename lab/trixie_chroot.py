@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from components.mail.services import MAIL_PACKAGES
@@ -68,23 +68,36 @@ def tree_path() -> Path:
     return cache_dir() / f"{SUITE}-{_key()}"
 
 
-def ensure_tree() -> Path:
-    """Return the pristine tree, building it with mmdebstrap if it is missing.
+def cached_tree(target: Path, marker: str, stamp: dict[str, object], build: Callable[[Path], None]) -> Path:
+    """*target*, a directory tree that ``build(partial)`` makes once, then served from the cache.
 
-    The build holds a lock, writes to a ``.partial`` directory and renames it,
-    so an interrupted build never leaves a tree that a later run would trust.
+    The build holds a lock, writes to a ``.partial`` directory and renames it, so an interrupted
+    build never leaves a tree that a later run would trust; *marker* is a file only a finished tree
+    has, and ``<target>.json`` records *stamp* and the build's seconds.
     """
-    target = tree_path()
-    if (target / "usr/sbin/postfix").exists():
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "usr/sbin/postfix").exists():
+        if (target / marker).exists():
             return target
         partial = target.with_suffix(".partial")
         if partial.exists():
             _remove(partial)
+        started = time.monotonic()
+        build(partial)
+        partial.rename(target)
+        seconds = round(time.monotonic() - started, 1)
+        target.with_suffix(".json").write_text(json.dumps({**stamp, "build_seconds": seconds}, indent=2) + "\n")
+    return target
+
+
+def ensure_tree() -> Path:
+    """Return the pristine tree, building it with mmdebstrap if it is missing (``cached_tree``)."""
+    target = tree_path()
+
+    def mmdebstrap(partial: Path) -> None:
         cmd = [
             "mmdebstrap",
             "--variant=minbase",
@@ -97,7 +110,6 @@ def ensure_tree() -> Path:
             MIRROR,
         ]
         build_log = target.with_suffix(".log")
-        started = time.monotonic()
         with open(build_log, "wb") as logf:
             logf.write((" ".join(cmd) + "\n").encode())
             logf.flush()
@@ -105,10 +117,8 @@ def ensure_tree() -> Path:
         if rc != 0:
             tail = build_log.read_text(errors="replace").splitlines()[-20:]
             raise ChrootError(f"mmdebstrap failed ({rc}); see {build_log}:\n" + "\n".join(tail))
-        partial.rename(target)
-        seconds = round(time.monotonic() - started, 1)
-        target.with_suffix(".json").write_text(json.dumps({**_stamp(), "build_seconds": seconds}, indent=2) + "\n")
-    return target
+
+    return cached_tree(target, "usr/sbin/postfix", _stamp(), mmdebstrap)
 
 
 def scratch_copy(dest: Path) -> Path:
