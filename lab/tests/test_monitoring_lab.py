@@ -650,10 +650,11 @@ def test_the_memory_monitoring_takes(monitored: Lab) -> None:
         f"{exporter:.1f} MiB; Prometheus {prom:.1f} MiB + Alertmanager {alertmanager:.1f} MiB = "
         f"{prom + alertmanager:.1f} MiB"
     )
-    # The figure is printed for the record; the budget is bench.idle_memory's to measure (an hour at a
-    # 15 s scrape), not a pass/fail here: 7 minutes in, Prometheus + Alertmanager measured 119.6 MiB,
-    # a hair under issue 22's 120, which run-to-run noise would turn into a flaky test.
-    assert exporter > 0 and prom > 0 and alertmanager > 0, "a monitoring daemon has no process"
+    # Issue 22's budgets, checked here too: with Prometheus's Go memory limit the lab measured 112.0 MiB
+    # 7 minutes in (119.6 without it, which is why this was only printed for a while); the hour at a
+    # 15 s scrape is bench.idle_memory's to measure (113 MiB).
+    assert 0 < exporter < 60
+    assert prom > 0 and alertmanager > 0 and prom + alertmanager < 120
 
 
 def test_external_mode_runs_node_exporter_alone(monitored: Lab) -> None:
