@@ -86,7 +86,18 @@ def check_stack(cfg: StackConfig) -> Iterator[Finding]:
     if not cfg.wireguard.network.is_private:
         yield ("wireguard", "network"), str(vpn), "the VPN network must be a private range"
     yield from check_clamav_memory(cfg)
+    yield from check_webmail(cfg)
     yield from check_dkim_rotation(cfg)
+
+
+def check_webmail(cfg: StackConfig) -> Iterator[Finding]:
+    web = cfg.webmail
+    if web.exposure == "public" and web.enabled and not cfg.public_web:
+        yield (
+            ("webmail", "exposure"),
+            web.exposure,
+            "public webmail is served on port 443 of the public address: set publicWeb, or use exposure vpn",
+        )
 
 
 def check_sftp_pins(cfg: StackConfig) -> Iterator[Finding]:

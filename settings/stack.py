@@ -338,6 +338,36 @@ class AntivirusSettings(_Config):
     )
 
 
+WebmailExposure = Literal["vpn", "public"]
+
+
+class WebmailSettings(_Config):
+    """Roundcube webmail with password change, and Radicale for CalDAV/CardDAV, at https://<hostname>/
+    (docs/webmail.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Roundcube webmail, where users read mail and change their own password (~25 MiB idle, ~40 "
+            "while used; docs/webmail_choice.md)"
+        ),
+    )
+    exposure: WebmailExposure = Field(
+        default="vpn",
+        description=(
+            "vpn: https://<hostname>/ answers on the WireGuard address only; public: on the public address "
+            "too (needs publicWeb), with a fail2ban jail on failed web logins, rate limits and HSTS"
+        ),
+    )
+    calendars: bool = Field(
+        default=True,
+        description=(
+            "CalDAV and CardDAV (Radicale, ~25 MiB) for phones and Thunderbird, under the same exposure "
+            "(only with enabled)"
+        ),
+    )
+
+
 class DatabaseSettings(_Config):
     image: str = "postgres:17-alpine"
 
@@ -484,6 +514,7 @@ class StackConfig(_Config):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     antivirus: AntivirusSettings = Field(default_factory=AntivirusSettings)
+    webmail: WebmailSettings = Field(default_factory=WebmailSettings)
     limits: LimitsSettings = Field(
         default_factory=LimitsSettings, description="sending limits on submission, outbound pacing (docs/limits.md)"
     )

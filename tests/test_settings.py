@@ -156,6 +156,18 @@ CONFIG_CASES = {
         {"sams:resolver": {"forwarders": ["198.51.100.53"], "reservedZones": ["example"]}},
         "sams:resolver.reservedZones[0] = 'example': Input should be 'test' or 'home.arpa'",
     ),
+    "public webmail without publicWeb": (
+        {
+            "sams:webmail": {"exposure": "public"},
+            "sams:publicWeb": False,
+            "sams:acme": {"challenge": "dns-01-cloudflare"},
+        },
+        "sams:webmail.exposure = 'public': public webmail is served on port 443 of the public address",
+    ),
+    "unknown webmail exposure": (
+        {"sams:webmail": {"exposure": "internet"}},
+        "sams:webmail.exposure = 'internet': Input should be 'vpn' or 'public'",
+    ),
     "hostname outside domains": (
         {"sams:hostname": "mx.other.example"},
         "sams:hostname = 'mx.other.example': is in none of the mail list's domains",
