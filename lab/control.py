@@ -31,6 +31,23 @@ class UpReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# Where the lab puts Pebble's issuing root on the host (Debian's place for a local CA).
+ACME_ROOT_ON_HOST = "/usr/local/share/ca-certificates/sams-lab-acme-root.crt"
+
+
+def trust_acme_root(shell: HostShell, paths: StatePaths, inet_ipv4: str) -> None:
+    """Pebble plays Let's Encrypt, whose roots every Debian host trusts through ca-certificates: the
+    lab host trusts Pebble's issuing root the same way, so the host's own TLS clients (Roundcube and
+    Radicale logging in at Dovecot and Postfix by the host's name) verify certificates as on a real
+    host. Pebble makes a new root at each start: this runs after it started."""
+    root_pem = acme.issuer_pems(paths, inet_ipv4).split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    shell.run(
+        f"sudo -n install -D -m 0644 /dev/stdin {ACME_ROOT_ON_HOST} && sudo -n update-ca-certificates >/dev/null",
+        stdin=root_pem,
+        timeout=60,
+    )
+
+
 def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | None = None) -> UpReport:
     """Bring up a fresh lab for *spec*: network, host (first boot), tunnel, SSH.
 
@@ -97,6 +114,7 @@ def up(spec: LabSpec, *, cloud_init_timeout: float = 300.0, paths: StatePaths | 
     shell.wait_ready(timeout=60)
     shell.open_master()
     t["wg_and_ssh"] = time.monotonic() - mark
+    trust_acme_root(shell, paths, spec.inet_ipv4)
     t["total"] = time.monotonic() - t0
     t["boot_to_ssh"] = t["boot_to_cloud_init_done"] + t["wg_and_ssh"]
     report = UpReport(
