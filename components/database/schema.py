@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.database.roles import ROLES
+from components.database.roles import PASSWORD_CHANGER, ROLES
 from components.remote.steps import File, late
 from settings.mail_list import MailList
 
@@ -155,6 +155,7 @@ def roles_sql() -> str:
         roles=ROLES,
         owner=OWNER,
         readers=READERS,
+        password_changer=PASSWORD_CHANGER,
         dbname=DB_NAME,
         passwords={role: late(password_late_name(role)) for role in ROLES},
     )
