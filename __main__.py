@@ -22,6 +22,7 @@ from components.monitoring.plan import ALERTMANAGER_PORT, NODE_EXPORTER_PORT, PR
 from components.remote import RemoteStep, RemoteStepArgs, Tunnel
 from components.tls import Tls, TlsArgs
 from components.users import Users, UsersArgs
+from components.webmail import Webmail, WebmailArgs
 from settings import from_pulumi
 
 # Raises one SettingsError naming file, key and value before any resource is registered.
@@ -100,6 +101,9 @@ tls = Tls(
     ),
 )
 
+# Webmail once nginx serves the ACME certificate and the users have passwords (docs/webmail.md).
+webmail = Webmail("webmail", WebmailArgs(settings, tunnel, after=(tls, users)))
+
 # Last: it reads the backup's status record and the certificate the TLS steps installed.
 monitoring = Monitoring(
     "monitoring",
@@ -112,7 +116,7 @@ monitoring = Monitoring(
         rspamd_metrics_password=mail.rspamd_metrics_password,
         public_ipv4=host.public_ipv4,
         dkim_phase=dkim,
-        after=(tls, users),
+        after=(tls, users, webmail),
     ),
 )
 

@@ -30,6 +30,7 @@ from components.backup.plan import BACKUP_PACKAGES, SFTP_PACKAGES
 from components.journal.plan import PACKAGES as JOURNAL_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
 from components.monitoring.plan import PACKAGES as MONITORING_PACKAGES
+from components.webmail.plan import PACKAGES as WEBMAIL_PACKAGES
 from lab import acme, backupserver, dns
 from lab.proc import LabError
 from lab.spec import LabSpec, StatePaths
@@ -53,6 +54,7 @@ STACK_PACKAGES = (
     *SFTP_PACKAGES,
     *MONITORING_PACKAGES,
     *JOURNAL_PACKAGES,
+    *WEBMAIL_PACKAGES,
 )
 # SAMS_LAB_TREE=baked: the explicitly named fast path, every package baked into the tree so no
 # install runs (first boot and the steps find them installed). The default is the bare tree.

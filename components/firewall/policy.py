@@ -27,6 +27,9 @@ HEALTH_DATABASE_PORT = 9188
 # Dovecot's own OpenMetrics listener (its stats service), loopback only: nginx's HTTPS on HEALTH_PORT
 # passes /metrics/dovecot to it (components/monitoring/daemons.py).
 DOVECOT_STATS_PORT = 9900
+# The webmail's password change service (components/webmail's sams-passwd), loopback only: poppassd's
+# port, which Roundcube's password plugin speaks.
+PASSWD_PORT = 106
 
 # Never on the public address, whatever the settings say (asserted by tests, the policy pack and the
 # doctor's port probe): each TCP port a daemon on the host listens on, and what listens there.
@@ -45,6 +48,7 @@ NEVER_PUBLIC_SERVICES: dict[int, str] = {
     HEALTH_PORT: "nginx (health endpoints)",
     HEALTH_DATABASE_PORT: "sams-health-db (PostgreSQL check)",
     DOVECOT_STATS_PORT: "dovecot stats (OpenMetrics)",
+    PASSWD_PORT: "sams-passwd (password change)",
 }
 NEVER_PUBLIC: frozenset[int] = frozenset(NEVER_PUBLIC_SERVICES)
 
@@ -84,6 +88,10 @@ def port_policy(cfg: StackConfig) -> tuple[Port, ...]:
             Port(BLACKBOX_EXPORTER_PORT, "tcp", "vpn", "blackbox-exporter", "protocol probes of each daemon"),
             Port(HEALTH_PORT, "tcp", "vpn", "health", "HTTPS /health/<check>: 200 or 503 from the probes"),
         ]
+    web = cfg.webmail
+    if web.enabled and web.exposure == "vpn" and not cfg.public_web:
+        # With publicWeb, 443 is public and the tunnel reaches it too; without it, only the webmail's.
+        ports.append(Port(443, "tcp", "vpn", "webmail", "webmail and calendars, for the VPN's peers"))
     if cfg.public_web:
         ports += [
             Port(80, "tcp", "public", "http", "ACME HTTP-01 challenges; redirects to HTTPS"),

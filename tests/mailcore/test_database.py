@@ -15,8 +15,11 @@ is applied twice (it must be idempotent), then
 
 from __future__ import annotations
 
+import json
 import re
 import smtplib
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from components.database import schema
+from components.database.roles import PASSWORD_CHANGER
 from components.mail import services
 from components.remote.steps import StepSpec
 from lab.trixie_chroot import run_in
@@ -68,7 +72,10 @@ def db_root(mail_root: Path, lab_settings) -> Iterator[Path]:
     declare_inactive(root, "dovecot")
     # Passwords are checked on the socket too, so the lookups prove roles.sql set what the
     # daemons' files carry; the superuser keeps peer access for roles.sql.
-    (root / PG_CONF.lstrip("/") / "pg_hba.conf").write_text("local all postgres peer\nlocal all all scram-sha-256\n")
+    # The password changer has no password: like the container's local socket, this one trusts it.
+    (root / PG_CONF.lstrip("/") / "pg_hba.conf").write_text(
+        f"local all postgres peer\nlocal {schema.DB_NAME} {PASSWORD_CHANGER} trust\nlocal all all scram-sha-256\n"
+    )
     _ok(root, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "2775", PG_SOCKET_DIR)
     opts = (
         f"-c config_file={PG_CONF}/postgresql.conf -c listen_addresses='' -c ssl=off -c dynamic_shared_memory_type=mmap"
@@ -357,3 +364,110 @@ def test_lmtp_unknown_user_is_rejected(dovecot: Path) -> None:
     with _lmtp(dovecot) as lmtp, pytest.raises(smtplib.SMTPRecipientsRefused) as err:
         lmtp.sendmail("sender@example.org", ["nobody@sams.test"], b"Subject: x\r\n\r\nx\r\n")
     assert "550" in str(err.value)
+
+
+# --- the webmail's password change (components/webmail's sams-passwd) ------------------------------
+
+
+def test_password_changer_can_only_call_its_function(db_root: Path) -> None:
+    def as_changer(sql: str) -> tuple[int, str]:
+        result = run_in(
+            db_root, ["psql", "-h", PG_SOCKET_DIR, "-U", PASSWORD_CHANGER, "-d", schema.DB_NAME, "-XAtq", "-c", sql]
+        )
+        return result.returncode, result.stdout + result.stderr
+
+    for sql in (
+        "SELECT password_hash FROM users",
+        "UPDATE users SET password_hash = NULL",
+        "SELECT local_part FROM users",
+        "DELETE FROM aliases",
+    ):
+        rc, out = as_changer(sql)
+        assert rc != 0 and "permission denied" in out, (sql, out)
+    # A hash in a scheme Dovecot would not treat as slow, or for nobody, changes nothing.
+    assert as_changer("SELECT sams_set_password('bob@sams.test', '{PLAIN}x')") == (0, "f\n")
+    assert as_changer("SELECT sams_set_password('nobody@sams.test', '{SHA512-CRYPT}$6$a$b')") == (0, "f\n")
+    # bob has no password (receive-only until sams-users gives him one): he stays without.
+    assert as_changer("SELECT sams_set_password('bob@sams.test', '{SHA512-CRYPT}$6$a$b')") == (0, "f\n")
+
+
+@pytest.fixture(scope="module")
+def passwd(dovecot: Path, lab_settings) -> Path:
+    """sams-passwd installed as the webmail step installs it, its psql on the test's socket."""
+    from components.webmail import steps as webmail
+
+    root = dovecot
+    for f in webmail.files(lab_settings):
+        if f.path in (webmail.PASSWD_TOOL, webmail.POLICY_MODULE):
+            target = root / f.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+    config = {
+        **webmail.passwd_config(lab_settings),
+        "psql": ["psql", "-h", PG_SOCKET_DIR, "-U", PASSWORD_CHANGER, "-d", schema.DB_NAME],
+    }
+    (root / webmail.PASSWD_CONFIG.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / webmail.PASSWD_CONFIG.lstrip("/")).write_text(json.dumps(config))
+    return root
+
+
+def _change(root: Path, user: str, current: str, new: str) -> list[str]:
+    """One poppassd conversation, as Roundcube's driver holds it, with sams-passwd on a socket."""
+    from components.webmail.plan import PASSWD_TOOL
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        ["chroot", str(root), "/usr/bin/python3", PASSWD_TOOL], stdin=theirs, stderr=subprocess.PIPE, text=True
+    )
+    theirs.close()
+    ours.settimeout(30)
+    replies: list[str] = []
+    with ours, ours.makefile("rwb") as stream:
+        for line in (None, f"user {user}", f"pass {current}", f"newpass {new}"):
+            if line is not None:
+                stream.write(line.encode() + b"\r\n")
+                stream.flush()
+            reply = stream.readline().decode().strip()
+            replies.append(reply)
+            if not reply.startswith("2"):
+                break
+    _, err = proc.communicate(timeout=30)
+    # The log names the user, never a password (a 5-letter one could be a word of the message).
+    assert not any(pw in err for pw in (current, new) if len(pw) >= 10), err
+    return replies
+
+
+def test_sams_passwd_changes_the_password_at_once(passwd: Path) -> None:
+    user, new = "tiny@sams.test", "Plum tree on the hill 42"
+    # Dovecot caches the current password first: the change must evict it.
+    assert _doveadm(passwd, "auth", "test", user, USER_PASSWORD)[0] == 0
+    replies = _change(passwd, user, USER_PASSWORD, new)
+    assert replies[-1] == "200 password changed", replies
+    rc, out = _doveadm(passwd, "auth", "test", user, USER_PASSWORD)
+    assert rc != 0, out
+    rc, out = _doveadm(passwd, "auth", "test", user, new)
+    assert rc == 0, out
+    stored = _psql(passwd, schema.OWNER, "SELECT password_hash FROM users WHERE local_part = 'tiny'").strip()
+    assert stored.startswith("{" + passwd_scheme() + "}")
+
+
+def passwd_scheme() -> str:
+    from settings.stack import DEFAULT_PASSWORD_SCHEME
+
+    return DEFAULT_PASSWORD_SCHEME
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "expected"),
+    [
+        ("wrong password", "Plum tree on the hill 43", "500 The current password is not correct."),
+        (USER_PASSWORD, "short", "500 The new password is too short: use at least 10 characters."),
+        (USER_PASSWORD, "1234567890", "500 The new password is too easy to guess"),
+        (USER_PASSWORD, "alice alice alice", "500 The new password contains your address"),
+        (USER_PASSWORD, USER_PASSWORD, "500 The new password is the same as the current one"),
+    ],
+)
+def test_sams_passwd_refuses_with_a_reason(passwd: Path, current: str, new: str, expected: str) -> None:
+    replies = _change(passwd, "alice@sams.test", current, new)
+    assert replies[-1].startswith(expected), replies
+    assert _doveadm(passwd, "auth", "test", "alice@sams.test", USER_PASSWORD)[0] == 0  # unchanged
