@@ -1,0 +1,185 @@
+"""Issue 23 on the lab host: Roundcube at https://<hostname>/ with exposure vpn (the default), the
+password change through sams-passwd, and what a user and the internet each see.
+
+Clients run inside the lab's namespaces: the admin's laptop (sams-admin, the WireGuard peer) reaches
+the webmail by the host's name at its tunnel address; the internet (sams-inet) meets the default
+server. Both verify the certificate against Pebble's issuing root (lab/world.py).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+
+from components.webmail import plan
+from lab import acme, browser
+from lab.hostcmd import sh
+from lab.netclient import imap_logins, in_netns, message, submit_attempt
+from lab.session import Lab
+from lab.spec import NAMES
+from lab.world import DOMAIN, World, subject, world
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def web(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with world(lab, tmp_path_factory.mktemp("webmail")) as w:
+        yield w
+
+
+def fetch(url: str, cafile: str) -> tuple[int, str, dict[str, str]]:
+    """GET over HTTPS verified against the lab CA: status, body, headers."""
+    context = ssl.create_default_context(cafile=cafile)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url), context=context, timeout=20) as answer:
+            return answer.status, answer.read().decode(errors="replace"), dict(answer.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+
+
+def test_the_webmail_answers_on_the_tunnel_and_not_on_the_internet(web: World) -> None:
+    status, body, headers = web.admin(fetch, f"https://{web.host}/", web.cafile)
+    assert status == 200 and 'name="_user"' in body and 'name="_pass"' in body, (status, body[:300])
+    # vpn exposure: no HSTS (nothing public to pin), cookies still Secure and SameSite=Strict.
+    assert "Strict-Transport-Security" not in headers
+    cookie = headers.get("Set-Cookie", "")
+    assert "secure" in cookie.lower() and "samesite=strict" in cookie.lower() and "httponly" in cookie.lower(), cookie
+    # From the internet the same name meets the default server: nothing of the webmail.
+    status, body, _ = web.inet(fetch, f"https://{web.host}/", web.cafile)
+    assert status == 404 and "_user" not in body, (status, body[:300])
+    # ... while the MTA-STS policy is still served there.
+    hosts = {f"mta-sts.{DOMAIN}": web.lab.spec.public_ipv4}
+    status, body, _ = in_netns(
+        NAMES.ns_inet, hosts, fetch, f"https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt", web.cafile
+    )
+    assert status == 200 and "version: STSv1" in body
+
+
+def test_php_fpm_keeps_no_child_between_uses(web: World) -> None:
+    web.admin(fetch, f"https://{web.host}/", web.cafile)
+    deadline = time.monotonic() + 40  # ondemand children exit 10 s after their last request
+    while time.monotonic() < deadline:
+        children = sh(web.lab, "pgrep -c -f 'php-fpm: pool' || true").strip()
+        if children == "0":
+            break
+        time.sleep(2)
+    assert children == "0", f"{children} PHP-FPM children still running"
+    master = sh(web.lab, f"systemctl show -p MainPID --value {plan.PHP_FPM_UNIT}").strip()
+    pss = sh(web.lab, f"awk '/^Pss:/ {{print $2}}' /proc/{master}/smaps_rollup").strip()
+    print(f"\nPHP-FPM master idle: {int(pss) / 1024:.1f} MiB PSS, no children")
+
+
+# --- in a real browser (lab/browser.py: Debian's Chromium in sams-admin) ---------------------------
+
+
+def _login(b: Any, host: str, user: str, password: str) -> float:
+    """Log in through the form; seconds from the click to the INBOX's list shown."""
+    assert b.load(f"https://{host}/") is None
+    b.wait(20).until(EC.presence_of_element_located((By.NAME, "_user")))
+    b.driver.find_element(By.NAME, "_user").send_keys(user)
+    b.driver.find_element(By.NAME, "_pass").send_keys(password)
+    clicked = time.monotonic()
+    b.driver.find_element(By.CSS_SELECTOR, "#rcmloginsubmit, button[type=submit]").click()
+    b.wait(30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#messagelist tbody tr")))
+    return time.monotonic() - clicked
+
+
+def _until_text(b: Any, *needles: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = b.text()
+        if all(n in text for n in needles) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.25)
+
+
+def _change_password(b: Any, host: str, current: str, new: str) -> str:
+    """Fill Settings > Password and save; the page's text once Roundcube answered."""
+    assert b.load(f"https://{host}/?_task=settings&_action=plugin.password") is None
+    b.wait(20).until(EC.presence_of_element_located((By.NAME, "_curpasswd")))
+    for name, value in (("_curpasswd", current), ("_newpasswd", new), ("_confpasswd", new)):
+        field = b.driver.find_element(By.NAME, name)
+        field.clear()
+        field.send_keys(value)
+    b.driver.execute_script("rcmail.command('plugin.password-save')")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = b.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#messagestack div')).map(d => d.textContent).join(' | ')"
+        )
+        if shown and "Saving" not in shown and "Loading" not in shown:
+            return str(shown)
+        time.sleep(0.2)
+    raise AssertionError("Roundcube showed no answer to the password change")
+
+
+def test_a_user_reads_sends_and_changes_the_password_in_the_browser(web: World) -> None:
+    host, alice, bob = web.host, "alice@sams.test", "bob@sams.test"
+    old, new = web.passwords[alice], "Plum tree on the hill 42"
+    inbound = subject("webmail-in")
+    web.submit(587, bob, [alice], inbound)
+    ca = acme.issuer_pems(web.lab.paths, web.lab.spec.inet_ipv4)
+    with browser.browser(
+        NAMES.ns_admin, host_map={host: web.lab.spec.vpn_host}, ca_pem=ca, artifacts=browser.artifacts_dir("webmail")
+    ) as b:
+        login_s = _login(b, host, alice, old)
+        text = _until_text(b, inbound)
+        b.shot("1-inbox")
+        assert inbound in text, text[:500]
+        print(f"\nlogin click to INBOX listed: {login_s:.2f} s; browser PSS {b.pss_kib() / 1024:.0f} MiB")
+
+        # Read it: the message opens in the preview frame with its body.
+        b.driver.find_element(By.XPATH, f"//tr[contains(., '{inbound}')]").click()
+        b.wait(20).until(EC.frame_to_be_available_and_switch_to_element((By.ID, "messagecontframe")))
+        assert "hello" in _until_text(b, "hello")
+        b.driver.switch_to.default_content()
+        b.shot("2-message")
+
+        # Send one to bob through the compose page; it must arrive in his INBOX.
+        outbound = subject("webmail-out")
+        assert b.load(f"https://{host}/?_task=mail&_action=compose") is None
+        b.wait(20).until(EC.presence_of_element_located((By.NAME, "_subject")))
+        b.driver.find_element(By.CSS_SELECTOR, ".recipient-input input").send_keys(bob + ",")
+        b.driver.find_element(By.NAME, "_subject").send_keys(outbound)
+        b.driver.find_element(By.NAME, "_message").send_keys("Sent from the webmail in a real browser.")
+        b.shot("3-compose")
+        b.driver.execute_script("rcmail.command('send')")
+        assert web.read(bob, outbound, wait=60), "the message sent in the webmail did not arrive"
+
+        # Refusals first: a wrong current password (Roundcube's check against the session), a short
+        # one (the page's length rule) and a common one (sams-passwd's policy, its sentence shown).
+        shown = _change_password(b, host, "not the password", new)
+        b.shot("4-wrong-current")
+        assert "incorrect" in shown.lower(), shown
+        shown = _change_password(b, host, old, "short")
+        assert "at least 10 characters" in shown, shown
+        shown = _change_password(b, host, old, "1234567890")
+        b.shot("5-weak")
+        assert "too easy to guess" in shown, shown
+        assert web.inet(imap_logins, host, web.cafile, "", [(alice, old)]) == ["ok"]
+
+        shown = _change_password(b, host, old, new)
+        changed = time.monotonic()
+        b.shot("6-changed")
+        assert "saved" in shown.lower(), shown
+        # The new password works at IMAP and SMTP AUTH at once, the old one no more.
+        assert web.inet(imap_logins, host, web.cafile, "", [(alice, new), (alice, old)]) == ["ok", "failed"]
+        accepted_s = time.monotonic() - changed
+        data = message(alice, bob, subject("after-change"))
+        assert web.inet(submit_attempt, host, 587, web.cafile, (alice, new), alice, [bob], data)[0] == 250
+        assert web.inet(submit_attempt, host, 587, web.cafile, (alice, old), alice, [bob], data)[0] == 535
+        print(f"password saved to new password accepted by IMAP (old refused): {accepted_s:.2f} s")
+
+        # The session goes on, and a new login takes the new password.
+        b.driver.delete_all_cookies()
+        assert _login(b, host, alice, new) < 30
+        b.shot("7-login-again")
