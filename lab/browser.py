@@ -37,7 +37,7 @@ Example, a webmail login from the internet (``lab`` is the session fixture)::
     ca = acme.issuer_pems(lab.paths, lab.spec.inet_ipv4)
     with browser.browser(NAMES.ns_inet, host_map={host: lab.spec.public_ipv4}, ca_pem=ca,
                          artifacts=browser.artifacts_dir("test_webmail_login")) as b:
-        b.driver.get(f"https://{host}/")
+        assert b.load(f"https://{host}/") is None  # else Chromium's error, "net::ERR_..."
         b.wait().until(EC.presence_of_element_located((By.NAME, "_user")))
         b.driver.find_element(By.NAME, "_user").send_keys("alice@example.org")
         b.driver.find_element(By.NAME, "_pass").send_keys(password)
