@@ -312,6 +312,7 @@ class Browser:
     start_s: float
     pgid: int
     workdir: Path
+    port: int  # chromedriver's, on the namespace's 127.0.0.1
     shots: list[Path] = field(default_factory=list)
 
     def shot(self, name: str) -> Path:
@@ -440,7 +441,7 @@ def browser(
         driver.set_page_load_timeout(PAGE_LOAD_S)
         driver.set_script_timeout(SCRIPT_S)
         start_s = time.monotonic() - started
-        b = Browser(driver, artifacts, start_s, proc.pid, workdir)
+        b = Browser(driver, artifacts, start_s, proc.pid, workdir, port)
         print(
             f"\nbrowser in {namespace}: chromedriver ready {driver_s:.2f} s, Chromium ready {start_s:.2f} s, "
             f"PSS {b.pss_kib() / 1024:.0f} MiB"

@@ -9,6 +9,7 @@ $SAMS_ARTIFACTS/<test>/).
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -49,6 +50,9 @@ def test_browser_reads_the_mta_sts_policy_over_verified_tls(
         # Chromium and its driver run in the internet's namespace, not in this one.
         pids = browser.browser_pids(b.pgid, b.workdir)
         assert pids and {_netns_of(p) for p in pids} == {netns_inode(NAMES.ns_inet)}
+        # Its driver listens on the namespace's loopback: this namespace's 127.0.0.1 has nothing there.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", b.port), timeout=5).close()
         assert b.load(url) is None
         shot = b.shot("mta-sts-policy")
         assert b.driver.current_url == url
