@@ -8,7 +8,9 @@ server. Both verify the certificate against Pebble's issuing root (lab/world.py)
 
 from __future__ import annotations
 
+import re
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +25,7 @@ from components.webmail import plan
 from lab import acme, browser
 from lab.hostcmd import sh
 from lab.netclient import imap_logins, in_netns, message, submit_attempt
-from lab.session import Lab
+from lab.session import Lab, up_with
 from lab.spec import NAMES
 from lab.world import DOMAIN, World, subject, world
 
@@ -139,7 +141,7 @@ def test_a_user_reads_sends_and_changes_the_password_in_the_browser(web: World) 
 
         # Read it: the message opens in the preview frame with its body.
         b.driver.find_element(By.XPATH, f"//tr[contains(., '{inbound}')]").click()
-        b.wait(20).until(EC.frame_to_be_available_and_switch_to_element((By.ID, "messagecontframe")))
+        b.wait(20).until(EC.frame_to_be_available_and_switch_to_it((By.ID, "messagecontframe")))
         assert "hello" in _until_text(b, "hello")
         b.driver.switch_to.default_content()
         b.shot("2-message")
@@ -183,3 +185,81 @@ def test_a_user_reads_sends_and_changes_the_password_in_the_browser(web: World) 
         b.driver.delete_all_cookies()
         assert _login(b, host, alice, new) < 30
         b.shot("7-login-again")
+
+
+# --- exposure public: the internet reaches the webmail, and a guesser is banned --------------------
+
+GUESSER = "198.18.0.67"  # an address of the internet's own, added for this test only
+
+
+def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
+    """Wrong passwords through the login form from `source`, each with its own session and CSRF token
+    (as a browser would send them): "denied" while Roundcube answers, "refused"/"cut" once banned."""
+    import http.client
+    import http.cookies
+    import urllib.parse
+
+    context = ssl.create_default_context(cafile=cafile)
+    outcomes = []
+    for n in range(attempts):
+        try:
+            conn = http.client.HTTPSConnection(host, 443, timeout=15, context=context, source_address=(source, 0))
+            conn.request("GET", "/")
+            page = conn.getresponse()
+            body = page.read().decode(errors="replace")
+            cookies = http.cookies.SimpleCookie()
+            for header in page.headers.get_all("Set-Cookie") or []:
+                cookies.load(header)
+            token = re.search(r'name="_token" value="([^"]+)"', body)
+            assert token, body[:300]
+            form = urllib.parse.urlencode(
+                {
+                    "_token": token.group(1),
+                    "_task": "login",
+                    "_action": "login",
+                    "_timezone": "UTC",
+                    "_user": f"guess{n}@{DOMAIN}",
+                    "_pass": "not-the-password",
+                }
+            )
+            headers = {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": "; ".join(f"{k}={v.value}" for k, v in cookies.items()),
+            }
+            conn.request("POST", "/?_task=login", body=form, headers=headers)
+            answer = conn.getresponse()
+            text = answer.read().decode(errors="replace")
+            outcomes.append("denied" if answer.status in (200, 401) and 'name="_pass"' in text else str(answer.status))
+            conn.close()
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+            break
+        except (ConnectionResetError, TimeoutError, OSError):
+            outcomes.append("cut")
+            break
+        time.sleep(1)
+    return outcomes
+
+
+def test_public_exposure_serves_the_internet_and_bans_a_guesser(web: World) -> None:
+    lab = web.lab
+    ns, bridge = NAMES.ns_inet, NAMES.bridge
+    try:
+        up_with(lab, {"sams:webmail": {"exposure": "public"}})
+        status, body, headers = web.inet(fetch, f"https://{web.host}/", web.cafile)
+        assert status == 200 and 'name="_user"' in body, (status, body[:300])
+        assert headers.get("Strict-Transport-Security") == "max-age=31536000"
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{GUESSER}/32", "dev", bridge], check=True)
+        outcomes = web.inet(guess_web_logins, web.host, web.cafile, GUESSER, 12, timeout=300)
+        assert outcomes[0] == "denied" and outcomes[-1] in ("refused", "cut"), outcomes
+        jail = sh(lab, "fail2ban-client status sams-roundcube")
+        assert re.search(rf"Banned IP list:\s.*\b{re.escape(GUESSER)}\b", jail), jail
+        print(f"\nweb login guesses before the ban: {outcomes.count('denied')} ({outcomes})")
+        # The rest of the internet still reads its webmail.
+        assert web.inet(fetch, f"https://{web.host}/", web.cafile)[0] == 200
+    finally:
+        sh(lab, f"fail2ban-client set sams-roundcube unbanip {GUESSER} || true")
+        subprocess.run(["ip", "-n", ns, "addr", "del", f"{GUESSER}/32", "dev", bridge], check=False)
+        up_with(lab, {})
+    # Back to vpn: the internet meets the default server again.
+    assert web.inet(fetch, f"https://{web.host}/", web.cafile)[0] == 404
