@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.fresh import fresh_lab
 from bench.mail_path import STACK, ContainerCgroup, pss_kib
 from bench.record import record
+from components.webmail.plan import PHP_FPM_UNIT
 from lab.spec import StatePaths
 
 
@@ -41,6 +42,11 @@ MONITORING = (
     # The health checks' prober (components/monitoring/health.py).
     "prometheus-blackbox-exporter.service",
 )
+
+
+# The webmail's own daemons (sams:webmail, on by default): Roundcube's PHP-FPM and Radicale. nginx was
+# there before them (MTA-STS) and stays in the rest.
+WEBMAIL = (f"{PHP_FPM_UNIT}.service", "radicale.service")
 
 
 def measure(paths: StatePaths, quiet: float, scrape: float | None = None) -> list[tuple[str, str]]:
@@ -79,7 +85,11 @@ def measure(paths: StatePaths, quiet: float, scrape: float | None = None) -> lis
                 (f"CPU per scrape ({scrape:.0f} s interval, {scrapes:.0f} scrapes; ms)", ", ".join(
                     f"{u} {ms:.1f}" for u, ms in per.items()))
             )  # fmt: skip
-    rest = {u: k for u, k in by_unit.items() if u not in STACK and u not in MONITORING}
+    web = {u: k for u, k in by_unit.items() if u in WEBMAIL}
+    if web:
+        rows.append(("idle PSS of webmail and calendars (MiB)", f"{sum(web.values()) / 1024:.0f}"))
+        rows.append(("  by unit (MiB)", by_size(web)))
+    rest = {u: k for u, k in by_unit.items() if u not in STACK and u not in MONITORING and u not in WEBMAIL}
     rows.append(("idle PSS of the rest of the host (MiB)", f"{sum(rest.values()) / 1024:.0f}"))
     rows.append(("  largest (MiB)", by_size(rest, 6)))
     rows.append((f"idle PSS {when}: whole host container (MiB)", f"{sum(by_unit.values()) / 1024:.0f}"))
