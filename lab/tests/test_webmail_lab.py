@@ -223,6 +223,8 @@ def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list
                 }
             )
             headers = {
+                # Every other guess claims another address, as a guesser hiding behind the header would.
+                **({"X-Forwarded-For": "198.51.100.9"} if n % 2 else {}),
                 "Content-Type": "application/x-www-form-urlencoded",
                 "Cookie": "; ".join(f"{k}={v.value}" for k, v in cookies.items()),
             }
