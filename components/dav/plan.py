@@ -25,6 +25,8 @@ LISTEN_PORT = 5232  # Radicale's own default port
 URL_PATH = "/dav/"
 SCRIPT_NAME = URL_PATH.rstrip("/")
 NGINX_INCLUDE = f"{WEBMAIL_NGINX_INCLUDES}/dav.conf"
+# The webmail server's port (nginx, HTTPS): what clients dial for DAV (SRV records, the profile).
+HTTPS_PORT = 443
 # RFC 6764 section 5: clients ask these first and follow the redirect to the DAV root.
 WELL_KNOWN: tuple[str, ...] = ("/.well-known/caldav", "/.well-known/carddav")
 
