@@ -62,8 +62,11 @@ def packages_step(settings: Settings) -> StepSpec | None:
 # unit; nginx checks its configuration and reloads only when /dav/'s file changed.
 SCRIPT = f"""\
 changed() {{ printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }}
-# Debian's package leaves the folder root's: Radicale writes the collections as its own user.
+# Debian's package leaves the folder root's: Radicale writes the collections as its own user. A
+# restore (restic keeps numeric ids, and runs before this package exists on a new host) may bring
+# them back under another id: they are handed back too.
 install -d -o {USER} -g {USER} -m 0750 {DAV_COLLECTIONS}
+find {DAV_COLLECTIONS} \\( ! -user {USER} -o ! -group {USER} \\) -exec chown -h {USER}:{USER} {{}} +
 runuser -u {USER} -- radicale --config {CONFIG} --verify-storage >/dev/null
 systemctl enable -q {UNIT}.service
 if changed {CONFIG}; then

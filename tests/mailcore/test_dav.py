@@ -246,6 +246,12 @@ def site(lab_settings_dav: settings.Settings, tmp_path_factory: pytest.TempPathF
 
             # The dav step as sams-apply runs it (systemctl is the recording stub: no systemd here).
             stub_systemctl(root)
+            # As a restore on a new host leaves them: another (numeric) owner than this tree's radicale.
+            restored = root / plan.DAV_COLLECTIONS.lstrip("/") / "restored@sams.test" / "calendar"
+            restored.mkdir(parents=True)
+            (restored / "event.ics").write_text("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+            for path in (restored.parent, restored, restored / "event.ics"):
+                os.chown(path, 4242, 4242)
             spec = dav_step(lab_settings_dav)
             changed = install_step(root, spec, {})
             run_step_script(root, spec, {}, changed)
@@ -364,6 +370,9 @@ def plain(cafile: str, host: str, method: str, path: str, headers: dict[str, str
 def test_the_step_made_the_collections_radicales_and_started_it(site: Site) -> None:
     owner = _ok(site.root, "stat", "-c", "%U:%G %a", plan.DAV_COLLECTIONS).strip()
     assert owner == f"{plan.USER}:{plan.USER} 750", owner
+    # What a restore brought back under another id is Radicale's again.
+    owners = _ok(site.root, "find", plan.DAV_COLLECTIONS, "-printf", "%u:%g\n").split()
+    assert len(owners) >= 4 and set(owners) == {f"{plan.USER}:{plan.USER}"}, owners
     calls = (site.root / SYSTEMCTL_LOG.lstrip("/")).read_text().splitlines()
     assert f"enable -q {plan.UNIT}.service" in calls
     assert f"restart {plan.UNIT}.service" in calls  # its config was new
