@@ -65,7 +65,7 @@ def test_every_radicale_setting_says_why() -> None:
 
 def test_nginx_proxies_dav_with_the_script_name_and_redirects_well_known() -> None:
     text = next(f.content for f in dav_step(settings_with("prod", {})).files if f.path == plan.NGINX_INCLUDE)
-    assert "location /dav/ {" in text
+    assert "location ^~ /dav/ {" in text
     assert "proxy_pass http://127.0.0.1:5232;" in text  # the path unchanged: Radicale strips /dav
     assert "proxy_set_header X-Script-Name /dav;" in text
     for path in ("/.well-known/caldav", "/.well-known/carddav"):

@@ -174,6 +174,9 @@ http {{
         server_name {host};
         ssl_certificate /etc/dovecot/test-fullchain.pem;
         ssl_certificate_key /etc/dovecot/test-key.pem;
+        # As the webmail's server refuses them: a DAV path must not meet these.
+        location ~ /\\. {{ return 404; }}
+        location ~ \\.php$ {{ return 404; }}
         include {WEBMAIL_NGINX_INCLUDES}/*.conf;
     }}
 }}
