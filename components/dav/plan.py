@@ -30,6 +30,13 @@ HTTPS_PORT = 443
 # RFC 6764 section 5: clients ask these first and follow the redirect to the DAV root.
 WELL_KNOWN: tuple[str, ...] = ("/.well-known/caldav", "/.well-known/carddav")
 
+# What each user finds at the first login (Radicale's predefined_collections): a calendar and an
+# address book, because iOS can add calendars to a CalDAV account but no address book to a CardDAV one.
+PREDEFINED_COLLECTIONS: dict[str, dict[str, str]] = {
+    "calendar": {"tag": "VCALENDAR", "D:displayname": "Calendar", "C:supported-calendar-component-set": "VEVENT,VTODO"},
+    "contacts": {"tag": "VADDRESSBOOK", "D:displayname": "Contacts"},
+}
+
 # Radicale checks each password with an IMAP LOGIN at the host's own Dovecot over implicit TLS.
 IMAPS_PORT = 993
 

@@ -8,6 +8,8 @@ stay: they are the users' calendars and address books.
 
 from __future__ import annotations
 
+import json
+
 from components.dav.plan import (
     CONFIG,
     DAV_COLLECTIONS,
@@ -16,6 +18,7 @@ from components.dav.plan import (
     LISTEN_PORT,
     NGINX_INCLUDE,
     PACKAGES,
+    PREDEFINED_COLLECTIONS,
     SCRIPT_NAME,
     UNIT,
     URL_PATH,
@@ -39,6 +42,7 @@ def _context(settings: Settings) -> dict[str, object]:
         "url_path": URL_PATH,
         "script_name": SCRIPT_NAME,
         "well_known": WELL_KNOWN,
+        "predefined": json.dumps(PREDEFINED_COLLECTIONS),
     }
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from xml.etree import ElementTree
 
 import pytest
 
@@ -351,6 +352,21 @@ def other_user(cafile: str, host: str, user: str, password: str, paths: list[str
     return out
 
 
+def listing(cafile: str, host: str, user: str, password: str, path: str) -> tuple[int, str]:
+    """PROPFIND with Depth 1: the status and the hrefs' text."""
+    import base64
+
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    ctx = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection(host, 443, context=ctx, timeout=30)
+    try:
+        conn.request("PROPFIND", path, headers={"Authorization": f"Basic {auth}", "Depth": "1"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
 def _request(cafile: str, host: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=cafile)
     conn = http.client.HTTPSConnection(host, 443, context=ctx, timeout=30)
@@ -401,6 +417,25 @@ def test_caldav_and_carddav_round_trip_and_owner_only(site: Site) -> None:
     # Bob's own principal works: the refusal is owner_only, not a failed login.
     own = in_netns(NETNS, hosts, other_user, site.cafile, site.host, bob, bob_pw, [f"{plan.URL_PATH}{bob}/"])
     assert own[0] == 207, own
+
+
+def test_a_new_user_finds_a_calendar_and_an_address_book(site: Site) -> None:
+    """Made at the first login (predefined_collections): Bob has not logged in before this test
+    module's round trip, or has, and either way finds both, with their types."""
+    bob, bob_pw = list(USERS.items())[1]
+    status, body = in_netns(
+        NETNS, {site.host: "127.0.0.1"}, listing, site.cafile, site.host, bob, bob_pw, f"{plan.URL_PATH}{bob}/"
+    )
+    assert status == 207, body
+    types = {}
+    for response in ElementTree.fromstring(body).iter("{DAV:}response"):
+        href = response.findtext("{DAV:}href", "")
+        kinds = response.find(".//{DAV:}resourcetype")
+        types[href] = {child.tag.split("}")[1] for child in (kinds if kinds is not None else [])}
+    prefix = f"{plan.URL_PATH}{quote(bob)}/"
+    assert types[f"{prefix}calendar/"] == {"collection", "calendar"}, types
+    assert types[f"{prefix}contacts/"] == {"collection", "addressbook"}, types
+    assert set(plan.PREDEFINED_COLLECTIONS) == {"calendar", "contacts"}
 
 
 def test_a_wrong_password_is_refused(site: Site) -> None:
