@@ -68,6 +68,7 @@ def test_nginx_proxies_dav_with_the_script_name_and_redirects_well_known() -> No
     assert "location ^~ /dav/ {" in text
     assert "proxy_pass http://127.0.0.1:5232;" in text  # the path unchanged: Radicale strips /dav
     assert "proxy_set_header X-Script-Name /dav;" in text
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in text  # what Radicale logs, unspoofed
     for path in ("/.well-known/caldav", "/.well-known/carddav"):
         assert f"location = {path} {{\n    return 301 /dav/;\n}}" in text
 
