@@ -8,6 +8,7 @@ from pulumi_command import remote
 from cloudinit import BootSecrets, hub_peer, user_data
 from components.backup import Backup, BackupArgs
 from components.database import Database, DatabaseArgs
+from components.dav import Dav, DavArgs
 from components.dns import Dns, DnsArgs
 from components.firewall.steps import firewall_step
 from components.host import Host, HostArgs
@@ -119,6 +120,10 @@ monitoring = Monitoring(
         after=(tls, users, webmail),
     ),
 )
+
+# CalDAV and CardDAV (sams:webmail.calendars): Radicale behind the webmail's nginx, its logins checked
+# by the host's own Dovecot over TLS with the ACME certificate.
+dav = Dav("dav", DavArgs(settings, tunnel, after=(tls, users)))
 
 # The journal to the collector on the tunnel (sams:monitoring.journalUploadUrl); off, the uploader stops.
 journal = Journal("journal", JournalArgs(settings, tunnel, after=(monitoring,)))

@@ -27,6 +27,7 @@ from typing import Any
 import mockrun
 from cloudinit import BASE_PACKAGES
 from components.backup.plan import BACKUP_PACKAGES, SFTP_PACKAGES
+from components.dav.plan import PACKAGES as DAV_PACKAGES
 from components.journal.plan import PACKAGES as JOURNAL_PACKAGES
 from components.mail.services import CLAMAV_PACKAGES, MAIL_PACKAGES, RELAY_SASL_PACKAGES
 from components.monitoring.plan import PACKAGES as MONITORING_PACKAGES
@@ -52,6 +53,7 @@ STACK_PACKAGES = (
     *CLAMAV_PACKAGES,
     *BACKUP_PACKAGES,
     *SFTP_PACKAGES,
+    *DAV_PACKAGES,
     *MONITORING_PACKAGES,
     *JOURNAL_PACKAGES,
     *WEBMAIL_PACKAGES,

@@ -99,3 +99,29 @@ def test_the_warning_is_logged_at_program_run(caplog: pytest.LogCaptureFixture) 
     text = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert 'sams.test._report._dmarc.elsewhere.example TXT "v=DMARC1"' in text, text[-2000:]
     assert 'other.test._report._dmarc.elsewhere.example TXT "v=DMARC1"' in text, text[-2000:]
+
+
+def test_dav_srv_records_only_when_calendars_are_public() -> None:
+    """RFC 6764 SRV for CalDAV/CardDAV: the host on 443 with calendars on and webmail public; else "."
+    (not offered), like a VPN-only mail port: the lab's default (exposure vpn) advertises nothing."""
+    import json
+    from pathlib import Path
+
+    from settings import load
+
+    project = Path(__file__).resolve().parents[1]
+    cases: tuple[tuple[dict[str, str | bool], bool], ...] = (
+        ({}, False),
+        ({"exposure": "public"}, True),
+        ({"exposure": "public", "calendars": False}, False),
+    )
+    for webmail, offered in cases:
+        cfg = {**mockrun.stack_config("prod"), **mockrun.TEST_SECRETS, "sams:webmail": json.dumps(webmail)}
+        s = load("prod", cfg, project)
+        by_name = {r.name: r for r in records_of(s)}
+        for domain in s.mail.domains:
+            for service in ("caldavs", "carddavs"):
+                record = by_name[f"_{service}._tcp.{domain.name}"]
+                assert record.type == "SRV"
+                want = srv(0, 1, 443, s.config.hostname) if offered else srv(0, 0, 0, ".")
+                assert record.data == want, (webmail, record)

@@ -15,7 +15,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from components.database.steps import WAL_ARCHIVE
-from components.hostpaths import VMAIL_ROOT
+from components.dav.plan import UNIT as DAV_UNIT
+from components.hostpaths import DAV_COLLECTIONS, VMAIL_ROOT, WEBMAIL_DATA_DIR
 from components.users.steps import ARCHIVE_ROOT
 from settings import Settings
 from settings.stack import BackupCopy, BackupSettings
@@ -42,8 +43,19 @@ RESTORED_MARKER = "/var/lib/sams/backup/restored.json"
 # What the program cannot render again: the mail (Sieve scripts live in each user's home beside
 # the Maildir), offboarded users' archives, the archived WAL (PostgreSQL itself travels as a base
 # backup in a snapshot of its own), the ACME account and certificates (a rebuilt host would
-# otherwise ask for new ones and can meet the CA's rate limits).
-SNAPSHOT_PATHS: tuple[str, ...] = (VMAIL_ROOT, ARCHIVE_ROOT, WAL_ARCHIVE, "/etc/letsencrypt")
+# otherwise ask for new ones and can meet the CA's rate limits), the webmail's own database and
+# Radicale's calendars and address books (issue 23 item 7).
+SNAPSHOT_PATHS: tuple[str, ...] = (
+    VMAIL_ROOT,
+    ARCHIVE_ROOT,
+    WAL_ARCHIVE,
+    "/etc/letsencrypt",
+    WEBMAIL_DATA_DIR,
+    DAV_COLLECTIONS,
+)
+# Daemons other than mail's that write into those paths: stopped around a host restore like Postfix
+# and Dovecot (only those running), so none writes into a folder being moved aside.
+DATA_UNITS: tuple[str, ...] = (f"{DAV_UNIT}.service",)
 # A Maildir's tmp/ holds only deliveries in progress: never a message that got its 250.
 EXCLUDES: tuple[str, ...] = (f"{VMAIL_ROOT}/*/*/Maildir/tmp/*", f"{VMAIL_ROOT}/*/*/Maildir/.*/tmp/*")
 

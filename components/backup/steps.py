@@ -17,6 +17,7 @@ from components.backup.plan import (
     CONFIG_FILE,
     COPY_ENV_FILE,
     COPY_UNIT,
+    DATA_UNITS,
     ENV_FILE,
     EXCLUDES,
     KNOWN_HOSTS_FILE,
@@ -84,6 +85,7 @@ def tool_config(settings: Settings) -> dict[str, object]:
         },
         "vmail": {"root": VMAIL_ROOT, "uid": VMAIL_UID, "maildir": "Maildir"},
         "mail_units": ["postfix.service", "dovecot.service"],
+        "data_units": list(DATA_UNITS),
         "copy": {"repository": backup.copy_to.repository, "env_file": COPY_ENV_FILE} if backup.copy_to else None,
     }
 

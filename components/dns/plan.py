@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+from components.dav.plan import HTTPS_PORT, calendars_public
 from components.dns.records import Record, Ref, caa, cname, mx, srv, txt, within, zone_of
 from components.firewall.policy import Port, port_policy
 from components.keys.rotation import DkimPhase, phase_without_clock
@@ -143,6 +144,28 @@ def client_srv(settings: Settings, domain: str) -> list[Record]:
     return records
 
 
+# RFC 6764 CalDAV/CardDAV over TLS: nginx's https://<hostname>/ (port 443) when Radicale is offered to
+# the internet; the well-known redirects there take the client to /dav/.
+DAV_SRV: tuple[tuple[str, str], ...] = (
+    ("caldavs", "RFC 6764: calendars (CalDAV over TLS)"),
+    ("carddavs", "RFC 6764: contacts (CardDAV over TLS)"),
+)
+
+
+def dav_srv(settings: Settings, domain: str) -> list[Record]:
+    """CalDAV and CardDAV SRV: the host on 443 when calendars are on and webmail public, else "."
+    (RFC 2782: not offered), as client_srv says for a closed port: a VPN-only service is not advertised."""
+    cfg = settings.config
+    records = []
+    for service, purpose in DAV_SRV:
+        name = f"_{service}._tcp.{domain}"
+        if calendars_public(cfg):
+            records.append(Record(domain, name, "SRV", cfg.dns.ttl, srv(0, 1, HTTPS_PORT, cfg.hostname), purpose))
+        else:
+            records.append(Record(domain, name, "SRV", cfg.dns.ttl, srv(0, 0, 0, "."), f"{purpose}: not offered"))
+    return records
+
+
 def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -> tuple[Record, ...]:
     """Every record; `dkim` is the rotation phase (required when sams:dkim.rotation is set)."""
     cfg = settings.config
@@ -171,6 +194,7 @@ def plan(settings: Settings, *, has_ipv6: bool, dkim: DkimPhase | None = None) -
                 "TLS-RPT: where senders report TLS failures",
             ),
             *client_srv(settings, d),
+            *dav_srv(settings, d),
             *(
                 Record(d, d, "CAA", ttl, caa(0, "issue", ca), f"{ca} may issue (sams:acme.caaIssuers)")
                 for ca in cfg.acme.caa_issuers

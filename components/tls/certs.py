@@ -22,7 +22,15 @@ import shlex
 from components.dns.plan import mta_sts_policy
 from components.remote.steps import File, StepSpec, late
 from components.render import render
-from components.tls.autoconfig import ADDRESS, AUTODISCOVER_LOCAL, CLIENTS_ROOT, client_files
+from components.tls.autoconfig import (
+    ADDRESS,
+    APPLE_PROFILE_ADDRESS_PATH,
+    APPLE_PROFILE_PATH,
+    APPLE_PROFILE_TYPE,
+    AUTODISCOVER_LOCAL,
+    CLIENTS_ROOT,
+    client_files,
+)
 from settings import Settings
 
 # Debian 13 packages (installed with the mail stack's, so the lab bakes them into its tree).
@@ -161,6 +169,9 @@ def nginx_site(settings: Settings) -> str:
         client_domains=[d.name for d in settings.mail.domains],
         clients_root=CLIENTS_ROOT,
         address_placeholder=ADDRESS,
+        profile_path=APPLE_PROFILE_PATH,
+        profile_address_path=APPLE_PROFILE_ADDRESS_PATH,
+        profile_type=APPLE_PROFILE_TYPE,
         autodiscover_local=AUTODISCOVER_LOCAL,
         tls_fullchain=TLS_FULLCHAIN,
         tls_key=TLS_KEY,

@@ -82,6 +82,17 @@ def test_a_snapshot_holds_the_mail_the_wal_and_the_certificates() -> None:
     assert {VMAIL_ROOT, WAL_ARCHIVE, "/etc/letsencrypt", "/var/mail/archive"} <= set(SNAPSHOT_PATHS)
 
 
+def test_a_snapshot_holds_the_webmail_data_and_the_calendars() -> None:
+    """Issue 23 item 7: what is neither Maildir nor PostgreSQL; Radicale is stopped around a restore."""
+    from components.hostpaths import DAV_COLLECTIONS, WEBMAIL_DATA_DIR
+
+    assert {WEBMAIL_DATA_DIR, DAV_COLLECTIONS} <= set(SNAPSHOT_PATHS)
+    spec = backup_step(settings_with("lab", {"enabled": True, "repository": REST}))
+    config = json.loads(next(f for f in spec.files if f.path == CONFIG_FILE).content)
+    assert {WEBMAIL_DATA_DIR, DAV_COLLECTIONS} <= set(config["paths"])
+    assert config["data_units"] == ["radicale.service"]
+
+
 def test_the_timer_follows_the_schedule() -> None:
     spec = backup_step(
         settings_with(

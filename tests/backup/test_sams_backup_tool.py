@@ -216,3 +216,48 @@ def test_the_run_records_what_its_programs_cost() -> None:
     usage = tool.children_usage()
     assert usage["peak_rss_mib"] >= 64, usage
     assert usage["cpu_s"] >= 0
+
+
+def test_a_host_restore_stops_radicale_with_the_mail_daemons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """restore-host stops every running daemon that writes into a snapshot path (Radicale: its
+    collections), restores the paths, then starts them again; one not running stays stopped."""
+    calls: list[tuple[str, ...]] = []
+    running = {"postfix.service", "dovecot.service", "radicale.service"}
+
+    def systemctl(*args: str, check: bool = True) -> Any:
+        calls.append(args)
+        code = 0 if args[0] != "is-active" or args[-1] in running else 3
+        return type("Done", (), {"returncode": code, "stdout": "", "stderr": ""})()
+
+    class Restic:
+        repository = "rest:https://backup.example.org/"
+
+        def __init__(self, cfg: dict[str, Any]) -> None:
+            pass
+
+        def snapshots(self, *tags: str) -> list[dict[str, Any]]:
+            return [{"id": tags[0], "short_id": tags[0][:4], "time": "2026-12-07T10:00:00Z"}]
+
+    monkeypatch.setattr(tool, "systemctl", systemctl)
+    monkeypatch.setattr(tool, "Restic", Restic)
+    monkeypatch.setattr(tool, "partner", lambda snap, others, what: others[0])
+    monkeypatch.setattr(tool, "pick", lambda snaps, wanted, what, repo: snaps[0])
+    monkeypatch.setattr(tool, "restore_in_place", lambda restic, snap, path, when: calls.append(("restore", str(path))))
+    monkeypatch.setattr(tool, "restore_postgres", lambda *a, **k: {"restored": True})
+    monkeypatch.setattr(tool, "unit_exists", lambda unit: True)
+    paths = [str(tmp_path / "vmail"), str(tmp_path / "collections")]
+    cfg = {
+        "restored_marker": str(tmp_path / "restored"),
+        "paths": paths,
+        "mail_units": ["postfix.service", "dovecot.service"],
+        "data_units": ["radicale.service", "php8.4-fpm.service"],
+        "postgres": {"unit": "sams-postgres.service"},
+    }
+    assert tool.restore_host(cfg, None, False)["restored"] is True
+    assert [c[1] for c in calls if c[0] == "restore"] == paths
+    stops = [c[1] for c in calls if c[0] == "stop"]
+    starts = [c[1] for c in calls if c[0] == "start"]
+    assert stops == starts == ["postfix.service", "dovecot.service", "radicale.service"]
+    # Every stop before the first restored path, every start after the last.
+    assert calls.index(("stop", "radicale.service")) < calls.index(("restore", paths[0]))
+    assert calls.index(("restore", paths[-1])) < calls.index(("start", "postfix.service"))

@@ -714,15 +714,17 @@ def host_has_mail(cfg: dict[str, Any]) -> bool:
 
 def restore_host(cfg: dict[str, Any], wanted: str | None, if_new: bool) -> dict[str, Any]:
     """Everything a snapshot holds back in place: the files, then PostgreSQL to the end of the WAL
-    the files snapshot holds. Postfix and Dovecot are stopped meanwhile (on a new host they do not
-    run yet); what is replaced is moved aside."""
+    the files snapshot holds. Postfix, Dovecot and Radicale are stopped meanwhile (on a new host they
+    do not run yet); what is replaced is moved aside."""
     marker = Path(cfg["restored_marker"])
     if if_new and (marker.exists() or host_has_mail(cfg)):
         return {"restored": False, "why": "this host already has mail (or was restored): nothing restored"}
     restic = Restic(cfg)
     files = pick(restic.snapshots("files"), wanted, "files", restic.repository)
     base = partner(files, restic.snapshots("postgres"), "postgres")
-    units = [u for u in cfg["mail_units"] if systemctl("is-active", "-q", u, check=False).returncode == 0]
+    # Radicale (data_units) too: it writes into a snapshot path.
+    running = [*cfg["mail_units"], *cfg.get("data_units", [])]
+    units = [u for u in running if systemctl("is-active", "-q", u, check=False).returncode == 0]
     for unit in units:
         systemctl("stop", unit)
     when = stamp()
