@@ -123,7 +123,7 @@ monitoring = Monitoring(
 
 # CalDAV and CardDAV (sams:webmail.calendars): Radicale behind the webmail's nginx, its logins checked
 # by the host's own Dovecot over TLS with the ACME certificate.
-dav = Dav("dav", DavArgs(settings, tunnel, after=(tls, users)))
+dav = Dav("dav", DavArgs(settings, tunnel, after=(tls, users, webmail)))
 
 # The journal to the collector on the tunnel (sams:monitoring.journalUploadUrl); off, the uploader stops.
 journal = Journal("journal", JournalArgs(settings, tunnel, after=(monitoring,)))

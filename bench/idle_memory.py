@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.fresh import fresh_lab
 from bench.mail_path import STACK, ContainerCgroup, pss_kib
 from bench.record import record
+from components.dav.plan import UNIT as DAV_UNIT
 from components.webmail.plan import PHP_FPM_UNIT
 from lab.spec import StatePaths
 
@@ -46,7 +47,7 @@ MONITORING = (
 
 # The webmail's own daemons (sams:webmail, on by default): Roundcube's PHP-FPM and Radicale. nginx was
 # there before them (MTA-STS) and stays in the rest.
-WEBMAIL = (f"{PHP_FPM_UNIT}.service", "radicale.service")
+WEBMAIL = (f"{PHP_FPM_UNIT}.service", f"{DAV_UNIT}.service")
 
 
 def measure(paths: StatePaths, quiet: float, scrape: float | None = None) -> list[tuple[str, str]]:

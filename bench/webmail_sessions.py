@@ -25,6 +25,7 @@ from typing import Any
 from bench.fresh import fresh_lab
 from bench.mail_path import ContainerCgroup, pss_kib
 from bench.record import record
+from components.dav.plan import UNIT as DAV_UNIT
 from components.webmail.plan import PHP_FPM_UNIT
 from lab import acme, browser
 from lab.hostcmd import sh
@@ -32,7 +33,7 @@ from lab.spec import NAMES
 from lab.world import DOMAIN, USERS, known_passwords
 from lab.world import subject as make_subject
 
-UNITS = (f"{PHP_FPM_UNIT}.service", "radicale.service", "nginx.service", "dovecot.service")
+UNITS = (f"{PHP_FPM_UNIT}.service", f"{DAV_UNIT}.service", "nginx.service", "dovecot.service")
 SAMPLE_S = 0.5
 
 

@@ -417,7 +417,7 @@ def _change(root: Path, user: str, current: str, new: str) -> list[str]:
 
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
-        ["chroot", str(root), "/usr/bin/python3", PASSWD_TOOL], stdin=theirs, stderr=subprocess.PIPE, text=True
+        ["chroot", str(root), "/usr/bin/python3", PASSWD_TOOL], stdin=theirs.fileno(), stderr=subprocess.PIPE, text=True
     )
     theirs.close()
     ours.settimeout(30)
