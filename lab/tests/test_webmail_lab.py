@@ -204,7 +204,8 @@ def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list
     outcomes = []
     for n in range(attempts):
         try:
-            conn = http.client.HTTPSConnection(host, 443, timeout=15, context=context, source_address=(source, 0))
+            # Dovecot delays each failure from 127.0.0.1 (where Roundcube logs in) a little longer.
+            conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=(source, 0))
             conn.request("GET", "/")
             page = conn.getresponse()
             body = page.read().decode(errors="replace")
@@ -237,8 +238,8 @@ def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list
         except ConnectionRefusedError:
             outcomes.append("refused")
             break
-        except (ConnectionResetError, TimeoutError, OSError):
-            outcomes.append("cut")
+        except ConnectionResetError:
+            outcomes.append("cut")  # the ban came while this request was open
             break
         time.sleep(1)
     return outcomes
@@ -266,10 +267,10 @@ def test_public_exposure_serves_the_internet_and_bans_a_guesser(web: World) -> N
         assert headers.get("Strict-Transport-Security") == "max-age=31536000"
         subprocess.run(["ip", "-n", ns, "addr", "add", f"{GUESSER}/32", "dev", bridge], check=True)
         outcomes = web.inet(guess_web_logins, web.host, web.cafile, GUESSER, 12, timeout=300)
+        print(f"\nweb login guesses: {outcomes}")
         assert outcomes[0] == "denied" and outcomes[-1] in ("refused", "cut"), outcomes
         jail = sh(lab, "fail2ban-client status sams-roundcube")
         assert re.search(rf"Banned IP list:\s.*\b{re.escape(GUESSER)}\b", jail), jail
-        print(f"\nweb login guesses before the ban: {outcomes.count('denied')} ({outcomes})")
         # The rest of the internet still reads its webmail.
         assert web.inet(fetch, f"https://{web.host}/", web.cafile)[0] == 200
     finally:
