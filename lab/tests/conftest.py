@@ -6,10 +6,12 @@ the teardown is checked: nothing of it may remain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,43 +55,87 @@ def snapshot() -> dict[str, set[str]]:
     }
 
 
+class Boot:
+    """The session's lab, built in a thread while the rest of the suite runs (the unit and chroot tests
+    take ~4 minutes, the host's first boot and apply ~3.5 more; the two mostly use different cores).
+    The thread holds the machine's lock from its start until the session's teardown."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.lab: Lab | None = None
+        self.error: BaseException | None = None
+        # The program runs here, in the main thread: Pulumi's mocks are process-wide, and the unit
+        # tests run the program too once this returns. The thread only boots and applies.
+        self.root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
+        self.stack.callback(shutil.rmtree, self.root, ignore_errors=True)
+        self.paths = StatePaths(self.root)
+        keys = program.lab_keys(self.paths)
+        self.run = program.lab_run(self.paths, keys)
+        self.settings = program.lab_settings(keys)
+        self.spec = program.spec_from_run(self.run, self.settings, keys)
+        self.thread = threading.Thread(target=self._boot, name="lab-boot", daemon=True)
+
+    def _boot(self) -> None:
+        try:
+            # Another run's lab (a second checkout's tests) is waited for, a dead run's leftovers are
+            # cleared, a running `./run lab` host is left alone and named in the error.
+            self.stack.enter_context(machine_lock(timeout=LOCK_WAIT_S))
+            control.clear_leftovers()
+            assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
+            before = snapshot()
+            self.stack.callback(control.down, purge=True, paths=self.paths)
+            report = control.up(self.spec, paths=self.paths)
+            print(f"\nlab up: {report.timings}")
+            shell = HostShell.from_state(self.paths)
+            images = (self.settings.config.database.image,)
+            first = program.apply(self.run, self.paths, shell=shell, images=images)
+            self.lab = Lab(self.paths, self.spec, self.settings, self.run, shell, first, before, images)
+        except BaseException as exc:  # the first lab test raises it
+            self.error = exc
+
+    def wait(self) -> Lab:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.lab is not None
+        return self.lab
+
+
+BOOT: list[Boot] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the lab now when a lab test will need it, so it boots while the tests before it run."""
+    if os.geteuid() == 0 and any("lab" in getattr(item, "fixturenames", ()) for item in session.items):
+        BOOT.append(Boot())
+        BOOT[0].thread.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A lab no test took (an interrupted or failed run): torn down all the same."""
+    for boot in BOOT:
+        boot.thread.join()
+        boot.stack.close()
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     assert os.geteuid() == 0, "the lab tests need root (namespaces, nspawn): run them through ./run test"
-    # Another run's lab (a second checkout's tests) is waited for, a dead run's leftovers are
-    # cleared, a running `./run lab` host is left alone and named in the error.
-    with machine_lock(timeout=LOCK_WAIT_S):
-        control.clear_leftovers()
-        assert not control.status()["running"], "a lab is already up: `python -m lab down` first"
-        yield from _session_lab()
+    if not BOOT:  # collected without the hook (another plugin's selection): boot it now
+        BOOT.append(Boot())
+        BOOT[0].thread.start()
+    boot = BOOT[0]
+    lab = boot.wait()
+    yield lab
+    removed = control.down(paths=lab.paths)
+    assert any("nspawn" in r for r in removed)
+    assert control.down(paths=lab.paths) == []
+    assert_nothing_left(lab.before, lab.paths)
+    boot.stack.close()
 
 
 # A whole lab test session takes ~3 min here; wait for one other run, not forever.
 LOCK_WAIT_S = 1200.0
-
-
-def _session_lab() -> Iterator[Lab]:
-    before = snapshot()
-    root = Path(tempfile.mkdtemp(prefix="samslab-"))  # short: ssh's ControlPath must fit sun_path
-    paths = StatePaths(root)
-    try:
-        keys = program.lab_keys(paths)
-        run = program.lab_run(paths, keys)
-        settings = program.lab_settings(keys)
-        spec = program.spec_from_run(run, settings, keys)
-        report = control.up(spec, paths=paths)
-        print(f"\nlab up: {report.timings}")
-        shell = HostShell.from_state(paths)
-        images = (settings.config.database.image,)
-        first = program.apply(run, paths, shell=shell, images=images)
-        yield Lab(paths, spec, settings, run, shell, first, before, images)
-        removed = control.down(paths=paths)
-        assert any("nspawn" in r for r in removed)
-        assert control.down(paths=paths) == []
-        assert_nothing_left(before, paths)
-    finally:
-        control.down(purge=True, paths=paths)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def assert_nothing_left(before: dict[str, set[str]], paths: StatePaths) -> None:
