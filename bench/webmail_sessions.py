@@ -28,7 +28,7 @@ from bench.record import record
 from components.dav.plan import UNIT as DAV_UNIT
 from components.webmail.plan import PHP_FPM_UNIT
 from lab import acme, browser
-from lab.hostcmd import sh
+from lab.hostcmd import WAIT_RSPAMD, sh
 from lab.spec import NAMES
 from lab.world import DOMAIN, USERS, known_passwords
 from lab.world import subject as make_subject
@@ -63,7 +63,11 @@ def session(lab: Any, ca: str, user: str, password: str, marker: str, n: int, go
         go.wait(timeout=120)  # every browser is up: the logins start together
         clicked = time.monotonic()
         b.driver.find_element(By.CSS_SELECTOR, "#rcmloginsubmit, button[type=submit]").click()
-        b.wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#messagelist tbody tr")))
+        try:
+            b.wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#messagelist tbody tr")))
+        except Exception as exc:
+            b.shot("failed")
+            raise RuntimeError(f"{user}: no INBOX list after 60 s: {b.driver.title!r}: {b.text()[:300]!r}") from exc
         seconds = time.monotonic() - clicked
         b.driver.find_element(By.XPATH, f"//tr[contains(., '{marker}')]").click()
         b.wait(30).until(EC.frame_to_be_available_and_switch_to_it((By.ID, "messagecontframe")))
@@ -86,8 +90,12 @@ def main() -> None:
             ca = acme.issuer_pems(lab.paths, lab.spec.inet_ipv4)
             marker = make_subject("bench")
             users = [u for u in USERS if u.endswith(f"@{DOMAIN}")]
-            for user in users:  # one message each to open
+            sh(lab, WAIT_RSPAMD)  # the apply has just restarted it: a message meanwhile would wait in the queue
+            for user in users:  # one message each to open, in the INBOX before any browser starts
                 sh(lab, f"printf 'Subject: {marker}\\n\\nhello\\n' | /usr/sbin/sendmail -f root@{DOMAIN} {user}")
+            for user in users:
+                sh(lab, f"for i in $(seq 120); do doveadm search -u {user} mailbox INBOX header subject {marker} "
+                        f"| grep -q . && exit 0; sleep 0.5; done; exit 1")  # fmt: skip
             cg = ContainerCgroup(int(lab.paths.nspawn_pid.read_text().strip()))
             time.sleep(20)  # any PHP-FPM child from the apply's checks is gone
             idle = snapshot(cg)
