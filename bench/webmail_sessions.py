@@ -125,7 +125,11 @@ def main() -> None:
             stop.set()
             sampler.join(timeout=5)
             if errors or len(times) != args.sessions:
-                raise SystemExit("sessions failed: " + "; ".join(errors))
+                # What the host said meanwhile: Roundcube's errors, Dovecot's refusals.
+                said = sh(lab, "{ journalctl -q --no-pager --since -4min -t roundcube; "
+                               "journalctl -q --no-pager --since -4min -u dovecot; } "
+                               "| grep -iE 'error|fail|maximum' | tail -20", check=False)  # fmt: skip
+                raise SystemExit("sessions failed: " + "; ".join(errors) + "\nhost log:\n" + said)
             peak = max(samples, key=lambda s: sum(s.values()))
 
             def mib(s: dict[str, int]) -> str:
