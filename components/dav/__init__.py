@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.dav.steps import dav_step, packages_step
-from components.remote import RemoteStep, RemoteStepArgs, Tunnel
+from components.remote import Tunnel, chain
 from settings import Settings
 
 
@@ -27,17 +27,7 @@ class DavArgs:
 class Dav(pulumi.ComponentResource):
     def __init__(self, name: str, args: DavArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sams:dav:Dav", name, None, opts)
-        after: Sequence[pulumi.Resource] = args.after
-        packages = packages_step(args.settings)
-        if packages is not None:
-            self.packages = RemoteStep(
-                f"{name}-{packages.name}",
-                RemoteStepArgs(packages, args.tunnel, after=after),
-                pulumi.ResourceOptions(parent=self),
-            )
-            after = [*after, self.packages]
-        spec = dav_step(args.settings)
-        self.step = RemoteStep(
-            f"{name}-{spec.name}", RemoteStepArgs(spec, args.tunnel, after=after), pulumi.ResourceOptions(parent=self)
-        )
+        # The packages (none when off), then the step: each after the one before.
+        specs = [s for s in (packages_step(args.settings), dav_step(args.settings)) if s is not None]
+        self.steps = chain(name, specs, args.tunnel, {}, after=args.after, parent=self)
         self.register_outputs({})
