@@ -27,7 +27,7 @@ from components.dav.plan import (
     calendars_on,
 )
 from components.remote.packages import install_missing
-from components.remote.steps import File, StepSpec
+from components.remote.steps import File, StepSpec, stop_units
 from components.render import render
 from settings import Settings
 
@@ -86,16 +86,18 @@ fi
 
 # Radicale stopped and disabled if its package is there; nginx forgets /dav/ (sams-apply removed
 # the file) when it runs.
-DISABLED_SCRIPT = f"""\
-changed() {{ printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }}
-if systemctl list-unit-files -q {UNIT}.service >/dev/null 2>&1; then
-    systemctl disable -q --now {UNIT}.service
-fi
+DISABLED_SCRIPT = (
+    """\
+changed() { printf '%s\\n' "$SAMS_CHANGED" | grep -qxF "$1"; }
+"""
+    + stop_units(UNIT)
+    + f"""\
 if changed {NGINX_INCLUDE} && systemctl is-active -q nginx; then
     nginx -t -q
     systemctl reload nginx
 fi
 """
+)
 
 
 def dav_step(settings: Settings) -> StepSpec:

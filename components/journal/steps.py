@@ -11,7 +11,7 @@ from __future__ import annotations
 from cloudinit import WG_INTERFACE
 from components.journal.plan import CONFIG, DROPIN, PACKAGES, UNIT
 from components.remote.packages import install_missing
-from components.remote.steps import File, StepSpec
+from components.remote.steps import File, StepSpec, stop_units
 from components.render import render
 from settings import Settings
 
@@ -48,12 +48,7 @@ fi
 def disabled_step() -> StepSpec:
     """Nothing forwarded: the uploader stopped and disabled; sams-apply removes the drop-ins it had
     (the package and the uploader's saved cursor stay)."""
-    script = f"""\
-if systemctl list-unit-files -q {UNIT}.service >/dev/null 2>&1; then
-    systemctl disable -q --now {UNIT}.service
-fi
-"""
-    return StepSpec(name=STEP, script=script, description="the journal is not forwarded")
+    return StepSpec(name=STEP, script=stop_units(UNIT), description="the journal is not forwarded")
 
 
 __all__ = ["disabled_step", "journal_step", "upload_url"]

@@ -66,7 +66,7 @@ from components.monitoring.plan import (
 )
 from components.monitoring.rules import HEARTBEAT, rules_yaml
 from components.remote.packages import install_missing
-from components.remote.steps import File, StepSpec, late
+from components.remote.steps import File, StepSpec, late, stop_units
 from components.render import render
 from components.tls.certs import NGINX_DEFAULT_SITE, TLS_FULLCHAIN
 from settings import Settings
@@ -344,7 +344,7 @@ def monitoring_step(
         + (f" {BLACKBOX_CONFIG}" if unit == BLACKBOX_UNIT else "")
         for unit in units
     )
-    server_off = "" if server else _stop_units(SERVER_UNITS) + f"rm -f {' '.join(DROPINS[u] for u in SERVER_UNITS)}\n"
+    server_off = "" if server else stop_units(*SERVER_UNITS) + f"rm -f {' '.join(DROPINS[u] for u in SERVER_UNITS)}\n"
     verify = (
         f"""\
 # The daemons' own checkers on the rendered files: a bad file stops the step before any restart.
@@ -393,17 +393,6 @@ def _remove_absent_secrets(secrets: tuple[str, ...]) -> str:
     return f"rm -f {' '.join(gone)}\n" if gone else ""
 
 
-def _stop_units(units: tuple[str, ...]) -> str:
-    return "".join(
-        f"""\
-if systemctl list-unit-files -q {unit}.service >/dev/null 2>&1; then
-    systemctl disable -q --now {unit}.service
-fi
-"""
-        for unit in units
-    )
-
-
 def disabled_step() -> StepSpec:
     """Monitoring off: its units stopped and disabled, its secrets, writer, metrics, drop-ins and
     health endpoints gone (the packages and Prometheus's stored samples stay)."""
@@ -433,7 +422,7 @@ fi
 # A run that failed leaves no failed unit behind once its file is gone.
 systemctl reset-failed {METRICS_UNIT}.service 2>/dev/null || true
 """
-        + _stop_units((*EXPORTER_UNITS, *SERVER_UNITS, *HEALTH_UNITS))
+        + stop_units(*EXPORTER_UNITS, *SERVER_UNITS, *HEALTH_UNITS)
         + f"""\
 if [ -e {HEALTH_DB_UNIT_FILES[0]} ]; then
     systemctl disable -q --now {HEALTH_DB_UNIT}.socket

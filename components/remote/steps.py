@@ -84,6 +84,19 @@ class StepSpec:
         }
 
 
+def stop_units(*units: str) -> str:
+    """Shell lines that stop and disable each service whose unit file exists (a feature turned off
+    whose package may never have been installed)."""
+    return "".join(
+        f"""\
+if systemctl list-unit-files -q {unit}.service >/dev/null 2>&1; then
+    systemctl disable -q --now {unit}.service
+fi
+"""
+        for unit in units
+    )
+
+
 def digest(spec: StepSpec) -> str:
     """Content hash of everything the step installs (not of late values: those hash separately)."""
     h = hashlib.sha256()

@@ -18,7 +18,7 @@ from components.database.steps import CONTAINER as DB_CONTAINER
 from components.firewall.policy import PASSWD_PORT
 from components.hostpaths import WEBMAIL_DATA_DIR
 from components.remote.packages import install_missing
-from components.remote.steps import File, Service, StepSpec
+from components.remote.steps import File, Service, StepSpec, stop_units
 from components.render import render
 from components.tls.certs import CLIENT_CIPHER_LIST, TLS_FULLCHAIN, TLS_KEY
 from components.webmail import policy
@@ -245,10 +245,9 @@ fi
 def disabled_step() -> StepSpec:
     """Webmail off: PHP-FPM and sams-passwd stopped, nginx's site unlinked (sams-apply removes the
     files; Debian's pool comes back; Roundcube's data and packages stay)."""
-    script = f"""\
-if systemctl list-unit-files -q {PHP_FPM_UNIT}.service >/dev/null 2>&1; then
-    systemctl disable -q --now {PHP_FPM_UNIT}.service
-fi
+    script = (
+        stop_units(PHP_FPM_UNIT)
+        + f"""\
 if [ -L {NGINX_SITE_ENABLED} ]; then
     rm -f {NGINX_SITE_ENABLED}
     if systemctl is-active -q nginx; then
@@ -257,6 +256,7 @@ if [ -L {NGINX_SITE_ENABLED} ]; then
     fi
 fi
 """
+    )
     return StepSpec(name="webmail", script=script, description="webmail off")
 
 
