@@ -93,6 +93,8 @@ def test_webmail_off_installs_nothing() -> None:
     assert steps.packages_step(s) is None
     off = steps.webmail_step(s)
     assert off.files == () and "systemctl disable -q --now php8.4-fpm.service" in off.script
+    # The one secret the step made on the host (not a declared file) goes too.
+    assert f"rm -f {plan.DES_KEY_FILE}" in off.script
 
 
 @pytest.mark.parametrize(

@@ -243,11 +243,13 @@ fi
 
 
 def disabled_step() -> StepSpec:
-    """Webmail off: PHP-FPM and sams-passwd stopped, nginx's site unlinked (sams-apply removes the
-    files; Debian's pool comes back; Roundcube's data and packages stay)."""
+    """Webmail off: PHP-FPM and sams-passwd stopped, nginx's site unlinked, the session key the step
+    made deleted (sams-apply removes the files; Debian's pool comes back; Roundcube's data and packages
+    stay)."""
     script = (
         stop_units(PHP_FPM_UNIT)
         + f"""\
+rm -f {DES_KEY_FILE}
 if [ -L {NGINX_SITE_ENABLED} ]; then
     rm -f {NGINX_SITE_ENABLED}
     if systemctl is-active -q nginx; then

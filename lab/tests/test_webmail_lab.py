@@ -279,3 +279,20 @@ def test_public_exposure_serves_the_internet_and_bans_a_guesser(web: World) -> N
         up_with(lab, {})
     # Back to vpn: the internet meets the default server again.
     assert until_served(web, "inet", 404)[0] == 404
+
+
+def test_webmail_off_leaves_no_file_unit_or_secret(web: World) -> None:
+    lab = web.lab
+    leftovers = (plan.PASSWD_CONFIG, plan.DES_KEY_FILE, plan.NGINX_SITE, plan.NGINX_SITE_ENABLED, plan.PASSWD_TOOL)
+    try:
+        up_with(lab, {"sams:webmail": {"enabled": False}})
+        present = sh(lab, "; ".join(f"[ -e {p} ] || [ -L {p} ] && echo {p}" for p in leftovers) + "; true").split()
+        assert present == [], present
+        # SAMS's Roundcube config is gone (Debian's is ucf's, not a dpkg conffile: none comes back).
+        assert "Managed by SAMS" not in sh(lab, f"cat {plan.ROUNDCUBE_CONFIG} 2>/dev/null; true")
+        units = sh(lab, f"systemctl is-active {plan.PHP_FPM_UNIT} {plan.PASSWD_UNIT}.socket; true").split()
+        assert units == ["inactive", "inactive"], units
+        assert until_served(web, "admin", 404)[0] == 404
+    finally:
+        up_with(lab, {})
+    assert until_served(web, "admin", 200)[0] == 200
