@@ -109,6 +109,8 @@ AUTH_UNAVAILABLE_GRACE_S = 20
 LOGS_TOOL = "/usr/local/sbin/sams-logs"
 LOGS_SOURCE = Path(__file__).resolve().parent / "usr" / "local" / "sbin" / "sams-logs.py"
 DOVECOT_UNIT = "dovecot.service"
+# Postfix's start waits for PostgreSQL and Dovecot (etc/systemd/system/postfix.service.d/sams-order.conf.j2).
+POSTFIX_ORDER_DROPIN = "/etc/systemd/system/postfix.service.d/sams-order.conf"
 MAIL_SPACE_UNIT = "sams-mail-space"
 MAIL_SPACE_STATE = "/var/lib/sams/mail-space-low"
 MAIL_SPACE_WARN_PERCENT = 10
@@ -327,6 +329,14 @@ def postfix_step(settings: Settings) -> StepSpec:
         # unattended-upgrades reports a failed upgrade to root (it mails nothing unless told to).
         File(UNATTENDED_UPGRADES_MAIL, _render("etc/apt/apt.conf.d/52sams-mail.j2")),
         *mail_space_files(settings),
+        File(
+            POSTFIX_ORDER_DROPIN,
+            _render(
+                "etc/systemd/system/postfix.service.d/sams-order.conf.j2",
+                database_unit=DB_UNIT,
+                dovecot_unit=DOVECOT_UNIT,
+            ),
+        ),
     ]
     late_values = [DB_POSTFIX_PASSWORD]
     if relay is not None and relay.username:
@@ -349,7 +359,7 @@ def postfix_step(settings: Settings) -> StepSpec:
 case "$SAMS_CHANGED" in *"/etc/aliases"*) newaliases ;; esac
 [ -e /etc/aliases.db ] || newaliases
 postfix check
-case "$SAMS_CHANGED" in *{MAIL_SPACE_UNIT}*) systemctl daemon-reload ;; esac
+case "$SAMS_CHANGED" in *{MAIL_SPACE_UNIT}*|*{POSTFIX_ORDER_DROPIN}*) systemctl daemon-reload ;; esac
 systemctl enable --quiet --now {MAIL_SPACE_UNIT}.timer
 """
     )

@@ -276,6 +276,15 @@ def test_dovecot_cpu_share_is_one_ratio_in_both_forms(lab_settings) -> None:
     assert weight / 100 == pytest.approx(1.25**-nice, rel=0.05)
 
 
+def test_postfix_starts_after_what_its_queue_delivers_through(lab_settings) -> None:
+    """At boot, mail accepted before a power cut is delivered at once, not 5 minutes later: Postfix's
+    unit is ordered after PostgreSQL's (its lookups) and Dovecot's (LMTP), and only ordered."""
+    dropin = _files(services.mail_steps(lab_settings))[services.POSTFIX_ORDER_DROPIN]
+    directives = [line for line in dropin.splitlines() if line and not line.startswith("#")]
+    assert directives == ["[Unit]", f"After={services.DB_UNIT} {services.DOVECOT_UNIT}"]
+    assert services.POSTFIX_ORDER_DROPIN.startswith(f"/etc/systemd/system/{services.POSTFIX_UNITS[0]}.d/")
+
+
 # --- ClamAV ----------------------------------------------------------------------------------------
 
 
