@@ -96,7 +96,7 @@ print(time.time(), flush=True)
 
 # How long after its step a daemon must still be running without systemd having restarted it.
 SETTLE_S = 90
-SETTLED_UNITS = ("rspamd", "redis-server", "unbound", "opendkim", "dovecot", "postfix@-", "nginx", "fail2ban",
+SETTLED_UNITS = ("rspamd", "redis-server", "unbound", "opendkim", "dovecot", "postfix", "nginx", "fail2ban",
                  "docker", "sams-postgres")  # fmt: skip
 
 
