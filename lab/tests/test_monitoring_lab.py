@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import email
 import json
 import socket
 import ssl
@@ -395,7 +396,9 @@ def test_the_heartbeat_reaches_the_dead_mans_switch_alone(monitored: Lab) -> Non
 
 def test_a_backup_older_than_allowed_alerts_then_resolves(monitored: Lab) -> None:
     """The last successful backup 27 hours old (the status record's times set back: the lab cannot wait
-    a day) is SamsBackupStale at the webhook; a real run that succeeds resolves it."""
+    a day) is SamsBackupStale at the webhook; a real run that succeeds ends it. That the all-clear then
+    reaches the webhook is Alertmanager's, the same for every alert: the failed-backup test waits for it,
+    this one only for Prometheus to stop firing."""
     lab = monitored
     name = "SamsBackupStale"
     record = status_record(lab)
@@ -409,10 +412,12 @@ def test_a_backup_older_than_allowed_alerts_then_resolves(monitored: Lab) -> Non
     print(f"\nbackup 27 h old -> {name} at the webhook: {firing[0]['received'] - fault:.0f} s")
     fixed = time.time()
     assert run_backup(lab)["result"] == "ok"
-    resolved = wait_for(
-        f"{name} resolved", lambda: _alert_posts(lab, name, "resolved", fixed), timeout=NOTIFY_MIN * 60 + 120, every=5
+    wait_for(
+        f"{name} no longer firing",
+        lambda: not prometheus(lab, f'ALERTS{{alertname="{name}",alertstate="firing"}}'),
+        timeout=3 * SCRAPE_S + 30,
     )
-    print(f"a run that succeeds -> resolved at the webhook: {resolved[0]['received'] - fixed:.0f} s")
+    print(f"a run that succeeds -> {name} no longer firing in Prometheus: {time.time() - fixed:.0f} s")
 
 
 def _queue_series(lab: Lab) -> dict[str, float]:
@@ -533,11 +538,12 @@ def test_the_mail_log_moves_counters_and_a_busy_login_alerts(
         code, _ = mail.inet(mx_attempt, mail.host, f"someone@{SENDER_DOMAIN}", ghost, message("a", ghost, "x"))
         assert code == 550
         fault = time.time()
-        tags = [subject("maillog") for _ in range(LOGIN_MESSAGES_PER_HOUR + 1)]
+        batch = subject("maillog")
+        tags = [f"{batch}-{n:03d}" for n in range(LOGIN_MESSAGES_PER_HOUR + 1)]
         for tag in tags:
             mail.submit(587, user, ["bob@sams.test"], tag)
-        for tag in tags:
-            assert len(mail.read("bob@sams.test", tag)) == 1
+        arrived = mail.read("bob@sams.test", batch, want=len(tags), wait=60)
+        assert sorted(str(email.message_from_bytes(m)["Subject"]) for m in arrived) == tags, len(arrived)
 
     submitted = f'sams_mail_submitted_total{{login="{user}"}}'
     refused = 'sams_mail_rejects_total{status="5.1.1"}'
