@@ -74,6 +74,31 @@ def test_roundcube_talks_tls_to_the_hosts_own_daemons_and_sets_safe_cookies() ->
     assert f"$config['password_minimum_length'] = {policy.MIN_LENGTH};" in plugin
 
 
+def test_dovecot_trusts_the_browsers_address_from_roundcubes_own_source_only() -> None:
+    """Roundcube binds its IMAP connections to one loopback address and its plugin sends the browser's
+    address before LOGIN; Dovecot takes that forward from this one address, and from none with the
+    webmail off."""
+    from components.mail import services
+
+    def dovecot_conf(s: Any) -> str:
+        return {f.path: f.content for f in services.dovecot_step(s).files}["/etc/dovecot/dovecot.conf"]
+
+    s = settings_with({})
+    f = files_of(s)
+    config = f[plan.ROUNDCUBE_CONFIG]
+    assert f"'socket' => ['bindto' => '{plan.IMAP_SOURCE}:0']" in config.split("imap_conn_options", 1)[1].split(";")[0]
+    assert "bindto" not in config.split("smtp_conn_options", 1)[1].split(";")[0]
+    assert f"$config['plugins'] = ['password', '{plan.CLIENT_IP_PLUGIN}'];" in config
+    plugin = f[plan.CLIENT_IP_PLUGIN_FILE]
+    assert f"class {plan.CLIENT_IP_PLUGIN} extends rcube_plugin" in plugin
+    assert "'preauth_ident'" in plugin and "$_SERVER['REMOTE_ADDR']" in plugin and "FORWARDED" not in plugin
+    trusted = re.findall(r"^login_trusted_networks = (.*)$", dovecot_conf(s), flags=re.M)
+    assert trusted == [f"{plan.IMAP_SOURCE}/32"]
+    off = settings_with({"enabled": False})
+    assert "login_trusted_networks" not in dovecot_conf(off)
+    assert f'rmdir "$(dirname {plan.CLIENT_IP_PLUGIN_FILE})"' in steps.webmail_step(off).script
+
+
 def test_the_password_service_port_is_never_public() -> None:
     s = settings_with({"exposure": "public"})
     assert PASSWD_PORT not in {p.number for p in public_ports(s.config)}

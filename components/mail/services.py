@@ -31,6 +31,7 @@ from components.remote.packages import install_missing
 from components.remote.steps import INSTALLED_FN, File, Service, StepSpec, late
 from components.render import render
 from components.tls import certs
+from components.webmail.plan import IMAP_SOURCE as WEBMAIL_IMAP_SOURCE
 from settings import Settings
 
 # --- paths shared by the daemons (and by the tests) -------------------------------------------
@@ -436,6 +437,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
                 auth_cache_size=AUTH_CACHE_SIZE,
+                trusted_networks=f"{WEBMAIL_IMAP_SOURCE}/32" if settings.config.webmail.enabled else "",
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 # Counted only when something reads them (components/monitoring/daemons.py).
                 metrics=DOVECOT_METRICS if settings.config.monitoring.enabled else {},

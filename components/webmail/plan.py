@@ -19,6 +19,14 @@ PHP_POOL = f"/etc/php/{PHP_VERSION}/fpm/pool.d/www.conf"
 PHP_SOCKET = "/run/php/sams-webmail.sock"
 
 ROUNDCUBE_CONFIG = "/etc/roundcube/config.inc.php"
+# Roundcube's IMAP logins leave from this loopback address, which nothing else on the host uses, and
+# carry the browser's address (IMAP ID x-originating-ip, before LOGIN; the plugin below). Dovecot
+# trusts that forward from this address alone (login_trusted_networks), so its auth penalty and the
+# sams-dovecot jail count a web guesser's failures against the guesser, not against every webmail
+# user at once as one 127.0.0.1.
+IMAP_SOURCE = "127.0.0.2"
+CLIENT_IP_PLUGIN = "sams_client_ip"
+CLIENT_IP_PLUGIN_FILE = f"/var/lib/roundcube/plugins/{CLIENT_IP_PLUGIN}/{CLIENT_IP_PLUGIN}.php"
 PASSWORD_PLUGIN_CONFIG = "/etc/roundcube/plugins/password/config.inc.php"
 # Roundcube's session-encryption key: made on the host once, never leaves it (a new one only logs
 # everyone out).

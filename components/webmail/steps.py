@@ -23,11 +23,14 @@ from components.render import render
 from components.tls.certs import CLIENT_CIPHER_LIST, TLS_FULLCHAIN, TLS_KEY
 from components.webmail import policy
 from components.webmail.plan import (
+    CLIENT_IP_PLUGIN,
+    CLIENT_IP_PLUGIN_FILE,
     DEBCONF,
     DES_KEY_FILE,
     DOVECOT_AUTH_CLIENT,
     FAIL2BAN_FILTER,
     FAIL2BAN_JAIL,
+    IMAP_SOURCE,
     NGINX_DROPIN,
     NGINX_INCLUDES,
     NGINX_SITE,
@@ -51,6 +54,7 @@ from components.webmail.plan import (
 from settings import Settings
 
 PASSWD_SOURCE = Path(__file__).resolve().parent / "files" / "sams-passwd.py"
+CLIENT_IP_PLUGIN_SOURCE = Path(__file__).resolve().parent / CLIENT_IP_PLUGIN_FILE.lstrip("/")
 # The policy module, installed as is beside the service (sams-passwd imports it from here).
 POLICY_DIR = "/usr/local/lib/sams"
 POLICY_MODULE = f"{POLICY_DIR}/sams_password_policy.py"
@@ -108,6 +112,8 @@ def roundcube_config(settings: Settings) -> str:
         des_key_file=DES_KEY_FILE,
         syslog_id=SYSLOG_ID,
         max_message_mib=MAX_MESSAGE_MIB,
+        imap_source=IMAP_SOURCE,
+        client_ip_plugin=CLIENT_IP_PLUGIN,
     )
 
 
@@ -157,6 +163,7 @@ def files(settings: Settings) -> tuple[File, ...]:
                 max_body_mib=MAX_BODY_MIB,
             ),
         ),
+        File(CLIENT_IP_PLUGIN_FILE, CLIENT_IP_PLUGIN_SOURCE.read_text()),
         File(NGINX_SITE, nginx_site(settings)),
         File(PASSWD_TOOL, PASSWD_SOURCE.read_text(), mode="0755"),
         File(POLICY_MODULE, (Path(__file__).resolve().parent / "policy.py").read_text()),
@@ -205,6 +212,7 @@ runuser -u www-data -- /usr/share/roundcube/bin/updatedb.sh --package=roundcube 
 # The daemons' own checkers before anything restarts: PHP's syntax, PHP-FPM's pools, nginx.
 php -l {ROUNDCUBE_CONFIG} >/dev/null
 php -l {PASSWORD_PLUGIN_CONFIG} >/dev/null
+php -l {CLIENT_IP_PLUGIN_FILE} >/dev/null
 php-fpm{PHP_VERSION} -t 2>/dev/null || php-fpm{PHP_VERSION} -t
 systemctl enable -q {PHP_FPM_UNIT}
 if changed {PHP_POOL}; then
@@ -250,6 +258,7 @@ def disabled_step() -> StepSpec:
         stop_units(PHP_FPM_UNIT)
         + f"""\
 rm -f {DES_KEY_FILE}
+rmdir "$(dirname {CLIENT_IP_PLUGIN_FILE})" 2>/dev/null || true
 if [ -L {NGINX_SITE_ENABLED} ]; then
     rm -f {NGINX_SITE_ENABLED}
     if systemctl is-active -q nginx; then
