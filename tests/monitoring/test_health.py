@@ -345,6 +345,12 @@ def test_the_database_checker_runs_the_query_and_answers(tmp_path: Path) -> None
     assert (status, body) == ("HTTP/1.0 503 Service Unavailable", "fail psql: error: connection to server failed\n")
     status, body = _db_check(tmp_path, "sleep 10")
     assert status.endswith("503 Service Unavailable") and "no answer within 3" in body
+    # The runtime failing to start psql (docker exec's 126) is tried once more; twice is a failure.
+    once = tmp_path / "once"
+    flaky = f'if [ -e {once} ]; then echo 3; else touch {once}; echo "OCI runtime exec failed" >&2; exit 126; fi'
+    assert _db_check(tmp_path, flaky) == ("HTTP/1.0 200 OK", "ok 3\n")
+    status, body = _db_check(tmp_path, 'echo "OCI runtime exec failed" >&2; exit 126')
+    assert (status, body) == ("HTTP/1.0 503 Service Unavailable", "fail OCI runtime exec failed\n")
     # What the exporter's module wants from it.
     pattern = yaml.safe_load(blackbox_yml(settings_with("lab", {"enabled": True})))["modules"]["sams_database"]
     assert re.match(pattern["http"]["fail_if_body_not_matches_regexp"][0], "ok 2\n")
