@@ -282,22 +282,24 @@ def test_a_database_outage_is_not_counted_as_password_guessing(mail: World, addr
     sh(lab, "doveadm auth cache flush")
     sh(lab, f"systemctl stop {database.UNIT}")
     try:
-        smtp = mail.inet(auth_sessions, mail.host, mail.cafile, address, user, mail.passwords[user], 6, 30,
-                         timeout=300)  # fmt: skip
+        try:
+            smtp = mail.inet(auth_sessions, mail.host, mail.cafile, address, user, mail.passwords[user], 6, 30,
+                             timeout=300)  # fmt: skip
+        finally:
+            sh(lab, f"systemctl start {database.UNIT}")
+        time.sleep(3)  # fail2ban reads the journal as it grows
+        log = journal.since(lab.shell, mark, *services.POSTFIX_UNITS, "dovecot.service")
+        lines = [line for line in log.splitlines() if address in line and ("SASL" in line or "Login" in line)]
+        counted = {jail: jail_failures(lab, jail) - before[jail] for jail in before}
+        assert len(smtp) == 6 and not any(o.startswith("235") for o in smtp), smtp  # no password was checked
+        assert counted == {JAIL: 0, "dovecot": 0}, (counted, smtp, lines[-12:])
+        assert not banned(lab, JAIL, address) and not banned(lab, "dovecot", address)
+        back = wait_for_submission(mail, 90)
+        assert back[-1].startswith("235"), back
     finally:
-        sh(lab, f"systemctl start {database.UNIT}")
-    time.sleep(3)  # fail2ban reads the journal as it grows
-    log = journal.since(lab.shell, mark, *services.POSTFIX_UNITS, "dovecot.service")
-    lines = [line for line in log.splitlines() if address in line and ("SASL" in line or "Login" in line)]
-    counted = {jail: jail_failures(lab, jail) - before[jail] for jail in before}
-    assert len(smtp) == 6 and not any(o.startswith("235") for o in smtp), smtp  # no password could be checked
-    assert counted == {JAIL: 0, "dovecot": 0}, (counted, smtp, lines[-12:])
-    assert not banned(lab, JAIL, address) and not banned(lab, "dovecot", address)
-    back = wait_for_submission(mail, 90)
-    assert back[-1].startswith("235"), back
-    # The jails ignore failures for a grace after the database is back (fail2ban may read the outage's
-    # lines late): wait it out, so the next tests' failures count again.
-    time.sleep(services.AUTH_UNAVAILABLE_GRACE_S)
+        # The jails ignore failures for a grace after the database is back (fail2ban may read the
+        # outage's lines late): wait it out, pass or fail, so the next tests' failures count again.
+        time.sleep(services.AUTH_UNAVAILABLE_GRACE_S)
 
 
 def mistyped_logins(host: str, cafile: str, source: str, user: str, count: int) -> list[str]:
