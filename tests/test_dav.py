@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -85,6 +86,44 @@ def test_calendars_off_stops_radicale_and_writes_nothing(webmail: dict[str, Any]
     assert f"changed {plan.NGINX_INCLUDE}" in spec.script and "systemctl reload nginx" in spec.script
     # The collections are the users' data: never removed.
     assert plan.DAV_COLLECTIONS not in spec.script
+
+
+def test_public_calendars_get_a_jail_on_radicales_failed_logins() -> None:
+    """Radicale's logins reach Dovecot from 127.0.0.1: the jail reads Radicale's own line, which
+    names nginx's peer address (the lab runs fail2ban-regex and a guesser: test_webmail_lab.py)."""
+    vpn, public = settings_with("prod", {}), settings_with("prod", {"exposure": "public"})
+    assert not {plan.FAIL2BAN_JAIL, plan.FAIL2BAN_FILTER} & {f.path for f in dav_step(vpn).files}
+    files = {f.path: f.content for f in dav_step(public).files}
+    jail = configparser.ConfigParser(interpolation=None)
+    jail.read_string(files[plan.FAIL2BAN_JAIL])
+    assert dict(jail[plan.FAIL2BAN_JAIL_NAME]) == {"enabled": "true", "filter": plan.FAIL2BAN_JAIL_NAME, "port": "443"}
+    flt = configparser.ConfigParser(interpolation=None)
+    flt.read_string(files[plan.FAIL2BAN_FILTER])
+    assert flt["Definition"]["journalmatch"] == f"_SYSTEMD_UNIT={plan.UNIT}.service"
+    # fail2ban's <HOST> and prefix, approximated: the address is the forwarded one, never a part of
+    # the login name (which the client chooses and Radicale logs after it).
+    regex = flt["Definition"]["failregex"].replace("%(__prefix_line)s", r"\S+ radicale\[\d+\]: ")
+    regex = regex.replace("<HOST>", r"(?P<host>[0-9a-f.:]+)")
+    line = (
+        "sams radicale[812]: [812/Thread-3 (process_request_thread)] [WARNING] Failed login attempt from "
+        "127.0.0.1 (forwarded for '198.51.100.7'): \"x (forwarded for '203.0.113.9'): \" (reason)"
+    )
+    match = re.match(regex, line)
+    assert match and match["host"] == "198.51.100.7", regex
+    assert not re.match(regex, line.replace("[WARNING] Failed", "[INFO] Successful"))
+    # Both ways: the jail's files come and go with the exposure, fail2ban reloads either way.
+    for settings in (vpn, public, settings_with("prod", {"calendars": False})):
+        services = {s.unit: s.watches for s in dav_step(settings).services}
+        assert services == {"fail2ban.service": (plan.FAIL2BAN_JAIL, plan.FAIL2BAN_FILTER)}
+
+
+def test_dovecot_trusts_radicales_address_only_while_calendars_are_on() -> None:
+    """No auth penalty on 127.0.0.1 for every calendar user after one guesser (the jail above bans)."""
+    from components.mail import services
+
+    assert plan.IMAP_SOURCE in services.login_trusted_sources(settings_with("prod", {}))
+    assert plan.IMAP_SOURCE not in services.login_trusted_sources(settings_with("prod", {"calendars": False}))
+    assert services.login_trusted_sources(settings_with("prod", {"enabled": False, "calendars": True})) == ()
 
 
 def test_nginx_reloads_only_when_its_file_changed() -> None:

@@ -13,6 +13,9 @@ import json
 from components.dav.plan import (
     CONFIG,
     DAV_COLLECTIONS,
+    FAIL2BAN_FILTER,
+    FAIL2BAN_JAIL,
+    FAIL2BAN_JAIL_NAME,
     IMAPS_PORT,
     LISTEN_HOST,
     LISTEN_PORT,
@@ -25,9 +28,10 @@ from components.dav.plan import (
     USER,
     WELL_KNOWN,
     calendars_on,
+    calendars_public,
 )
 from components.remote.packages import install_missing
-from components.remote.steps import File, StepSpec, stop_units
+from components.remote.steps import File, Service, StepSpec, stop_units
 from components.render import render
 from settings import Settings
 
@@ -100,16 +104,33 @@ fi
 )
 
 
+def fail2ban_files() -> tuple[File, ...]:
+    """The jail on Radicale's failed logins and its filter (public exposure only: over the tunnel
+    nobody is banned)."""
+    return (
+        File(FAIL2BAN_FILTER, render("dav", "etc/fail2ban/filter.d/sams-radicale.conf.j2", unit=UNIT)),
+        File(FAIL2BAN_JAIL, render("dav", "etc/fail2ban/jail.d/sams-dav.local.j2", jail=FAIL2BAN_JAIL_NAME)),
+    )
+
+
 def dav_step(settings: Settings) -> StepSpec:
     if not calendars_on(settings.config):
-        return StepSpec(name="dav", script=DISABLED_SCRIPT, description="calendars off: Radicale stopped")
+        return StepSpec(
+            name="dav",
+            script=DISABLED_SCRIPT,
+            services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_FILTER), "reload"),),
+            description="calendars off: Radicale stopped",
+        )
     return StepSpec(
         name="dav",
         files=(
             # Radicale's user reads it; it holds no secret (the passwords are Dovecot's).
             File(CONFIG, radicale_config(settings)),
             File(NGINX_INCLUDE, nginx_include(settings)),
+            *(fail2ban_files() if calendars_public(settings.config) else ()),
         ),
+        # The jail comes and goes with public exposure: fail2ban reloads when its files change.
+        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_FILTER), "reload"),),
         script=SCRIPT,
         description=f"Radicale (CalDAV, CardDAV) at https://{settings.config.hostname}{URL_PATH}",
     )

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from components.database import schema
 from components.database.steps import UNIT as DB_UNIT
+from components.dav.plan import IMAP_SOURCE as DAV_IMAP_SOURCE
+from components.dav.plan import calendars_on
 from components.firewall.policy import DOVECOT_STATS_PORT, public_ports
 from components.hostpaths import CLAMAV_DB_DIR, CLAMAV_DB_FORMS, CLAMD_SOCKET, VMAIL_ROOT, VMAIL_UID
 from components.keys.rotation import DkimPhase, phase_without_clock
@@ -418,6 +420,19 @@ DOVECOT_METRICS: dict[str, str] = {
 }
 
 
+def login_trusted_sources(settings: Settings) -> tuple[str, ...]:
+    """The host's own IMAP clients that Dovecot trusts (login_trusted_networks): their logins get no
+    auth penalty, which would otherwise fall on every user behind one loopback address. Roundcube
+    from its own address, naming the browser's (IMAP ID); Radicale from 127.0.0.1, naming nobody.
+    Their guessers are banned from nginx's and those daemons' own logs instead."""
+    sources = []
+    if settings.config.webmail.enabled:
+        sources.append(WEBMAIL_IMAP_SOURCE)
+    if calendars_on(settings.config):
+        sources.append(DAV_IMAP_SOURCE)
+    return tuple(sources)
+
+
 def dovecot_step(settings: Settings) -> StepSpec:
     """dovecot.conf (owned whole: Debian's conf.d is not included), the SQL connection and
     Dovecot's CPU share (a systemd drop-in)."""
@@ -437,7 +452,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
                 auth_cache_size=AUTH_CACHE_SIZE,
-                trusted_networks=f"{WEBMAIL_IMAP_SOURCE}/32" if settings.config.webmail.enabled else "",
+                trusted_networks=" ".join(f"{a}/32" for a in login_trusted_sources(settings)),
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 # Counted only when something reads them (components/monitoring/daemons.py).
                 metrics=DOVECOT_METRICS if settings.config.monitoring.enabled else {},

@@ -22,6 +22,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
+from components.dav import plan as dav_plan
 from components.webmail import plan
 from lab import acme, browser
 from lab.hostcmd import sh
@@ -257,6 +258,55 @@ def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list
     return outcomes
 
 
+DAV_GUESSER = "198.18.0.73"  # another address of the internet's own, for guessing at CalDAV
+
+
+def dav_login(
+    host: str, cafile: str, source: str | None, user: str, password: str, forged: bool = False
+) -> tuple[int, float]:
+    """One PROPFIND on the user's own DAV collection with Basic auth, as a phone sends it: the status
+    (207 in, 401 refused) and its seconds. A `forged` request also claims another address in
+    X-Forwarded-For."""
+    import base64
+    import http.client
+
+    context = ssl.create_default_context(cafile=cafile)
+    bind = (source, 0) if source else None
+    conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=bind)
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+        "Depth": "0",
+        **({"X-Forwarded-For": "198.51.100.9"} if forged else {}),
+    }
+    try:
+        started = time.monotonic()
+        conn.request("PROPFIND", f"/dav/{user}/", headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def guess_dav_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
+    """Wrong passwords at /dav/ from `source`, each for another user (Radicale remembers a failed
+    pair for 90 s without asking Dovecot): "denied" while Radicale answers, "refused"/"cut" once
+    banned. Every other guess claims another address in X-Forwarded-For."""
+    outcomes = []
+    for n in range(attempts):
+        try:
+            status, _ = dav_login(host, cafile, source, f"dav-guess{n}@{DOMAIN}", "not-the-password", bool(n % 2))
+            outcomes.append("denied" if status == 401 else str(status))
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+            break
+        except ConnectionResetError:
+            outcomes.append("cut")
+            break
+        time.sleep(1)
+    return outcomes
+
+
 def until_served(web: World, where: str, status: int, timeout: float = 10) -> tuple[int, str, dict[str, str]]:
     """The host's page once it answers `status`: nginx's reload (the step's last act) is asynchronous,
     so for a moment after `up` the old workers may still answer."""
@@ -269,7 +319,7 @@ def until_served(web: World, where: str, status: int, timeout: float = 10) -> tu
         time.sleep(0.5)
 
 
-def test_public_exposure_serves_the_internet_and_bans_a_guesser(web: World) -> None:
+def test_public_exposure_serves_the_internet_and_bans_web_and_dav_guessers(web: World) -> None:
     lab = web.lab
     ns, bridge = NAMES.ns_inet, NAMES.bridge
     try:
@@ -294,9 +344,33 @@ def test_public_exposure_serves_the_internet_and_bans_a_guesser(web: World) -> N
         assert outcome == "in" and took < LOGIN_UNPENALISED_S, (outcome, took)
         # The rest of the internet still reads its webmail.
         assert web.inet(fetch, f"https://{web.host}/", web.cafile)[0] == 200
+
+        # Calendars are public too: a guesser at /dav/ is banned by the sams-radicale jail (Radicale
+        # logs nginx's peer address, never the forged one), and the failures it caused at Dovecot,
+        # all from Radicale's 127.0.0.1, hold up nobody else's calendar.
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{DAV_GUESSER}/32", "dev", bridge], check=True)
+        since = sh(lab, "date +%s").strip()
+        outcomes = web.inet(guess_dav_logins, web.host, web.cafile, DAV_GUESSER, 12, timeout=300)
+        status, took = web.inet(dav_login, web.host, web.cafile, None, *web.login(f"bob@{DOMAIN}"))
+        print(f"DAV login guesses: {outcomes}")
+        print(f"another address's DAV login right after the guesses: {status} in {took:.2f} s")
+        assert outcomes[0] == "denied" and outcomes[-1] in ("refused", "cut"), outcomes
+        jail = sh(lab, f"fail2ban-client status {dav_plan.FAIL2BAN_JAIL_NAME}")
+        assert re.search(rf"Banned IP list:\s.*\b{re.escape(DAV_GUESSER)}\b", jail), jail
+        assert "198.51.100.9" not in jail, jail
+        journal = f"journalctl -u {dav_plan.UNIT} --since @{since} --no-pager"
+        logged = sh(lab, f"{journal} -o cat | grep 'Failed login' || true")
+        assert f"(forwarded for '{DAV_GUESSER}')" in logged and "198.51.100.9" not in logged, logged[-2000:]
+        # fail2ban's own matcher finds the guesser in those lines, and only the guesser.
+        sh(lab, f"{journal} -o short >/tmp/sams-radicale.log")
+        found = sh(lab, f"fail2ban-regex --out ip /tmp/sams-radicale.log {dav_plan.FAIL2BAN_FILTER}")
+        assert set(found.split()) == {DAV_GUESSER}, found
+        assert status == 207 and took < LOGIN_UNPENALISED_S, (status, took)
     finally:
-        sh(lab, f"fail2ban-client unban {GUESSER} || true")  # from every jail: sams-dovecot sees it too
-        subprocess.run(["ip", "-n", ns, "addr", "del", f"{GUESSER}/32", "dev", bridge], check=False)
+        # From every jail: sams-dovecot sees the web guesser too.
+        sh(lab, f"fail2ban-client unban {GUESSER} {DAV_GUESSER} || true")
+        for address in (GUESSER, DAV_GUESSER):
+            subprocess.run(["ip", "-n", ns, "addr", "del", f"{address}/32", "dev", bridge], check=False)
         up_with(lab, {})
     # Back to vpn: the internet meets the default server again.
     assert until_served(web, "inet", 404)[0] == 404
