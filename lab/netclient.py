@@ -8,19 +8,24 @@ remote mail server, a phone or Gmail's fetcher does, in a few lines each.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import email.message
 import email.utils
+import http.client
+import http.cookies
 import imaplib
 import os
 import pickle
 import poplib
+import re
 import select
 import signal
 import smtplib
 import socket
 import ssl
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -300,3 +305,72 @@ def imap_count(host: str, cafile: str, logins: list[tuple[str, str]], marker: st
             _, data = imap.search(None, "HEADER", "Subject", marker)
             counts.append(len(data[0].split()))
     return counts
+
+
+# --- the web: Roundcube's login form and DAV, as a browser and a phone send them ----------------------
+
+# What a `forged` request claims to be in X-Forwarded-For (nginx must never pass it on).
+FORGED_ADDRESS = "198.51.100.9"
+
+
+def web_login(
+    host: str, cafile: str, source: str | None, user: str, password: str, forged: bool = False
+) -> tuple[str, float]:
+    """One login through the form, with its own session and CSRF token as a browser sends it: "in"
+    (Roundcube redirects to the mailbox) or "denied" (the form again), and the POST's seconds. A
+    `forged` request also claims another address in X-Forwarded-For."""
+    context = ssl.create_default_context(cafile=cafile)
+    bind = (source, 0) if source else None
+    conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=bind)
+    try:
+        conn.request("GET", "/")
+        page = conn.getresponse()
+        body = page.read().decode(errors="replace")
+        cookies = http.cookies.SimpleCookie()
+        for header in page.headers.get_all("Set-Cookie") or []:
+            cookies.load(header)
+        token = re.search(r'name="_token" value="([^"]+)"', body)
+        assert token, body[:300]
+        form = urllib.parse.urlencode(
+            {"_token": token.group(1), "_task": "login", "_action": "login", "_timezone": "UTC",
+             "_user": user, "_pass": password}
+        )  # fmt: skip
+        headers = {
+            **({"X-Forwarded-For": FORGED_ADDRESS} if forged else {}),
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": "; ".join(f"{k}={v.value}" for k, v in cookies.items()),
+        }
+        started = time.monotonic()
+        conn.request("POST", "/?_task=login", body=form, headers=headers)
+        answer = conn.getresponse()
+        text = answer.read().decode(errors="replace")
+        took = time.monotonic() - started
+    finally:
+        conn.close()
+    if answer.status == 302 and "_task=mail" in (answer.getheader("Location") or ""):
+        return "in", took
+    return ("denied" if answer.status in (200, 401) and 'name="_pass"' in text else str(answer.status)), took
+
+
+def dav_login(
+    host: str, cafile: str, source: str | None, user: str, password: str, forged: bool = False
+) -> tuple[int, float]:
+    """One PROPFIND on the user's own DAV collection with Basic auth, as a phone sends it: the status
+    (207 in, 401 refused) and its seconds. A `forged` request also claims another address in
+    X-Forwarded-For."""
+    context = ssl.create_default_context(cafile=cafile)
+    bind = (source, 0) if source else None
+    conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=bind)
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+        "Depth": "0",
+        **({"X-Forwarded-For": FORGED_ADDRESS} if forged else {}),
+    }
+    try:
+        started = time.monotonic()
+        conn.request("PROPFIND", f"/dav/{user}/", headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, time.monotonic() - started
+    finally:
+        conn.close()

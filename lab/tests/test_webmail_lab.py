@@ -26,7 +26,7 @@ from components.dav import plan as dav_plan
 from components.webmail import plan
 from lab import acme, browser
 from lab.hostcmd import sh
-from lab.netclient import imap_logins, in_netns, message, submit_attempt
+from lab.netclient import FORGED_ADDRESS, dav_login, imap_logins, in_netns, message, submit_attempt, web_login
 from lab.session import Lab, up_with
 from lab.spec import NAMES
 from lab.world import DOMAIN, World, subject, world
@@ -197,49 +197,6 @@ GUESSER = "198.18.0.67"  # an address of the internet's own, added for this test
 LOGIN_UNPENALISED_S = 2.0
 
 
-def web_login(
-    host: str, cafile: str, source: str | None, user: str, password: str, forged: bool = False
-) -> tuple[str, float]:
-    """One login through the form, with its own session and CSRF token as a browser sends it: "in"
-    (Roundcube redirects to the mailbox) or "denied" (the form again), and the POST's seconds. A
-    `forged` request also claims another address in X-Forwarded-For."""
-    import http.client
-    import http.cookies
-    import urllib.parse
-
-    context = ssl.create_default_context(cafile=cafile)
-    bind = (source, 0) if source else None
-    conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=bind)
-    try:
-        conn.request("GET", "/")
-        page = conn.getresponse()
-        body = page.read().decode(errors="replace")
-        cookies = http.cookies.SimpleCookie()
-        for header in page.headers.get_all("Set-Cookie") or []:
-            cookies.load(header)
-        token = re.search(r'name="_token" value="([^"]+)"', body)
-        assert token, body[:300]
-        form = urllib.parse.urlencode(
-            {"_token": token.group(1), "_task": "login", "_action": "login", "_timezone": "UTC",
-             "_user": user, "_pass": password}
-        )  # fmt: skip
-        headers = {
-            **({"X-Forwarded-For": "198.51.100.9"} if forged else {}),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": "; ".join(f"{k}={v.value}" for k, v in cookies.items()),
-        }
-        started = time.monotonic()
-        conn.request("POST", "/?_task=login", body=form, headers=headers)
-        answer = conn.getresponse()
-        text = answer.read().decode(errors="replace")
-        took = time.monotonic() - started
-    finally:
-        conn.close()
-    if answer.status == 302 and "_task=mail" in (answer.getheader("Location") or ""):
-        return "in", took
-    return ("denied" if answer.status in (200, 401) and 'name="_pass"' in text else str(answer.status)), took
-
-
 def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
     """Wrong passwords through the login form from `source`: "denied" while Roundcube answers,
     "refused"/"cut" once banned. Every other guess claims another address, as a guesser hiding behind
@@ -259,33 +216,6 @@ def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list
 
 
 DAV_GUESSER = "198.18.0.73"  # another address of the internet's own, for guessing at CalDAV
-
-
-def dav_login(
-    host: str, cafile: str, source: str | None, user: str, password: str, forged: bool = False
-) -> tuple[int, float]:
-    """One PROPFIND on the user's own DAV collection with Basic auth, as a phone sends it: the status
-    (207 in, 401 refused) and its seconds. A `forged` request also claims another address in
-    X-Forwarded-For."""
-    import base64
-    import http.client
-
-    context = ssl.create_default_context(cafile=cafile)
-    bind = (source, 0) if source else None
-    conn = http.client.HTTPSConnection(host, 443, timeout=60, context=context, source_address=bind)
-    headers = {
-        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
-        "Depth": "0",
-        **({"X-Forwarded-For": "198.51.100.9"} if forged else {}),
-    }
-    try:
-        started = time.monotonic()
-        conn.request("PROPFIND", f"/dav/{user}/", headers=headers)
-        answer = conn.getresponse()
-        answer.read()
-        return answer.status, time.monotonic() - started
-    finally:
-        conn.close()
 
 
 def guess_dav_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
@@ -340,7 +270,7 @@ def test_public_exposure_serves_the_internet_and_bans_web_and_dav_guessers(web: 
         outcome, took = web.inet(web_login, web.host, web.cafile, None, *web.login(f"bob@{DOMAIN}"))
         print(f"another address's login right after the guesses: {outcome}, POST answered in {took:.2f} s")
         failed = sh(lab, f"journalctl -u dovecot --since @{since} --no-pager | grep 'auth failed' || true")
-        assert f"rip={GUESSER}," in failed and "198.51.100.9" not in failed, failed[-2000:]
+        assert f"rip={GUESSER}," in failed and FORGED_ADDRESS not in failed, failed[-2000:]
         assert outcome == "in" and took < LOGIN_UNPENALISED_S, (outcome, took)
         # The rest of the internet still reads its webmail.
         assert web.inet(fetch, f"https://{web.host}/", web.cafile)[0] == 200
@@ -357,10 +287,10 @@ def test_public_exposure_serves_the_internet_and_bans_web_and_dav_guessers(web: 
         assert outcomes[0] == "denied" and outcomes[-1] in ("refused", "cut"), outcomes
         jail = sh(lab, f"fail2ban-client status {dav_plan.FAIL2BAN_JAIL_NAME}")
         assert re.search(rf"Banned IP list:\s.*\b{re.escape(DAV_GUESSER)}\b", jail), jail
-        assert "198.51.100.9" not in jail, jail
+        assert FORGED_ADDRESS not in jail, jail
         journal = f"journalctl -u {dav_plan.UNIT} --since @{since} --no-pager"
         logged = sh(lab, f"{journal} -o cat | grep 'Failed login' || true")
-        assert f"(forwarded for '{DAV_GUESSER}')" in logged and "198.51.100.9" not in logged, logged[-2000:]
+        assert f"(forwarded for '{DAV_GUESSER}')" in logged and FORGED_ADDRESS not in logged, logged[-2000:]
         # fail2ban's own matcher finds the guesser in those lines, and only the guesser.
         sh(lab, f"{journal} -o short >/tmp/sams-radicale.log")
         found = sh(lab, f"fail2ban-regex --out ip /tmp/sams-radicale.log {dav_plan.FAIL2BAN_FILTER}")
