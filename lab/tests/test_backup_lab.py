@@ -5,7 +5,8 @@ lab's internet, lab/backupserver.py), with real clients:
     script; the nightly unit backs up while IMAP and SMTP keep answering;
   * the host is destroyed (its whole disk) and a new one is `up`'d from the same stack with
     sams:backup.restore: every mailbox's messages (SHA-256 of each) and flags, the changed
-    password, the alias, the Sieve script and DKIM are as they were;
+    password, the alias, the Sieve script, DKIM, a calendar event and a contact (Radicale) and the
+    webmail's users (Roundcube's database) are as they were;
   * one mailbox or folder back from a snapshot, other mailboxes untouched;
   * PostgreSQL to a point in time between two changes;
   * faults: a run killed mid-way, an unreachable repository, a wrong password, a failing dump,
@@ -34,14 +35,17 @@ import yaml
 
 import mockrun
 from components.backup.plan import PASSWORD_FILE, STATUS_FILE, UNIT
+from components.dav import plan as dav_plan
+from components.webmail.plan import ROUNDCUBE_DB
 from lab import acme, backupserver, control, s3server
 from lab.dns import SENDER_DOMAIN
 from lab.dnsclient import verify_dkim
 from lab.hostcmd import PSQL, WAIT_RSPAMD, sh
-from lab.netclient import imap_logins, message, tls_context
+from lab.netclient import imap_logins, message, tls_context, web_login
 from lab.session import Lab, up_with
 from lab.spec import NAMES
 from lab.world import World, stored_hashes, world
+from tests.mailcore.test_dav import read_back, write_event_and_contact
 
 pytestmark = [pytest.mark.lab, pytest.mark.replaces_host]
 
@@ -251,9 +255,26 @@ def before(mail: World, mail_list: Path) -> dict[str, Any]:
     set_password(lab, "carol@other.test", NEW_PASSWORD)
     after_change = logins(mail, {"carol@other.test": NEW_PASSWORD})
     state = mail.inet(mailbox_state, mail.host, mail.cafile, after_change, timeout=300)
+    # The webmail's and the calendars' own data (the lab's webmail is on, calendars too, over the
+    # tunnel): alice logs in to Roundcube (its database gets her row) and saves an event and a contact.
+    assert mail.admin(web_login, mail.host, mail.cafile, None, *mail.login("alice@sams.test"))[0] == "in"
+    uid = uuid.uuid4().hex
+    dav = mail.admin(write_event_and_contact, dav_base(mail), mail.cafile, *mail.login("alice@sams.test"), uid)
+    assert dav["mkcol"] == 201 and dav["put"] == 201, dav
     ok, record = run_unit(lab)
     assert ok and record["result"] == "ok", record
-    return {"state": state, "hashes": stored_hashes(lab), "status": record, "logins": after_change}
+    web = {"uid": uid, "book": dav["book"], "roundcube_users": roundcube_users(lab)}
+    assert "alice@sams.test" in web["roundcube_users"], web
+    return {"state": state, "hashes": stored_hashes(lab), "status": record, "logins": after_change, "web": web}
+
+
+def dav_base(mail: World) -> str:
+    return f"https://{mail.host}{dav_plan.URL_PATH}"
+
+
+def roundcube_users(lab: Lab) -> list[str]:
+    """The users Roundcube's own database knows (a row each, made at the first login, with their settings)."""
+    return sh(lab, f"sqlite3 {ROUNDCUBE_DB} 'SELECT username FROM users ORDER BY username'").split()
 
 
 def test_the_nightly_unit_backs_up_and_records_it(mail: World, before: dict[str, Any]) -> None:
@@ -275,7 +296,8 @@ def test_the_nightly_unit_backs_up_and_records_it(mail: World, before: dict[str,
 
 def test_a_lost_host_comes_back_from_the_backup(mail: World, mail_list: Path, before: dict[str, Any]) -> None:
     """Destroy the host's disk, boot a new host from the same stack with restore on: the mail,
-    flags, changed password, alias, Sieve script and DKIM signing are as they were."""
+    flags, changed password, alias, Sieve script, DKIM signing, calendars, contacts and the webmail's
+    users are as they were."""
     lab = mail.lab
     start = time.monotonic()
     timings = control.replace_host(lab.spec, lab.paths)
@@ -326,6 +348,14 @@ def test_a_lost_host_comes_back_from_the_backup(mail: World, mail_list: Path, be
     verdict = mail.inet(verify_dkim, raw, lab.spec.inet_ipv4)
     assert verdict["ok"], verdict
     assert chosen.startswith(json.loads(sh(lab, "cat /var/lib/sams/backup/restored.json"))["files"])
+    # The calendar event and the contact, read by a new DAV session; Roundcube's users, and alice's
+    # webmail login (the session key is the new host's own: only sessions are lost).
+    web = before["web"]
+    back = mail.admin(read_back, dav_base(mail), mail.cafile, *mail.login("alice@sams.test"), web["uid"], web["book"])
+    assert any(f"UID:{web['uid']}" in event for event in back["events"]), back["events"]
+    assert back["card_status"] == 200 and "FN:Carol Contact" in str(back["card"]), back
+    assert roundcube_users(lab) == web["roundcube_users"]
+    assert mail.admin(web_login, mail.host, mail.cafile, None, *mail.login("alice@sams.test"))[0] == "in"
 
 
 def test_up_never_restores_over_a_host_with_mail(mail: World, mail_list: Path) -> None:
