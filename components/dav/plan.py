@@ -16,6 +16,10 @@ UNIT = "radicale"
 USER = "radicale"
 CONFIG = "/etc/radicale/config"
 
+# Radicale's filesystem storage keeps each user's collections in one folder under this one, named by
+# the login (lower case): offboarding moves it to the archive (components/users).
+PRINCIPALS = f"{DAV_COLLECTIONS}/collection-root"
+
 # Loopback only: nginx is the one way in (TLS with the ACME certificate, the webmail's exposure).
 LISTEN_HOST = "127.0.0.1"
 LISTEN_PORT = 5232  # Radicale's own default port

@@ -2,8 +2,9 @@
 
 `sams-users sync` runs after the database step has made the tables match the mail list: it sets
 the first password hash of new mailboxes (only where none is set), clears the hash of users who
-left the list, moves their Maildirs to /var/mail/archive/<domain>/<user>-<date> and purges
-archives older than sams:users.archiveDays (a daily timer does that too).
+left the list, moves their Maildirs to /var/mail/archive/<domain>/<user>-<date> (their calendars and
+contacts beside, <user>-<date>.dav) and purges archives older than sams:users.archiveDays (a daily
+timer does that too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from components.dav.plan import PRINCIPALS as DAV_PRINCIPALS
 from components.hostpaths import VMAIL_ROOT
 from components.remote.steps import File, StepSpec, apply_command
 from components.render import render
@@ -35,6 +37,9 @@ def tool_args(settings: Settings) -> list[str]:
         ARCHIVE_ROOT,
         "--archive-days",
         str(settings.config.users.archive_days),
+        # Always: calendars turned off keep their collections, which still leave with their user.
+        "--dav-principals",
+        DAV_PRINCIPALS,
     ]
 
 

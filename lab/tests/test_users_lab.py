@@ -19,6 +19,9 @@ import pytest
 
 import mockrun
 from components.database import schema
+from components.dav.plan import LISTEN_HOST, LISTEN_PORT
+from components.dav.plan import PRINCIPALS as DAV_PRINCIPALS
+from components.dav.plan import USER as DAV_USER
 from components.users.steps import ARCHIVE_ROOT, TOOL
 from lab import program
 from lab.hostcmd import PSQL, sh
@@ -130,6 +133,9 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     old mail in INBOX."""
     user, subject = "carol@other.test", f"kept-{uuid.uuid4().hex[:12]}"
     sh(lab, f"doveadm save -u {user}", stdin=f"Subject: {subject}\n\nkeep me\n")
+    # Her first DAV login makes her collections (Radicale's predefined calendar and address book).
+    assert dav_depth1(lab, user, vault_password(bao, user))[0] == 207
+    principal = f"{DAV_PRINCIPALS}/{user}"
     stack_list = Path(program.__file__).parents[1] / "stacks" / "lab" / "mail_list.yml"
     without = tmp_path / "mail_list.yml"
     without.write_text(stack_list.read_text().replace("      - carol\n", ""))
@@ -141,6 +147,10 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
         found = sh(lab, f"grep -rl {subject} {archived}", check=False)
         assert "/Maildir/" in found, found
         assert lab.shell.run(["sudo", "-n", "test", "-e", "/var/mail/vmail/other.test/carol"], check=False).returncode
+        # Her calendars left with her: beside the Maildir, Radicale's as they were.
+        assert lab.shell.run(["sudo", "-n", "test", "-e", principal], check=False).returncode
+        kept = sh(lab, f"find {archived}.dav -mindepth 1 -maxdepth 1 -type d -printf '%f %u\\n' | sort")
+        assert kept.strip().split("\n") == [f"calendar {DAV_USER}", f"contacts {DAV_USER}"], kept
         refused = imap_login(lab, user, "whatever-she-had")
         assert refused.returncode == 3, refused.stdout + refused.stderr
         restore = runbook_commands("Remove a mailbox").replace("example.org", "other.test")
@@ -152,6 +162,23 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     assert back.summaries["users-users"]["disabled"] == []
     seen = imap_login(lab, user, vault_password(bao, user), subject)
     assert seen.returncode == 0 and "FOUND 1" in seen.stdout, seen.stdout + seen.stderr
+    # The runbook put her collections back: Radicale lists them for her new password.
+    status, listing = dav_depth1(lab, user, vault_password(bao, user))
+    assert status == 207 and f"/{user}/calendar/" in listing and f"/{user}/contacts/" in listing, listing
+
+
+DAV_LISTEN = f"{LISTEN_HOST}:{LISTEN_PORT}"
+
+
+def dav_depth1(lab: Lab, user: str, password: str) -> tuple[int, str]:
+    """PROPFIND on the user's DAV root with Depth 1, at Radicale itself on the host's loopback."""
+    out = sh(
+        lab,
+        f"curl -sS -o /tmp/sams-dav.xml -w '%{{http_code}}' --netrc-file /dev/stdin -X PROPFIND -H 'Depth: 1' "
+        f"http://{DAV_LISTEN}/{user}/; cat /tmp/sams-dav.xml; rm -f /tmp/sams-dav.xml",
+        stdin=f"machine {DAV_LISTEN.split(':')[0]} login {user} password {password}\n",
+    )
+    return int(out[:3]), out[3:]
 
 
 def test_a_flush_that_cannot_reach_dovecots_auth_process_fails_loudly(lab: Lab, onboarded: program.ApplyReport) -> None:

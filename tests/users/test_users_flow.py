@@ -43,6 +43,7 @@ class World:
         self.store = mockrun.KeyStore(tmp / "state.json")
         self.vmail = tmp / "vmail"
         self.archive = tmp / "archive"
+        self.dav = tmp / "collection-root"
         self.vault = hvac.Client(url=bao.address, token=bao.token)
 
     def write_list(self, domains: dict[str, list[str]]) -> None:
@@ -76,7 +77,8 @@ class World:
 
     def tool(self, action: str, stdin: str = "", *extra: str) -> dict[str, Any]:
         argv = [sys.executable, str(TOOL_SOURCE), action, "--psql", self.pg.psql]
-        argv += ["--vmail-root", str(self.vmail), "--archive-root", str(self.archive), "--archive-days", "30", *extra]
+        argv += ["--vmail-root", str(self.vmail), "--archive-root", str(self.archive), "--archive-days", "30"]
+        argv += ["--dav-principals", str(self.dav), *extra]
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         assert "{ARGON2ID}" not in result.stdout + result.stderr
@@ -200,6 +202,10 @@ def test_offboarding_archives_mail_and_deletes_the_secret(world: World) -> None:
     maildir = world.vmail / "sams.test" / "carol"
     (maildir / "cur").mkdir(parents=True)
     (maildir / "cur" / "1.msg").write_text("Subject: keep me\n\nhello\n")
+    # Her calendar (Radicale's folder, named by her login) and bob's, who stays.
+    for user in ("carol", "bob"):
+        (world.dav / f"{user}@sams.test" / "calendar").mkdir(parents=True)
+        (world.dav / f"{user}@sams.test" / "calendar" / "e.ics").write_text(f"BEGIN:VCALENDAR\n{user}\n")
     summary = world.up()
     today = dt.date.today().isoformat()
     assert summary["disabled"] == ["carol@sams.test"]
@@ -207,6 +213,10 @@ def test_offboarding_archives_mail_and_deletes_the_secret(world: World) -> None:
     assert summary["archived"] == {"carol@sams.test": str(dest)}
     assert (dest / "cur" / "1.msg").read_text().startswith("Subject: keep me")
     assert not maildir.exists()
+    # A later carol@sams.test finds no calendar of hers; the archive keeps it beside her mail.
+    assert not (world.dav / "carol@sams.test").exists()
+    assert (world.archive / "sams.test" / f"carol-{today}.dav" / "calendar" / "e.ics").read_text().endswith("carol\n")
+    assert (world.dav / "bob@sams.test" / "calendar" / "e.ics").exists()
     with pytest.raises(hvac.exceptions.InvalidPath):  # the secret, its versions and its metadata
         world.vault.secrets.kv.v2.read_secret_metadata(path=f"{PREFIX}/sams.test/carol", mount_point=MOUNT)
     row = world.pg.run("SELECT active, password_hash IS NULL FROM users WHERE local_part = 'carol'")
@@ -290,7 +300,30 @@ def test_archives_are_purged_after_the_retention_only(world: World) -> None:
     assert kept["purged"] == []
     much_later = (dt.date.today() + dt.timedelta(days=31)).isoformat()
     gone = world.tool("purge", "", "--today", much_later)
-    assert len(gone["purged"]) == 4 and all("/archive/" in p for p in gone["purged"])
+    # carol's Maildir and calendars, other.test's three Maildirs.
+    assert len(gone["purged"]) == 5 and all("/archive/" in p for p in gone["purged"])
+
+
+def test_a_user_with_calendars_and_no_mail_is_archived_too(world: World) -> None:
+    """Runs after the purge above: the archive holds only what this test makes."""
+    today = dt.date.today().isoformat()
+    (world.dav / "carol@sams.test" / "contacts").mkdir(parents=True)
+    # An archive of the same day is there already (she left and came back today): the next name.
+    (world.archive / "sams.test" / f"carol-{today}").mkdir(parents=True)
+    world.write_list({"sams.test": ["alice", "bob"]})
+    try:
+        summary = world.up()
+    finally:
+        world.write_list({"sams.test": ["alice", "bob", "carol"]})
+    dest = world.archive / "sams.test" / f"carol-{today}.1"
+    assert summary["archived"] == {"carol@sams.test": str(dest)}
+    assert (world.archive / "sams.test" / f"carol-{today}.1.dav" / "contacts").is_dir() and not dest.exists()
+    assert not (world.dav / "carol@sams.test").exists()
+    # The retention takes both kinds.
+    much_later = (dt.date.today() + dt.timedelta(days=31)).isoformat()
+    gone = world.tool("purge", "", "--today", much_later)
+    assert sorted(Path(p).name for p in gone["purged"]) == [f"carol-{today}", f"carol-{today}.1.dav"]
+    assert world.up()["first_passwords"] == ["carol@sams.test"]  # back on the list for the tests below
 
 
 @pytest.mark.parametrize(

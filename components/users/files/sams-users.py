@@ -2,12 +2,14 @@
 """sams-users: mailbox passwords and offboarding on the mail host (runs as root, Python stdlib only).
 
     sams-users sync        stdin {"hashes": {addr: hash}, "removed": [addr]}: set first passwords,
-                           disable removed users, archive their Maildirs, purge old archives
+                           disable removed users, archive their Maildirs and calendars, purge old
+                           archives
     sams-users set-hashes  stdin {"hashes": {addr: hash}}: overwrite (the rotation command)
     sams-users purge       delete archives older than --archive-days (the daily timer)
 
 Common options: --psql "CMD" (a command that runs SQL from stdin as the schema owner),
---vmail-root, --archive-root, --archive-days. Every action is printed (one JSON line) and
+--vmail-root, --archive-root, --archive-days, --dav-principals (Radicale's collection-root: one
+folder per user, their calendars and address books). Every action is printed (one JSON line) and
 every archive purge is logged by name: nothing is deleted silently. Hashes never reach stdout.
 """
 
@@ -27,7 +29,9 @@ import sys
 DEFAULT_PSQL = "docker exec -i sams-postgres psql -U sams_owner -d sams"
 _ADDRESS = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?@[a-z0-9.-]+$")
 _DOVEADM_ERROR = re.compile(r"^(Error|Fatal|Panic):", re.M)
-_ARCHIVE_NAME = re.compile(r"^(?P<user>.+)-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?$")
+# <user>-<date>[.n]: the home with the Maildir; the same name + DAV_SUFFIX: the calendars and contacts.
+_ARCHIVE_NAME = re.compile(r"^(?P<user>.+)-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?(?:\.dav)?$")
+DAV_SUFFIX = ".dav"
 
 
 def split(address: str) -> tuple[str, str]:
@@ -142,11 +146,15 @@ def flush_auth_cache() -> tuple[bool, str]:
     return True, ""
 
 
-def archive(vmail_root: str, archive_root: str, address: str, today: dt.date) -> str | None:
-    """Move <vmail>/<domain>/<user> to <archive>/<domain>/<user>-<date>; None if there is no Maildir."""
+def archive(vmail_root: str, archive_root: str, address: str, today: dt.date, dav_principals: str = "") -> str | None:
+    """Move <vmail>/<domain>/<user> to <archive>/<domain>/<user>-<date>, and the user's DAV folder
+    (<dav_principals>/<address>) beside it as <user>-<date>.dav; the archive's path (without the
+    suffix), None if the user had neither. A later user with the same address starts empty."""
     local, domain = split(address)
     src = os.path.join(vmail_root, domain, local)
-    if not os.path.isdir(src):
+    dav = os.path.join(dav_principals, address) if dav_principals else ""
+    has_mail, has_dav = os.path.isdir(src), bool(dav) and os.path.isdir(dav)
+    if not (has_mail or has_dav):
         return None
     if shutil.which("doveadm"):  # close open IMAP sessions first; best effort
         subprocess.run(["doveadm", "kick", address], capture_output=True, check=False)
@@ -154,12 +162,15 @@ def archive(vmail_root: str, archive_root: str, address: str, today: dt.date) ->
     os.makedirs(parent, mode=0o700, exist_ok=True)
     dest = os.path.join(parent, f"{local}-{today.isoformat()}")
     n = 1
-    while os.path.exists(dest):
+    while os.path.lexists(dest) or os.path.lexists(dest + DAV_SUFFIX):
         dest = os.path.join(parent, f"{local}-{today.isoformat()}.{n}")
         n += 1
-    shutil.move(src, dest)  # a rename on one filesystem, copy + delete across two
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.join(vmail_root, domain))  # only if the whole domain is gone
+    if has_mail:
+        shutil.move(src, dest)  # a rename on one filesystem, copy + delete across two
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(vmail_root, domain))  # only if the whole domain is gone
+    if has_dav:
+        shutil.move(dav, dest + DAV_SUFFIX)  # owner and modes kept: the runbook moves it back as it was
     return dest
 
 
@@ -195,6 +206,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vmail-root", default="/var/mail/vmail")
     parser.add_argument("--archive-root", default="/var/mail/archive")
     parser.add_argument("--archive-days", type=int, default=30)
+    parser.add_argument("--dav-principals", default="", help="Radicale's collection-root; empty: no DAV")
     parser.add_argument("--today", type=dt.date.fromisoformat, default=None, help="for tests")
     args = parser.parse_args(argv)
     today = args.today or dt.date.today()
@@ -216,7 +228,7 @@ def main(argv: list[str]) -> int:
             summary["auth_cache_flushed"], error = flush_auth_cache()
             if error:  # the step fails; the next `pulumi up` repeats the sync, which is safe to repeat
                 raise SystemExit(f"sams-users: {error}. Run `pulumi up` again.")
-            moved = {a: archive(args.vmail_root, args.archive_root, a, today) for a in removed}
+            moved = {a: archive(args.vmail_root, args.archive_root, a, today, args.dav_principals) for a in removed}
             summary["archived"] = {a: d for a, d in moved.items() if d}
     if args.action in ("sync", "purge"):
         summary["purged"] = purge(args.archive_root, args.archive_days, today)
