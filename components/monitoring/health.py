@@ -12,7 +12,9 @@ its njs handler (files/sams-health.js) asks the exporter's /probe for that check
 and turns `probe_success` into 200 or 503 with a one-line JSON body. Prometheus scrapes the same
 probes (job `health`): SamsHealthCheckFailed is "a daemon is down".
 
-`/health/webmail` does not exist: there is no webmail yet (issue 23).
+With the webmail on, `/health/webmail` fetches its login page through nginx, as a browser does
+(nginx, PHP-FPM, Roundcube and its database); with calendars on, `/health/calendars` asks Radicale
+itself for the DAV root without a password and expects its demand for one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import yaml
 from components.database.roles import SUPERUSER as DB_SUPERUSER
 from components.database.schema import DB_NAME
 from components.database.steps import CONTAINER as DB_CONTAINER
+from components.dav import plan as dav_plan
 from components.monitoring import daemons
 from components.monitoring.plan import (
     BLACKBOX_EXPORTER_PORT,
@@ -79,6 +82,38 @@ CHECKS: tuple[Check, ...] = (
         f"PostgreSQL: `{DB_QUERY}` in the mail database, through sams-health-db",
     ),
 )
+
+
+WEBMAIL_LOGIN_FORM = 'name="_user"'  # Roundcube's login form: PHP ran Roundcube to the end
+
+
+def webmail_check(settings: Settings) -> Check:
+    """The webmail's login page at nginx's webmail server on the tunnel address (where it listens with
+    either exposure), by the host's name as a browser asks for it."""
+    return Check(
+        "webmail",
+        "sams_webmail",
+        f"https://{settings.config.wireguard.address}/",
+        "the webmail's login page through nginx: PHP-FPM ran Roundcube, which answered its login form",
+    )
+
+
+CALENDARS_CHECK = Check(
+    "calendars",
+    "sams_calendars",
+    f"http://{dav_plan.LISTEN_HOST}:{dav_plan.LISTEN_PORT}/",
+    "Radicale: PROPFIND on the DAV root without a password answers 401 asking for Basic credentials",
+)
+
+
+def checks(settings: Settings) -> tuple[Check, ...]:
+    """The mail core's checks, and the webmail's and the calendars' while they run."""
+    found = list(CHECKS)
+    if settings.config.webmail.enabled:
+        found.append(webmail_check(settings))
+    if dav_plan.calendars_on(settings.config):
+        found.append(CALENDARS_CHECK)
+    return tuple(found)
 
 
 def blackbox_listen(settings: Settings) -> str:
@@ -148,8 +183,39 @@ def blackbox_config(settings: Settings) -> dict[str, object]:
             "fail_if_body_not_matches_regexp": ["^ok "],
         },
     }
-    modules = {"sams_smtp": smtp, "sams_imap": imap, "sams_database": database}
-    assert set(modules) == {c.module for c in CHECKS}
+    modules: dict[str, object] = {"sams_smtp": smtp, "sams_imap": imap, "sams_database": database}
+    if settings.config.webmail.enabled:
+        modules["sams_webmail"] = {
+            "prober": "http",
+            "timeout": f"{PROBE_TIMEOUT_S}s",
+            "http": {
+                "preferred_ip_protocol": "ip4",
+                "ip_protocol_fallback": False,
+                # nginx chooses the webmail's server by the name, as for a browser.
+                "headers": {"Host": str(settings.config.hostname)},
+                "tls_config": _tls(settings),
+                "no_follow_redirects": True,
+                "valid_status_codes": [200],
+                "fail_if_body_not_matches_regexp": [WEBMAIL_LOGIN_FORM],
+            },
+        }
+    if dav_plan.calendars_on(settings.config):
+        modules["sams_calendars"] = {
+            "prober": "http",
+            "timeout": f"{PROBE_TIMEOUT_S}s",
+            "http": {
+                "preferred_ip_protocol": "ip4",
+                "ip_protocol_fallback": False,
+                # No password: Radicale answers without asking Dovecot anything.
+                "method": "PROPFIND",
+                "headers": {"Depth": "0"},
+                "valid_status_codes": [401],
+                "fail_if_header_not_matches": [
+                    {"header": "WWW-Authenticate", "regexp": "^Basic ", "allow_missing": False}
+                ],
+            },
+        }
+    assert set(modules) == {c.module for c in checks(settings)}
     return {"modules": modules}
 
 
@@ -171,7 +237,7 @@ def scrape_config(settings: Settings) -> dict[str, object]:
                 # __param_module: the exporter's ?module= for this target.
                 "labels": {"host": str(settings.config.hostname), "check": c.name, "__param_module": c.module},
             }
-            for c in CHECKS
+            for c in checks(settings)
         ],
         "relabel_configs": [
             {"source_labels": ["__address__"], "target_label": "__param_target"},
@@ -192,7 +258,7 @@ def nginx_site(settings: Settings) -> str:
         "etc/nginx/sites-available/sams-health.j2",
         listen=health_listen(settings),
         blackbox=blackbox_listen(settings),
-        checks=[(c.name, probe_query(c)) for c in CHECKS],
+        checks=[(c.name, probe_query(c)) for c in checks(settings)],
         metrics=daemons.nginx_locations(),
         health_js=HEALTH_JS,
         tls_fullchain=TLS_FULLCHAIN,
@@ -219,4 +285,4 @@ def db_service() -> str:
     )
 
 
-__all__ = ["CHECKS", "Check", "blackbox_yml", "nginx_site", "scrape_config"]
+__all__ = ["CHECKS", "Check", "blackbox_yml", "checks", "nginx_site", "scrape_config"]

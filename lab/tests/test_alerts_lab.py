@@ -1,8 +1,9 @@
 """Health endpoints and alerts end to end on the lab host (issue 22 items 5 and 7), with Debian 13's
 own blackbox exporter, nginx + njs, Prometheus and Alertmanager:
 
-* https://10.100.0.2:8443/health/{smtp,imap,database} answer 200 from the admin's laptop over the
-  tunnel, with the host's own certificate, and 503 while the daemon behind each is stopped; from
+* https://10.100.0.2:8443/health/{smtp,imap,database,webmail,calendars} answer 200 from the admin's
+  laptop over the tunnel, with the host's own certificate, and 503 while the daemon behind each is
+  stopped; from
   the internet neither the health port nor the exporter's answers (the checker's is loopback only);
 * a real fault reaches the Slack-compatible webhook in the lab's internet (lab/webhook.py) and
   resolves once fixed: Dovecot stopped (/health/imap 503, SamsHealthCheckFailed), one "firing" line
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from components.monitoring.health import CHECKS
+from components.monitoring.health import checks
 from components.monitoring.plan import (
     BLACKBOX_EXPORTER_PORT,
     BLACKBOX_UNIT,
@@ -40,6 +41,7 @@ from components.monitoring.plan import (
 )
 from components.monitoring.rules import ALERTS, HEARTBEAT
 from components.tls.certs import TLS_FULLCHAIN
+from components.webmail.plan import PHP_FPM_UNIT
 from lab import receiver, webhook
 from lab.dns import RECEIVER_DOMAIN
 from lab.hostcmd import sh
@@ -178,20 +180,22 @@ def test_health_endpoints_answer_on_the_tunnel_with_the_hosts_certificate(alerti
         [f"{vpn}:{BLACKBOX_EXPORTER_PORT}", f"{vpn}:{HEALTH_PORT}", f"127.0.0.1:{HEALTH_DATABASE_PORT}"]
     )
     leaf = x509.load_pem_x509_certificate(sh(lab, f"cat {TLS_FULLCHAIN}").encode())
-    for check in CHECKS:
+    # The lab's webmail is on with calendars: the mail core's checks and theirs.
+    assert [c.name for c in checks(lab.settings)] == ["smtp", "imap", "database", "webmail", "calendars"]
+    for check in checks(lab.settings):
         status, body, cert = in_netns(NAMES.ns_admin, {}, https_get, vpn, HEALTH_PORT, f"/health/{check.name}")
         print(f"\nGET /health/{check.name} -> {status} {body.strip()}", end="")
         assert status == 200, body
         answer = json.loads(body)
         assert answer["check"] == check.name and answer["status"] == "ok" and 0 < answer["seconds"] < 5, answer
         assert x509.load_der_x509_certificate(cert) == leaf
-    # No webmail yet (issue 23); the exporter's probes are not reachable through nginx.
-    assert in_netns(NAMES.ns_admin, {}, https_get, vpn, HEALTH_PORT, "/health/webmail")[0] == 404
+    # No other check; the exporter's probes are not reachable through nginx.
+    assert in_netns(NAMES.ns_admin, {}, https_get, vpn, HEALTH_PORT, "/health/nothing")[0] == 404
     assert in_netns(NAMES.ns_admin, {}, https_get, vpn, HEALTH_PORT, "/_probe/smtp")[0] == 404
     # Prometheus scrapes the same probes: every check succeeds.
     wait_for(
         "Prometheus has every probe succeeding",
-        lambda: len(prometheus(lab, 'probe_success{job="health"} == 1')) == len(CHECKS),
+        lambda: len(prometheus(lab, 'probe_success{job="health"} == 1')) == len(checks(lab.settings)),
         timeout=3 * SCRAPE_S + 30,
     )
 
@@ -213,7 +217,13 @@ def test_the_internet_reaches_no_health_port(alerting: Lab) -> None:
 
 @pytest.mark.parametrize(
     ("check", "unit"),
-    [("smtp", "postfix"), ("imap", "dovecot"), ("database", "sams-postgres")],
+    [
+        ("smtp", "postfix"),
+        ("imap", "dovecot"),
+        ("database", "sams-postgres"),
+        ("webmail", PHP_FPM_UNIT),
+        ("calendars", "radicale"),
+    ],
 )
 def test_each_endpoint_says_503_while_its_daemon_is_stopped(alerting: Lab, check: str, unit: str) -> None:
     """A few seconds each, far shorter than the alert's 2 minutes."""
@@ -223,7 +233,8 @@ def test_each_endpoint_says_503_while_its_daemon_is_stopped(alerting: Lab, check
         status, answer = wait_for(f"/health/{check} 503", lambda: (r := health(lab, check))[0] == 503 and r, 60)
         print(f"\n{unit} stopped: /health/{check} -> {status} {answer}", end="")
         assert answer["check"] == check and answer["status"] == "fail", answer
-        assert [health(lab, c.name)[0] for c in CHECKS if c.name != check] == [200] * (len(CHECKS) - 1)
+        others = [c.name for c in checks(lab.settings) if c.name != check]
+        assert [health(lab, name)[0] for name in others] == [200] * len(others), others
     finally:
         sh(lab, f"systemctl start {unit}")
     status, answer = wait_for(f"/health/{check} 200 again", lambda: (r := health(lab, check))[0] == 200 and r, 60)

@@ -31,7 +31,16 @@ import yaml
 
 from components.firewall.policy import NEVER_PUBLIC, nftables_conf, port_policy
 from components.monitoring.daemons import RSPAMD_HEADERS_FILE
-from components.monitoring.health import CHECKS, DB_QUERY, DB_TOOL_SOURCE, JS_SOURCE, blackbox_yml, nginx_site
+from components.monitoring.health import (
+    CHECKS,
+    DB_QUERY,
+    DB_TOOL_SOURCE,
+    JS_SOURCE,
+    WEBMAIL_LOGIN_FORM,
+    blackbox_yml,
+    checks,
+    nginx_site,
+)
 from components.monitoring.plan import (
     BLACKBOX_CONFIG,
     BLACKBOX_EXPORTER_PORT,
@@ -86,24 +95,54 @@ def test_monitoring_off_opens_no_health_port() -> None:
 
 def test_every_check_is_a_module_an_endpoint_and_a_probe_target() -> None:
     settings = settings_with("lab", {"enabled": True})
-    names = [c.name for c in CHECKS]
-    assert names == ["smtp", "imap", "database"]  # no webmail yet (issue 23)
+    names = [c.name for c in checks(settings)]
+    assert names == ["smtp", "imap", "database", "webmail", "calendars"]  # the lab's webmail has calendars
     modules = yaml.safe_load(blackbox_yml(settings))["modules"]
-    assert set(modules) == {c.module for c in CHECKS}
+    assert set(modules) == {c.module for c in checks(settings)}
     site = nginx_site(settings)
     assert re.findall(r"location = /health/(\w+) ", site) == names
     wg = str(settings.config.wireguard.address)
     assert re.findall(r"^\s*listen (\S+) ssl;", site, re.M) == [f"{wg}:{HEALTH_PORT}"]
     assert f"proxy_pass http://{wg}:{BLACKBOX_EXPORTER_PORT};" in site
-    for check in CHECKS:
+    for check in checks(settings):
         query = urllib.parse.urlencode({"module": check.module, "target": check.target})
         assert f"rewrite ^ /probe?{query} break;" in site
     job = next(j for j in yaml.safe_load(prometheus_yml(settings))["scrape_configs"] if j["job_name"] == "health")
     assert job["metrics_path"] == "/probe"
     assert [(sc["targets"], sc["labels"]["check"], sc["labels"]["__param_module"]) for sc in job["static_configs"]] == [
-        ([c.target], c.name, c.module) for c in CHECKS
+        ([c.target], c.name, c.module) for c in checks(settings)
     ]
     assert {"target_label": "__address__", "replacement": f"{wg}:{BLACKBOX_EXPORTER_PORT}"} in job["relabel_configs"]
+
+
+@pytest.mark.parametrize(
+    ("webmail", "names"),
+    [
+        ({"enabled": False}, ["smtp", "imap", "database"]),
+        ({"calendars": False}, ["smtp", "imap", "database", "webmail"]),
+    ],
+)
+def test_the_webmail_and_calendar_checks_come_and_go_with_them(webmail: dict[str, Any], names: list[str]) -> None:
+    settings = settings_with("lab", {"enabled": True}, **{"sams:webmail": webmail})
+    assert [c.name for c in checks(settings)] == names
+    assert set(yaml.safe_load(blackbox_yml(settings))["modules"]) == {c.module for c in checks(settings)}
+    assert re.findall(r"location = /health/(\w+) ", nginx_site(settings)) == names
+
+
+def test_the_webmail_probe_asks_for_the_login_page_by_name_and_radicale_for_a_password() -> None:
+    settings = settings_with("lab", {"enabled": True})
+    modules = yaml.safe_load(blackbox_yml(settings))["modules"]
+    web = modules["sams_webmail"]["http"]
+    # nginx's webmail server listens on the tunnel's address with either exposure, and picks it by name.
+    target = next(c.target for c in checks(settings) if c.name == "webmail")
+    assert target == f"https://{settings.config.wireguard.address}/"
+    assert web["headers"] == {"Host": str(settings.config.hostname)}
+    assert web["tls_config"]["server_name"] == str(settings.config.hostname)
+    assert web["valid_status_codes"] == [200] and web["fail_if_body_not_matches_regexp"] == [WEBMAIL_LOGIN_FORM]
+    assert web["no_follow_redirects"] is True
+    dav = modules["sams_calendars"]["http"]
+    assert dav["method"] == "PROPFIND" and dav["valid_status_codes"] == [401]
+    assert dav["fail_if_header_not_matches"][0]["header"] == "WWW-Authenticate"
 
 
 def test_the_smtp_probe_speaks_starttls_and_the_imap_probe_tls() -> None:
@@ -295,18 +334,20 @@ def _get(port: int, path: str) -> tuple[int, str, str]:
 
 def test_health_answers_200_or_503_from_probe_success(served: tuple[int, FakeExporter]) -> None:
     port, exporter = served
-    exporter.success = {"sams_smtp": 1, "sams_imap": 0, "sams_database": 1}
+    exporter.success = {"sams_smtp": 1, "sams_imap": 0, "sams_database": 1, "sams_webmail": 1}
     status, kind, body = _get(port, "/health/smtp")
     assert (status, kind) == (200, "application/json"), body
     assert json.loads(body) == {"check": "smtp", "status": "ok", "seconds": 0.012}
     status, _, body = _get(port, "/health/imap")
     assert status == 503 and json.loads(body)["status"] == "fail", body
     assert _get(port, "/health/database")[0] == 200
+    assert _get(port, "/health/webmail")[0] == 200
     # Each endpoint asked the exporter for its own module and target.
     asked = [(q["module"][0], q["target"][0]) for q in exporter.asked]
-    assert asked == [(c.module, c.target) for c in (CHECKS[0], CHECKS[1], CHECKS[2])]
-    # No webmail yet; the internal probe paths are not reachable from outside.
-    assert _get(port, "/health/webmail")[0] == 404
+    webmail = next(c for c in checks(settings_with("lab", {"enabled": True})) if c.name == "webmail")
+    assert asked == [(c.module, c.target) for c in (*CHECKS, webmail)]
+    # A check that does not exist, and the internal probe paths, are not reachable from outside.
+    assert _get(port, "/health/nothing")[0] == 404
     assert _get(port, "/_probe/smtp")[0] == 404
 
 
