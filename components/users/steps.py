@@ -3,8 +3,8 @@
 `sams-users sync` runs after the database step has made the tables match the mail list: it sets
 the first password hash of new mailboxes (only where none is set), clears the hash of users who
 left the list, moves their Maildirs to /var/mail/archive/<domain>/<user>-<date> (their calendars and
-contacts beside, <user>-<date>.dav) and purges archives older than sams:users.archiveDays (a daily
-timer does that too).
+contacts beside, <user>-<date>.dav; their Roundcube row renamed <address>#left-<date>) and purges
+archives older than sams:users.archiveDays (a daily timer does that too).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from components.dav.plan import PRINCIPALS as DAV_PRINCIPALS
 from components.hostpaths import VMAIL_ROOT
 from components.remote.steps import File, StepSpec, apply_command
 from components.render import render
+from components.webmail.plan import ROUNDCUBE_DB
 from settings import Settings
 
 TOOL = "/usr/local/lib/sams/sams-users"
@@ -40,12 +41,15 @@ def tool_args(settings: Settings) -> list[str]:
         # Always: calendars turned off keep their collections, which still leave with their user.
         "--dav-principals",
         DAV_PRINCIPALS,
+        # Always, as above: Roundcube's database stays when the webmail is turned off.
+        "--webmail-db",
+        ROUNDCUBE_DB,
     ]
 
 
 def users_step(settings: Settings) -> StepSpec:
     days = settings.config.users.archive_days
-    ctx = {"days": days, "tool": TOOL, "archive_root": ARCHIVE_ROOT}
+    ctx = {"days": days, "tool": TOOL, "archive_root": ARCHIVE_ROOT, "webmail_db": ROUNDCUBE_DB}
     return StepSpec(
         name="users",
         files=(

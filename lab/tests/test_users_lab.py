@@ -23,8 +23,10 @@ from components.dav.plan import LISTEN_HOST, LISTEN_PORT
 from components.dav.plan import PRINCIPALS as DAV_PRINCIPALS
 from components.dav.plan import USER as DAV_USER
 from components.users.steps import ARCHIVE_ROOT, TOOL
-from lab import program
+from components.webmail.plan import ROUNDCUBE_DB
+from lab import acme, program
 from lab.hostcmd import PSQL, sh
+from lab.netclient import in_netns, web_login
 from lab.session import Lab
 from lab.spec import NAMES
 from tests.users.conftest import Bao
@@ -133,9 +135,17 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     old mail in INBOX."""
     user, subject = "carol@other.test", f"kept-{uuid.uuid4().hex[:12]}"
     sh(lab, f"doveadm save -u {user}", stdin=f"Subject: {subject}\n\nkeep me\n")
-    # Her first DAV login makes her collections (Radicale's predefined calendar and address book).
+    # Her first DAV login makes her collections (Radicale's predefined calendar and address book), her
+    # first webmail login her row in Roundcube's database.
     assert dav_depth1(lab, user, vault_password(bao, user))[0] == 207
     principal = f"{DAV_PRINCIPALS}/{user}"
+    cafile = tmp_path / "pebble-issuers.pem"
+    cafile.write_text(acme.issuer_pems(lab.paths, lab.spec.inet_ipv4))
+    host = lab.settings.config.hostname
+    login = in_netns(NAMES.ns_admin, {host: lab.spec.vpn_host}, web_login, host, str(cafile), None, user,
+                     vault_password(bao, user))  # fmt: skip
+    assert login[0] == "in", login
+    assert user in webmail_users(lab)
     stack_list = Path(program.__file__).parents[1] / "stacks" / "lab" / "mail_list.yml"
     without = tmp_path / "mail_list.yml"
     without.write_text(stack_list.read_text().replace("      - carol\n", ""))
@@ -151,10 +161,15 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
         assert lab.shell.run(["sudo", "-n", "test", "-e", principal], check=False).returncode
         kept = sh(lab, f"find {archived}.dav -mindepth 1 -maxdepth 1 -type d -printf '%f %u\\n' | sort")
         assert kept.strip().split("\n") == [f"calendar {DAV_USER}", f"contacts {DAV_USER}"], kept
+        # Her webmail row is renamed: a new user of her address would start with a row of their own.
+        left = gone["webmail_archived"][user]
+        assert re.fullmatch(rf"{re.escape(user)}#left-[\d-]{{10}}", left) and user not in webmail_users(lab), left
+        assert left in webmail_users(lab)
         refused = imap_login(lab, user, "whatever-she-had")
         assert refused.returncode == 3, refused.stdout + refused.stderr
         restore = runbook_commands("Remove a mailbox").replace("example.org", "other.test")
         restore = restore.replace("dave-2026-11-24", archived.rsplit("/", 1)[1]).replace("dave", "carol")
+        restore = restore.replace("#left-2026-11-24", left.split("@", 1)[1].removeprefix("other.test"))
         lab.shell.run(["sh", "-ec", restore])
     finally:
         back = up(lab, bao)  # the stack's own list again, carol in it
@@ -165,6 +180,11 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     # The runbook put her collections back: Radicale lists them for her new password.
     status, listing = dav_depth1(lab, user, vault_password(bao, user))
     assert status == 207 and f"/{user}/calendar/" in listing and f"/{user}/contacts/" in listing, listing
+    assert user in webmail_users(lab) and not [u for u in webmail_users(lab) if "#left-" in u]
+
+
+def webmail_users(lab: Lab) -> list[str]:
+    return sh(lab, f"sqlite3 {ROUNDCUBE_DB} 'SELECT username FROM users'").split()
 
 
 DAV_LISTEN = f"{LISTEN_HOST}:{LISTEN_PORT}"

@@ -7,10 +7,12 @@ Each test builds on the previous one (module order), like successive `pulumi up`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,9 @@ class World:
         self.vmail = tmp / "vmail"
         self.archive = tmp / "archive"
         self.dav = tmp / "collection-root"
+        self.webmail_db = tmp / "roundcube.db"
+        with contextlib.closing(sqlite3.connect(self.webmail_db)) as db, db:
+            db.executescript(ROUNDCUBE_STAND_IN)
         self.vault = hvac.Client(url=bao.address, token=bao.token)
 
     def write_list(self, domains: dict[str, list[str]]) -> None:
@@ -78,7 +83,7 @@ class World:
     def tool(self, action: str, stdin: str = "", *extra: str) -> dict[str, Any]:
         argv = [sys.executable, str(TOOL_SOURCE), action, "--psql", self.pg.psql]
         argv += ["--vmail-root", str(self.vmail), "--archive-root", str(self.archive), "--archive-days", "30"]
-        argv += ["--dav-principals", str(self.dav), *extra]
+        argv += ["--dav-principals", str(self.dav), "--webmail-db", str(self.webmail_db), *extra]
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         assert "{ARGON2ID}" not in result.stdout + result.stderr
@@ -95,6 +100,33 @@ class World:
         local, _, domain = address.partition("@")
         out = self.pg.run(f"SELECT password_hash FROM users WHERE local_part = '{local}' AND domain = '{domain}'")
         return out.strip() or None
+
+
+# Roundcube's users table and one of the tables that hang on it, as its sqlite.initial.sql has them
+# (a stand-in: Roundcube is not installed here; the lab runs the real one, test_users_lab.py).
+ROUNDCUBE_STAND_IN = """
+CREATE TABLE users (user_id integer PRIMARY KEY, username varchar(128) NOT NULL default '',
+  mail_host varchar(128) NOT NULL default '');
+CREATE UNIQUE INDEX ix_users_username ON users(username, mail_host);
+CREATE TABLE identities (identity_id integer PRIMARY KEY, user_id integer NOT NULL default '0'
+  REFERENCES users (user_id) ON DELETE CASCADE ON UPDATE CASCADE, name varchar(128) NOT NULL default '');
+"""
+
+
+def webmail_rows(world: World) -> list[tuple[str, int]]:
+    """Roundcube's users and how many identities each has."""
+    with contextlib.closing(sqlite3.connect(world.webmail_db)) as db:
+        query = "SELECT username, (SELECT count(*) FROM identities i WHERE i.user_id = u.user_id) FROM users u"
+        return sorted(db.execute(query).fetchall())
+
+
+def webmail_login(world: World, address: str) -> None:
+    """What Roundcube writes at a user's first login: their row and an identity."""
+    with contextlib.closing(sqlite3.connect(world.webmail_db)) as db, db:
+        user_id = db.execute(
+            "INSERT INTO users (username, mail_host) VALUES (?, 'ssl://mail:993')", (address,)
+        ).lastrowid
+        db.execute("INSERT INTO identities (user_id, name) VALUES (?, ?)", (user_id, address))
 
 
 def _encoded(values: dict[str, Any]) -> dict[str, str]:
@@ -206,6 +238,7 @@ def test_offboarding_archives_mail_and_deletes_the_secret(world: World) -> None:
     for user in ("carol", "bob"):
         (world.dav / f"{user}@sams.test" / "calendar").mkdir(parents=True)
         (world.dav / f"{user}@sams.test" / "calendar" / "e.ics").write_text(f"BEGIN:VCALENDAR\n{user}\n")
+        webmail_login(world, f"{user}@sams.test")
     summary = world.up()
     today = dt.date.today().isoformat()
     assert summary["disabled"] == ["carol@sams.test"]
@@ -217,6 +250,9 @@ def test_offboarding_archives_mail_and_deletes_the_secret(world: World) -> None:
     assert not (world.dav / "carol@sams.test").exists()
     assert (world.archive / "sams.test" / f"carol-{today}.dav" / "calendar" / "e.ics").read_text().endswith("carol\n")
     assert (world.dav / "bob@sams.test" / "calendar" / "e.ics").exists()
+    # Her webmail row (identities, contacts, settings) is renamed: a later carol@ gets a row of her own.
+    assert summary["webmail_archived"] == {"carol@sams.test": f"carol@sams.test#left-{today}"}
+    assert webmail_rows(world) == [("bob@sams.test", 1), (f"carol@sams.test#left-{today}", 1)]
     with pytest.raises(hvac.exceptions.InvalidPath):  # the secret, its versions and its metadata
         world.vault.secrets.kv.v2.read_secret_metadata(path=f"{PREFIX}/sams.test/carol", mount_point=MOUNT)
     row = world.pg.run("SELECT active, password_hash IS NULL FROM users WHERE local_part = 'carol'")
@@ -300,8 +336,10 @@ def test_archives_are_purged_after_the_retention_only(world: World) -> None:
     assert kept["purged"] == []
     much_later = (dt.date.today() + dt.timedelta(days=31)).isoformat()
     gone = world.tool("purge", "", "--today", much_later)
-    # carol's Maildir and calendars, other.test's three Maildirs.
-    assert len(gone["purged"]) == 5 and all("/archive/" in p for p in gone["purged"])
+    # carol's Maildir, calendars and webmail row, other.test's three Maildirs.
+    assert len(gone["purged"]) == 6, gone["purged"]
+    assert gone["purged"][-1] == f"{world.webmail_db}:carol@sams.test#left-{dt.date.today().isoformat()}"
+    assert all("/archive/" in p for p in gone["purged"][:-1])
 
 
 def test_a_user_with_calendars_and_no_mail_is_archived_too(world: World) -> None:
@@ -310,6 +348,9 @@ def test_a_user_with_calendars_and_no_mail_is_archived_too(world: World) -> None
     (world.dav / "carol@sams.test" / "contacts").mkdir(parents=True)
     # An archive of the same day is there already (she left and came back today): the next name.
     (world.archive / "sams.test" / f"carol-{today}").mkdir(parents=True)
+    # She came back and used the webmail: her second row is archived under the next name.
+    webmail_login(world, f"carol@sams.test#left-{today}")
+    webmail_login(world, "carol@sams.test")
     world.write_list({"sams.test": ["alice", "bob"]})
     try:
         summary = world.up()
@@ -319,10 +360,17 @@ def test_a_user_with_calendars_and_no_mail_is_archived_too(world: World) -> None
     assert summary["archived"] == {"carol@sams.test": str(dest)}
     assert (world.archive / "sams.test" / f"carol-{today}.1.dav" / "contacts").is_dir() and not dest.exists()
     assert not (world.dav / "carol@sams.test").exists()
-    # The retention takes both kinds.
+    assert summary["webmail_archived"] == {"carol@sams.test": f"carol@sams.test#left-{today}.1"}
+    # The retention takes every kind.
     much_later = (dt.date.today() + dt.timedelta(days=31)).isoformat()
     gone = world.tool("purge", "", "--today", much_later)
-    assert sorted(Path(p).name for p in gone["purged"]) == [f"carol-{today}", f"carol-{today}.1.dav"]
+    assert sorted(Path(p).name for p in gone["purged"]) == [
+        f"carol-{today}",
+        f"carol-{today}.1.dav",
+        f"roundcube.db:carol@sams.test#left-{today}",
+        f"roundcube.db:carol@sams.test#left-{today}.1",
+    ]
+    assert webmail_rows(world) == [("bob@sams.test", 1)]  # her identities went with her row
     assert world.up()["first_passwords"] == ["carol@sams.test"]  # back on the list for the tests below
 
 

@@ -2,15 +2,17 @@
 """sams-users: mailbox passwords and offboarding on the mail host (runs as root, Python stdlib only).
 
     sams-users sync        stdin {"hashes": {addr: hash}, "removed": [addr]}: set first passwords,
-                           disable removed users, archive their Maildirs and calendars, purge old
-                           archives
+                           disable removed users, archive their Maildirs, calendars and webmail
+                           settings, purge old archives
     sams-users set-hashes  stdin {"hashes": {addr: hash}}: overwrite (the rotation command)
     sams-users purge       delete archives older than --archive-days (the daily timer)
 
 Common options: --psql "CMD" (a command that runs SQL from stdin as the schema owner),
 --vmail-root, --archive-root, --archive-days, --dav-principals (Radicale's collection-root: one
-folder per user, their calendars and address books). Every action is printed (one JSON line) and
-every archive purge is logged by name: nothing is deleted silently. Hashes never reach stdout.
+folder per user, their calendars and address books), --webmail-db (Roundcube's SQLite database:
+a leaver's row, with their identities, contacts and settings, is renamed <address>#left-<date>).
+Every action is printed (one JSON line) and every archive purge is logged by name: nothing is
+deleted silently. Hashes never reach stdout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 
@@ -32,6 +35,9 @@ _DOVEADM_ERROR = re.compile(r"^(Error|Fatal|Panic):", re.M)
 # <user>-<date>[.n]: the home with the Maildir; the same name + DAV_SUFFIX: the calendars and contacts.
 _ARCHIVE_NAME = re.compile(r"^(?P<user>.+)-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?(?:\.dav)?$")
 DAV_SUFFIX = ".dav"
+# A leaver's Roundcube row: no login matches it (not an address), a new user of the address gets a
+# row of their own, and the purge deletes it with the rest of the archive.
+_WEBMAIL_LEFT = re.compile(r"^(?P<address>[^#]+)#left-(?P<date>\d{4}-\d{2}-\d{2})(?:\.\d+)?$")
 
 
 def split(address: str) -> tuple[str, str]:
@@ -174,6 +180,48 @@ def archive(vmail_root: str, archive_root: str, address: str, today: dt.date, da
     return dest
 
 
+def _webmail_db(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30)  # Roundcube may be writing: wait for its lock
+    db.execute("PRAGMA foreign_keys = ON")  # its schema deletes a user's rows with the user (CASCADE)
+    return db
+
+
+def archive_webmail(db_path: str, address: str, today: dt.date) -> str | None:
+    """Rename the leaver's Roundcube row (their identities, contacts, settings hang on its id) to
+    <address>#left-<date>[.n]; the new name, None if Roundcube has no row for them."""
+    if not db_path or not os.path.exists(db_path):
+        return None
+    with contextlib.closing(_webmail_db(db_path)) as db, db:
+        query = "SELECT username FROM users WHERE username LIKE ?"
+        taken = {row[0] for row in db.execute(query, (f"{address}#left-%",))}
+        name, n = f"{address}#left-{today.isoformat()}", 1
+        while name in taken:
+            name, n = f"{address}#left-{today.isoformat()}.{n}", n + 1
+        changed = db.execute("UPDATE users SET username = ? WHERE username = ?", (name, address)).rowcount
+    return name if changed else None
+
+
+def purge_webmail(db_path: str, days: int, today: dt.date) -> list[str]:
+    """Delete the Roundcube rows of leavers older than `days` days (and, by the schema, their data)."""
+    if not db_path or not os.path.exists(db_path):
+        return []
+    gone = []
+    with contextlib.closing(_webmail_db(db_path)) as db, db:
+        for (name,) in db.execute("SELECT username FROM users WHERE username LIKE '%#left-%'").fetchall():
+            m = _WEBMAIL_LEFT.match(name)
+            if not m:
+                continue
+            try:
+                when = dt.date.fromisoformat(m.group("date"))
+            except ValueError:
+                continue
+            if (today - when).days > days:
+                print(f"sams-users: purging webmail user {name} ({(today - when).days} days old)", file=sys.stderr)
+                db.execute("DELETE FROM users WHERE username = ?", (name,))
+                gone.append(f"{db_path}:{name}")
+    return gone
+
+
 def purge(archive_root: str, days: int, today: dt.date) -> list[str]:
     """Delete archives whose date (in their name) is more than `days` days ago; return them."""
     gone: list[str] = []
@@ -207,6 +255,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--archive-root", default="/var/mail/archive")
     parser.add_argument("--archive-days", type=int, default=30)
     parser.add_argument("--dav-principals", default="", help="Radicale's collection-root; empty: no DAV")
+    parser.add_argument("--webmail-db", default="", help="Roundcube's SQLite database; empty: no webmail")
     parser.add_argument("--today", type=dt.date.fromisoformat, default=None, help="for tests")
     args = parser.parse_args(argv)
     today = args.today or dt.date.today()
@@ -230,8 +279,11 @@ def main(argv: list[str]) -> int:
                 raise SystemExit(f"sams-users: {error}. Run `pulumi up` again.")
             moved = {a: archive(args.vmail_root, args.archive_root, a, today, args.dav_principals) for a in removed}
             summary["archived"] = {a: d for a, d in moved.items() if d}
+            renamed = {a: archive_webmail(args.webmail_db, a, today) for a in removed}
+            summary["webmail_archived"] = {a: n for a, n in renamed.items() if n}
     if args.action in ("sync", "purge"):
-        summary["purged"] = purge(args.archive_root, args.archive_days, today)
+        purged = purge(args.archive_root, args.archive_days, today)
+        summary["purged"] = purged + purge_webmail(args.webmail_db, args.archive_days, today)
     print(json.dumps(summary, sort_keys=True))
     return 0
 
