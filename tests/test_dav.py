@@ -48,7 +48,8 @@ def test_radicale_checks_passwords_at_the_hosts_own_dovecot_over_verified_tls() 
     # The host's name (its certificate's), implicit TLS: never a loopback address without a name.
     assert conf["auth"]["imap_host"] == f"{settings.config.hostname}:993"
     assert conf["auth"]["imap_security"] == "tls"
-    assert conf["auth"]["cache_logins"] == "true"
+    # Radicale 3.5.3's cache refuses a good login after an expired failure (Kozea/Radicale#2079).
+    assert conf["auth"]["cache_logins"] == "false"
     assert conf["rights"]["type"] == "owner_only"
     assert conf["storage"]["filesystem_folder"] == plan.DAV_COLLECTIONS
     # Only nginx reaches it.
@@ -115,15 +116,6 @@ def test_public_calendars_get_a_jail_on_radicales_failed_logins() -> None:
     for settings in (vpn, public, settings_with("prod", {"calendars": False})):
         services = {s.unit: s.watches for s in dav_step(settings).services}
         assert services == {"fail2ban.service": (plan.FAIL2BAN_JAIL, plan.FAIL2BAN_FILTER)}
-
-
-def test_dovecot_trusts_radicales_address_only_while_calendars_are_on() -> None:
-    """No auth penalty on 127.0.0.1 for every calendar user after one guesser (the jail above bans)."""
-    from components.mail import services
-
-    assert plan.IMAP_SOURCE in services.login_trusted_sources(settings_with("prod", {}))
-    assert plan.IMAP_SOURCE not in services.login_trusted_sources(settings_with("prod", {"calendars": False}))
-    assert services.login_trusted_sources(settings_with("prod", {"enabled": False, "calendars": True})) == ()
 
 
 def test_nginx_reloads_only_when_its_file_changed() -> None:

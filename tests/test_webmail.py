@@ -93,12 +93,7 @@ def test_dovecot_trusts_the_browsers_address_from_roundcubes_own_source_only() -
     assert f"class {plan.CLIENT_IP_PLUGIN} extends rcube_plugin" in plugin
     assert "'preauth_ident'" in plugin and "$_SERVER['REMOTE_ADDR']" in plugin and "FORWARDED" not in plugin
     trusted = re.findall(r"^login_trusted_networks = (.*)$", dovecot_conf(s), flags=re.M)
-    # ... and from Radicale's 127.0.0.1 while calendars are on (tests/test_dav.py).
-    assert trusted == [f"{plan.IMAP_SOURCE}/32 127.0.0.1/32"]
-    no_dav = settings_with({"calendars": False})
-    assert re.findall(r"^login_trusted_networks = (.*)$", dovecot_conf(no_dav), flags=re.M) == [
-        f"{plan.IMAP_SOURCE}/32"
-    ]
+    assert trusted == [f"{plan.IMAP_SOURCE}/32"]
     off = settings_with({"enabled": False})
     assert "login_trusted_networks" not in dovecot_conf(off)
     assert f'rmdir "$(dirname {plan.CLIENT_IP_PLUGIN_FILE})"' in steps.webmail_step(off).script

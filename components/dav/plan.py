@@ -43,10 +43,6 @@ PREDEFINED_COLLECTIONS: dict[str, dict[str, str]] = {
 
 # Radicale checks each password with an IMAP LOGIN at the host's own Dovecot over implicit TLS.
 IMAPS_PORT = 993
-# ... from this address: Radicale's IMAP client binds none, and cannot forward its client's. Dovecot
-# trusts it (login_trusted_networks) so that one guesser's failures do not hold up every calendar
-# user's login behind Dovecot's penalty for 127.0.0.1; the jail below bans the guesser instead.
-IMAP_SOURCE = "127.0.0.1"
 
 # Public exposure: a fail2ban jail on Radicale's failed logins, which name the client's address as
 # nginx forwards it (X-Forwarded-For, set to $remote_addr).

@@ -406,7 +406,7 @@ def test_caldav_and_carddav_round_trip_and_owner_only(site: Site) -> None:
     # Radicale answers under /dav/ (X-Script-Name): the principal is the user's own collection.
     assert made["principal"] == f"{site.base}{quote(alice)}/", made
     assert made["mkcol"] == 201 and made["put"] == 201, made
-    # A second session, a new login (Radicale asks Dovecot again, or its 15 s cache).
+    # A second session, a new login (Radicale asks Dovecot again: its login cache is off).
     back = in_netns(NETNS, hosts, read_back, site.base, site.cafile, alice, alice_pw, uid, made["book"])
     assert any(f"UID:{uid}" in e and "SAMS DAV test meeting" in e for e in back["events"]), back["events"]
     assert back["card_status"] == 200 and "FN:Carol Contact" in str(back["card"]), back
