@@ -11,10 +11,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +330,33 @@ def test_rotation_rolls_vault_back_when_the_database_fails(world: World) -> None
     )
     assert result.returncode != 0 and "Vault restored" in result.stderr
     assert world.password("alice@sams.test") == pw
+
+
+def test_an_archive_on_another_filesystem_keeps_every_owner(tmp_path: Path) -> None:
+    """The archive is on the mail volume, Radicale's folder on the root one: shutil.move copies, and
+    the copies would be root's. /dev/shm (tmpfs) is another filesystem than tmp_path here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sams_users", TOOL_SOURCE)
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    src = tmp_path / "carol@sams.test"
+    (src / "calendar").mkdir(parents=True)
+    (src / "calendar" / "e.ics").write_text("BEGIN:VCALENDAR\n")
+    (src / "calendar" / "link").symlink_to("e.ics")
+    for path in (src, src / "calendar", src / "calendar" / "e.ics", src / "calendar" / "link"):
+        os.lchown(path, 4242, 4243)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        assert os.stat(shm).st_dev != os.stat(tmp_path).st_dev
+        dest = Path(shm) / "carol-2026-12-08.dav"
+        tool.move_keeping_owners(str(src), str(dest))
+        owners = {
+            p.relative_to(dest).as_posix(): (p.lstat().st_uid, p.lstat().st_gid) for p in [dest, *dest.rglob("*")]
+        }
+    assert owners == {".": (4242, 4243), "calendar": (4242, 4243), "calendar/e.ics": (4242, 4243),
+                      "calendar/link": (4242, 4243)}  # fmt: skip
+    assert not src.exists()
 
 
 def test_archives_are_purged_after_the_retention_only(world: World) -> None:

@@ -152,6 +152,21 @@ def flush_auth_cache() -> tuple[bool, str]:
     return True, ""
 
 
+def move_keeping_owners(src: str, dest: str) -> None:
+    """shutil.move, with every entry's owner and group as they were: across two filesystems (the
+    archive on the mail volume, Radicale's folder on the root one) it copies, and the copies would
+    be root's."""
+    owners = {}
+    for root, dirs, files in os.walk(src):
+        for name in (".", *dirs, *files):
+            path = os.path.normpath(os.path.join(root, name))
+            st = os.lstat(path)
+            owners[os.path.relpath(path, src)] = (st.st_uid, st.st_gid)
+    shutil.move(src, dest)  # a rename on one filesystem, copy + delete across two
+    for rel, (uid, gid) in owners.items():
+        os.lchown(os.path.normpath(os.path.join(dest, rel)), uid, gid)
+
+
 def archive(vmail_root: str, archive_root: str, address: str, today: dt.date, dav_principals: str = "") -> str | None:
     """Move <vmail>/<domain>/<user> to <archive>/<domain>/<user>-<date>, and the user's DAV folder
     (<dav_principals>/<address>) beside it as <user>-<date>.dav; the archive's path (without the
@@ -172,11 +187,11 @@ def archive(vmail_root: str, archive_root: str, address: str, today: dt.date, da
         dest = os.path.join(parent, f"{local}-{today.isoformat()}.{n}")
         n += 1
     if has_mail:
-        shutil.move(src, dest)  # a rename on one filesystem, copy + delete across two
+        move_keeping_owners(src, dest)  # vmail's: Dovecot reads it again if the runbook moves it back
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(vmail_root, domain))  # only if the whole domain is gone
     if has_dav:
-        shutil.move(dav, dest + DAV_SUFFIX)  # owner and modes kept: the runbook moves it back as it was
+        move_keeping_owners(dav, dest + DAV_SUFFIX)  # the runbook moves it back as it was
     return dest
 
 
