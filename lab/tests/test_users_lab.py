@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import hvac
 import pytest
@@ -139,6 +140,11 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     # first webmail login her row in Roundcube's database.
     assert dav_depth1(lab, user, vault_password(bao, user))[0] == 207
     principal = f"{DAV_PRINCIPALS}/{user}"
+    # Radicale writes these once, when it makes a collection: the same times after the runbook's
+    # restore mean her own collections came back (a new login would make new ones).
+    props = f"find {principal} -name .Radicale.props -printf '%P %T@\\n' | sort"
+    made = sh(lab, props)
+    assert made.count(".Radicale.props") == 2, made
     cafile = tmp_path / "pebble-issuers.pem"
     cafile.write_text(acme.issuer_pems(lab.paths, lab.spec.inet_ipv4))
     host = lab.settings.config.hostname
@@ -179,7 +185,8 @@ def test_offboarding_archives_the_mailbox_and_the_runbook_restores_it(
     assert seen.returncode == 0 and "FOUND 1" in seen.stdout, seen.stdout + seen.stderr
     # The runbook put her collections back: Radicale lists them for her new password.
     status, listing = dav_depth1(lab, user, vault_password(bao, user))
-    assert status == 207 and f"/{user}/calendar/" in listing and f"/{user}/contacts/" in listing, listing
+    assert status == 207 and f"/{quote(user)}/calendar/" in listing and f"/{quote(user)}/contacts/" in listing
+    assert sh(lab, props) == made
     assert user in webmail_users(lab) and not [u for u in webmail_users(lab) if "#left-" in u]
 
 
