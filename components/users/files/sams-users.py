@@ -195,6 +195,19 @@ def archive(vmail_root: str, archive_root: str, address: str, today: dt.date, da
     return dest
 
 
+def _expired(pattern: re.Pattern[str], name: str, days: int, today: dt.date) -> int | None:
+    """The age in days of an archive named with its date (`pattern`'s group "date"), if it is more
+    than `days` days old; None if it is younger or the name is not an archive's."""
+    m = pattern.match(name)
+    if not m:
+        return None
+    try:
+        age = (today - dt.date.fromisoformat(m.group("date"))).days
+    except ValueError:
+        return None
+    return age if age > days else None
+
+
 def _webmail_db(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30)  # Roundcube may be writing: wait for its lock
     db.execute("PRAGMA foreign_keys = ON")  # its schema deletes a user's rows with the user (CASCADE)
@@ -223,15 +236,9 @@ def purge_webmail(db_path: str, days: int, today: dt.date) -> list[str]:
     gone = []
     with contextlib.closing(_webmail_db(db_path)) as db, db:
         for (name,) in db.execute("SELECT username FROM users WHERE username LIKE '%#left-%'").fetchall():
-            m = _WEBMAIL_LEFT.match(name)
-            if not m:
-                continue
-            try:
-                when = dt.date.fromisoformat(m.group("date"))
-            except ValueError:
-                continue
-            if (today - when).days > days:
-                print(f"sams-users: purging webmail user {name} ({(today - when).days} days old)", file=sys.stderr)
+            age = _expired(_WEBMAIL_LEFT, name, days, today)
+            if age is not None:
+                print(f"sams-users: purging webmail user {name} ({age} days old)", file=sys.stderr)
                 db.execute("DELETE FROM users WHERE username = ?", (name,))
                 gone.append(f"{db_path}:{name}")
     return gone
@@ -247,16 +254,10 @@ def purge(archive_root: str, days: int, today: dt.date) -> list[str]:
         if not os.path.isdir(ddir):
             continue
         for name in sorted(os.listdir(ddir)):
-            m = _ARCHIVE_NAME.match(name)
-            if not m:
-                continue
-            try:
-                when = dt.date.fromisoformat(m.group("date"))
-            except ValueError:
-                continue
-            if (today - when).days > days:
+            age = _expired(_ARCHIVE_NAME, name, days, today)
+            if age is not None:
                 path = os.path.join(ddir, name)
-                print(f"sams-users: purging archive {path} ({(today - when).days} days old)", file=sys.stderr)
+                print(f"sams-users: purging archive {path} ({age} days old)", file=sys.stderr)
                 shutil.rmtree(path)
                 gone.append(path)
     return gone
