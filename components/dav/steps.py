@@ -104,6 +104,10 @@ fi
 )
 
 
+# The jail comes and goes with public exposure (and with calendars): fail2ban reloads when its files change.
+FAIL2BAN_RELOAD = Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_FILTER), "reload")
+
+
 def fail2ban_files() -> tuple[File, ...]:
     """The jail on Radicale's failed logins and its filter (public exposure only: over the tunnel
     nobody is banned)."""
@@ -118,7 +122,7 @@ def dav_step(settings: Settings) -> StepSpec:
         return StepSpec(
             name="dav",
             script=DISABLED_SCRIPT,
-            services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_FILTER), "reload"),),
+            services=(FAIL2BAN_RELOAD,),
             description="calendars off: Radicale stopped",
         )
     return StepSpec(
@@ -129,8 +133,7 @@ def dav_step(settings: Settings) -> StepSpec:
             File(NGINX_INCLUDE, nginx_include(settings)),
             *(fail2ban_files() if calendars_public(settings.config) else ()),
         ),
-        # The jail comes and goes with public exposure: fail2ban reloads when its files change.
-        services=(Service("fail2ban.service", (FAIL2BAN_JAIL, FAIL2BAN_FILTER), "reload"),),
+        services=(FAIL2BAN_RELOAD,),
         script=SCRIPT,
         description=f"Radicale (CalDAV, CardDAV) at https://{settings.config.hostname}{URL_PATH}",
     )

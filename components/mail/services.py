@@ -418,14 +418,6 @@ DOVECOT_METRICS: dict[str, str] = {
 }
 
 
-def login_trusted_sources(settings: Settings) -> tuple[str, ...]:
-    """The host's own IMAP clients whose forwarded client address Dovecot believes
-    (login_trusted_networks): Roundcube, from its own address, names the browser's (IMAP ID). Trust
-    does not exempt a client from the auth penalty in Dovecot 2.4.1 (measured in the lab: 127.0.0.1
-    trusted or not, 2, 6, 10, 17 s); the forwarded address is what moves the penalty onto a guesser."""
-    return (WEBMAIL_IMAP_SOURCE,) if settings.config.webmail.enabled else ()
-
-
 def dovecot_step(settings: Settings) -> StepSpec:
     """dovecot.conf (owned whole: Debian's conf.d is not included), the SQL connection and
     Dovecot's CPU share (a systemd drop-in)."""
@@ -445,7 +437,7 @@ def dovecot_step(settings: Settings) -> StepSpec:
                 lmtp_concurrency=LMTP_CONCURRENCY,
                 auth_socket=AUTH_SOCKET,
                 auth_cache_size=AUTH_CACHE_SIZE,
-                trusted_networks=" ".join(f"{a}/32" for a in login_trusted_sources(settings)),
+                trusted_networks=f"{WEBMAIL_IMAP_SOURCE}/32" if settings.config.webmail.enabled else "",
                 quota_status_socket=QUOTA_STATUS_SOCKET,
                 # Counted only when something reads them (components/monitoring/daemons.py).
                 metrics=DOVECOT_METRICS if settings.config.monitoring.enabled else {},

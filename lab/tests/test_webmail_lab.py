@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -197,36 +197,13 @@ GUESSER = "198.18.0.67"  # an address of the internet's own, added for this test
 LOGIN_UNPENALISED_S = 2.0
 
 
-def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
-    """Wrong passwords through the login form from `source`: "denied" while Roundcube answers,
-    "refused"/"cut" once banned. Every other guess claims another address, as a guesser hiding behind
-    X-Forwarded-For would."""
+def guess_until_banned(attempt: Callable[[int], str], attempts: int) -> list[str]:
+    """`attempt(n)` (a wrong password) up to `attempts` times a second apart: what each answered, until
+    the connection is "refused" (banned) or "cut" (the ban came while it was open)."""
     outcomes = []
     for n in range(attempts):
         try:
-            outcomes.append(web_login(host, cafile, source, f"guess{n}@{DOMAIN}", "not-the-password", bool(n % 2))[0])
-        except ConnectionRefusedError:
-            outcomes.append("refused")
-            break
-        except ConnectionResetError:
-            outcomes.append("cut")  # the ban came while this request was open
-            break
-        time.sleep(1)
-    return outcomes
-
-
-DAV_GUESSER = "198.18.0.73"  # another address of the internet's own, for guessing at CalDAV
-
-
-def guess_dav_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
-    """Wrong passwords at /dav/ from `source`, each for another user (Radicale remembers a failed
-    pair for 90 s without asking Dovecot): "denied" while Radicale answers, "refused"/"cut" once
-    banned. Every other guess claims another address in X-Forwarded-For."""
-    outcomes = []
-    for n in range(attempts):
-        try:
-            status, _ = dav_login(host, cafile, source, f"dav-guess{n}@{DOMAIN}", "not-the-password", bool(n % 2))
-            outcomes.append("denied" if status == 401 else str(status))
+            outcomes.append(attempt(n))
         except ConnectionRefusedError:
             outcomes.append("refused")
             break
@@ -235,6 +212,30 @@ def guess_dav_logins(host: str, cafile: str, source: str, attempts: int) -> list
             break
         time.sleep(1)
     return outcomes
+
+
+def guess_web_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
+    """Wrong passwords through the login form from `source`: "denied" while Roundcube answers,
+    "refused"/"cut" once banned. Every other guess claims another address, as a guesser hiding behind
+    X-Forwarded-For would."""
+    return guess_until_banned(
+        lambda n: web_login(host, cafile, source, f"guess{n}@{DOMAIN}", "not-the-password", bool(n % 2))[0], attempts
+    )
+
+
+DAV_GUESSER = "198.18.0.73"  # another address of the internet's own, for guessing at CalDAV
+
+
+def guess_dav_logins(host: str, cafile: str, source: str, attempts: int) -> list[str]:
+    """Wrong passwords at /dav/ from `source`, each for another user (Dovecot does not count a
+    repeated user and password again): "denied" while Radicale answers, "refused"/"cut" once banned.
+    Every other guess claims another address in X-Forwarded-For."""
+
+    def attempt(n: int) -> str:
+        status, _ = dav_login(host, cafile, source, f"dav-guess{n}@{DOMAIN}", "not-the-password", bool(n % 2))
+        return "denied" if status == 401 else str(status)
+
+    return guess_until_banned(attempt, attempts)
 
 
 def until_served(web: World, where: str, status: int, timeout: float = 10) -> tuple[int, str, dict[str, str]]:
