@@ -117,6 +117,9 @@ def test_onboarded_user_logs_in_with_the_password_from_vault(
 def test_purge_timer_is_enabled(lab: Lab, onboarded: program.ApplyReport) -> None:
     out = lab.shell.run(["systemctl", "is-enabled", "sams-archive-purge.timer"], check=False)
     assert out.stdout.decode().strip() == "enabled"
+    # The unit the timer starts runs as rendered (its archive root and Roundcube's database).
+    sh(lab, "systemctl start sams-archive-purge.service")
+    assert sh(lab, "systemctl show -P Result sams-archive-purge.service").strip() == "success"
 
 
 def runbook_commands(heading: str) -> str:

@@ -305,8 +305,12 @@ def test_public_exposure_serves_the_internet_and_bans_web_and_dav_guessers(web: 
         for address in (GUESSER, DAV_GUESSER):
             subprocess.run(["ip", "-n", ns, "addr", "del", f"{address}/32", "dev", bridge], check=False)
         up_with(lab, {})
-    # Back to vpn: the internet meets the default server again.
+    # Back to vpn: the internet meets the default server again, and both jails are gone with their files.
     assert until_served(web, "inet", 404)[0] == 404
+    jail_files = (plan.FAIL2BAN_JAIL, plan.FAIL2BAN_FILTER, dav_plan.FAIL2BAN_JAIL, dav_plan.FAIL2BAN_FILTER)
+    assert sh(lab, "; ".join(f"[ ! -e {f} ] || echo {f}" for f in jail_files)).split() == []
+    jails = sh(lab, "fail2ban-client status | tail -1")
+    assert "sams-roundcube" not in jails and dav_plan.FAIL2BAN_JAIL_NAME not in jails, jails
 
 
 def test_webmail_off_leaves_no_file_unit_or_secret(web: World) -> None:
